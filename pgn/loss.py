@@ -1,0 +1,86 @@
+"""``PGNLoss``: a drop-in replacement for :class:`pgn.PerceptualLoss` whose backward is the PGN gradient.
+
+Swapping is one line::
+
+    criterion = pgn.PerceptualLoss("vgg19", weights="imagenet")   # VGG forward + backward every step
+    criterion = pgn.PGNLoss(pgn.build("resnet4", weights=...), mse_weight=20.0)   # one PGN forward
+    loss = criterion(y_hat, y)
+    loss.backward()
+
+The returned value is the paper's surrogate ``α·MSE(ŷ, sg[P])`` per sample (plus ``mse_weight·MSE(ŷ, y)``),
+and its backward writes exactly the PGN's closed-form gradient into ``y_hat``'s graph: no autograd runs
+through the PGN and no VGG is needed.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .errors import PGNError
+from .images import to_imagenet
+from .model import PGN
+from .perceptual import REDUCTIONS, _reduce
+
+
+class _InjectGradient(torch.autograd.Function):
+    """Identity on a per-sample value whose backward hands a fixed gradient to ``x``."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, grad: torch.Tensor, value: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        ctx.save_for_backward(grad)
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):  # noqa: D102
+        (grad,) = ctx.saved_tensors
+        return grad * grad_out.view(-1, *([1] * (grad.dim() - 1))), None, None
+
+
+class PGNLoss(nn.Module):
+    """A loss whose gradient w.r.t. ``y_hat`` is the PGN's synthetic perceptual gradient.
+
+    Args:
+        model: a :class:`pgn.PGN` (kept in whatever train/eval mode you set; :func:`pgn.build` and
+            :func:`pgn.load` return eval mode, which is what fitting a generator wants).
+        mse_weight: λ_MSE of the paired MSE term, taken in ImageNet-normalized space as in the paper
+            (20 for talking heads and Image2StyleGAN). 0 disables it.
+        reduction: ``"sum"`` (default, matches :class:`pgn.PerceptualLoss`), ``"mean"`` or ``"none"``.
+
+    Call ``criterion(y_hat, y)`` with (N, 3, H, W) tensors in the model's value space.
+    """
+
+    def __init__(self, model: PGN, mse_weight: float = 0.0, reduction: str = "sum"):
+        super().__init__()
+        if not isinstance(model, PGN):
+            raise PGNError(f"PGNLoss needs a pgn.PGN model, got {type(model).__name__}")
+        if reduction not in REDUCTIONS:
+            raise PGNError(f"unknown reduction {reduction!r}: use one of {', '.join(REDUCTIONS)}")
+        self.model = model
+        self.mse_weight = float(mse_weight)
+        self.reduction = reduction
+
+    @property
+    def value_space(self) -> str:
+        """The value space of the inputs (the model's)."""
+        return self.model.value_space
+
+    def per_sample(self, y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-sample surrogate values, shape (N,); their backward delivers the PGN gradient (+ MSE term)."""
+        vs = self.model.value_space
+        with torch.no_grad():
+            out = self.model.outputs(y_hat.detach(), y.detach())
+            y_hat_n = to_imagenet(y_hat.detach(), vs)
+            value = self.model.head.loss(y_hat_n, to_imagenet(out.proxy, vs))
+        per_sample = _InjectGradient.apply(y_hat, out.grad, value)
+        if self.mse_weight:
+            diff = to_imagenet(y_hat, vs) - to_imagenet(y.detach(), vs)
+            per_sample = per_sample + self.mse_weight * diff.pow(2).flatten(1).mean(dim=1)
+        return per_sample
+
+    def forward(self, y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The loss, reduced as ``reduction`` says."""
+        return _reduce(self.per_sample(y_hat, y), self.reduction)
+
+    def extra_repr(self) -> str:
+        return f"mse_weight={self.mse_weight}, reduction={self.reduction!r}"

@@ -1,0 +1,241 @@
+"""The PGN model (backbone + gradient head), its config, and the named presets.
+
+Example::
+
+    import pgn
+    model = pgn.build("resnet4")        # paper preset, constrained-proxy head, random init
+    g = model(y_hat, y)                 # gradient of the VGG-19 perceptual loss at y_hat (approximated)
+    p = model.proxy(y_hat, y)           # the proxy target P
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+import torch
+from torch import nn
+
+from .backbones import BACKBONES, backbone_config, config_to_dict
+from .constants import GRAD_SCALE_RESNET, GRAD_SCALE_UNET
+from .errors import PGNError
+from .heads import HEAD_KINDS, GradientHead, HeadConfig
+from .images import check_images, check_value_space, from_imagenet, gradient_from_imagenet, to_imagenet
+
+
+@dataclass(frozen=True)
+class PGNConfig:
+    """Everything needed to rebuild a PGN; stored in every checkpoint.
+
+    Args:
+        backbone: ``resnet`` or ``unet``.
+        backbone_params: constructor arguments of the backbone config (see :class:`pgn.backbones.ResNetConfig`,
+            :class:`pgn.backbones.UNetConfig`); missing keys take their defaults.
+        head: the gradient head (:class:`pgn.heads.HeadConfig`).
+        value_space: ``unit`` (inputs, proxy and gradient in RGB [0, 1]; default) or ``imagenet`` (the authors'
+            ImageNet-normalized space).
+        preset: name of the preset this config came from, if any (informational).
+    """
+
+    backbone: str = "resnet"
+    backbone_params: dict = field(default_factory=dict)
+    head: HeadConfig = HeadConfig()
+    value_space: str = "unit"
+    preset: str | None = None
+
+    def __post_init__(self):
+        check_value_space(self.value_space)
+        cfg = backbone_config(self.backbone, self.backbone_params)  # validates
+        object.__setattr__(self, "backbone_params", config_to_dict(cfg))
+
+    def to_dict(self) -> dict:
+        """Plain-dict form (only str/int/float/bool/list/dict/None), safe for ``torch.load(weights_only=True)``."""
+        return {
+            "backbone": self.backbone,
+            "backbone_params": dict(self.backbone_params),
+            "head": self.head.to_dict(),
+            "value_space": self.value_space,
+            "preset": self.preset,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PGNConfig":
+        """Inverse of :meth:`to_dict`."""
+        d = dict(d)
+        head = HeadConfig.from_dict(d.pop("head", {}))
+        return cls(head=head, **d)
+
+
+class PGNOutput(NamedTuple):
+    """All outputs of one PGN forward, in the model's value space."""
+
+    grad: torch.Tensor  #: the synthetic gradient g, same shape as y_hat
+    proxy: torch.Tensor  #: the proxy target P
+    raw: torch.Tensor  #: the raw backbone output B
+
+
+class PGN(nn.Module):
+    """Perceptual Gradient Network: predicts ∂VGG(ŷ, y)/∂ŷ in one forward pass.
+
+    Call ``model(y_hat, y)`` with two (N, 3, H, W) float tensors (RGB in [0, 1] unless the model's
+    ``value_space`` is ``imagenet``) to get the gradient, same shape as ``y_hat``, with respect to ``y_hat`` as
+    passed. Heads are closed-form, so the whole forward exports to ONNX/CoreML/TensorRT.
+    """
+
+    def __init__(self, config: PGNConfig = PGNConfig()):
+        super().__init__()
+        backbone_params = dict(config.backbone_params, out_channels=config.head.out_channels)
+        config = replace(config, backbone_params=backbone_params)
+        self.config = config
+        self.backbone = BACKBONES[config.backbone][0](backbone_config(config.backbone, backbone_params))
+        self.head = GradientHead(config.head)
+
+    @property
+    def value_space(self) -> str:
+        """``unit`` or ``imagenet``: the space of inputs, proxy and gradient."""
+        return self.config.value_space
+
+    @property
+    def alpha(self) -> float:
+        """α = 1/grad_scale of the head."""
+        return self.config.head.alpha
+
+    @property
+    def size_multiple(self) -> int:
+        """Height and width of inputs must be multiples of this."""
+        return self.backbone.size_multiple
+
+    def outputs(self, y_hat: torch.Tensor, y: torch.Tensor) -> PGNOutput:
+        """Gradient, proxy and raw backbone output for a batch (see :class:`PGNOutput`)."""
+        check_images(("y_hat", y_hat), ("y", y), multiple_of=self.size_multiple)
+        vs = self.config.value_space
+        y_hat_n, y_n = to_imagenet(y_hat, vs), to_imagenet(y, vs)
+        raw = self.backbone(torch.cat([y_hat_n, y_n], dim=1))
+        proxy_n = self.head.proxy(raw, y_hat_n, y_n)
+        grad_n = self.head.gradient(y_hat_n, proxy_n)
+        return PGNOutput(gradient_from_imagenet(grad_n, vs), from_imagenet(proxy_n, vs), raw)
+
+    def forward(self, y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The synthetic gradient g ≈ ∂VGG(ŷ, y)/∂ŷ, shape of ``y_hat``."""
+        return self.outputs(y_hat, y).grad
+
+    def proxy(self, y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The proxy target P (the image the gradient pulls ``y_hat`` towards), in the model's value space."""
+        return self.outputs(y_hat, y).proxy
+
+    def extra_repr(self) -> str:
+        return f"preset={self.config.preset!r}, head={self.config.head.kind!r}, value_space={self.value_space!r}"
+
+
+# --------------------------------------------------------------------------------------------------------
+# Presets: a registry of named configs (torchvision/timm style, duplicates raise)
+
+_PRESETS: dict[str, Callable[[], PGNConfig]] = {}
+
+
+def register_preset(name: str) -> Callable[[Callable[[], PGNConfig]], Callable[[], PGNConfig]]:
+    """Decorator registering a function that returns the :class:`PGNConfig` of preset ``name``."""
+
+    def deco(fn: Callable[[], PGNConfig]) -> Callable[[], PGNConfig]:
+        if name in _PRESETS:
+            raise ValueError(f"preset {name!r} is already registered")
+        _PRESETS[name] = fn
+        return fn
+
+    return deco
+
+
+def list_presets(pattern: str = "*") -> list[str]:
+    """Names of the registered presets matching a shell-style ``pattern`` (e.g. ``"resnet*"``), sorted."""
+    return sorted(n for n in _PRESETS if fnmatch.fnmatch(n, pattern))
+
+
+def preset_config(name: str) -> PGNConfig:
+    """The config of preset ``name``; a clear error with close matches if it does not exist."""
+    if name not in _PRESETS:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(_PRESETS), n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise PGNError(f"unknown preset {name!r}.{hint} Available: {', '.join(list_presets())}")
+    return _PRESETS[name]()
+
+
+#: The paper's four backbones: backbone type, parameters, and the released grad_scale.
+PAPER_BACKBONES: dict[str, tuple[str, dict[str, Any], float]] = {
+    "resnet4": ("resnet", {"num_blocks": 4}, GRAD_SCALE_RESNET),
+    "resnet6": ("resnet", {"num_blocks": 6}, GRAD_SCALE_RESNET),
+    "resnet8": ("resnet", {"num_blocks": 8}, GRAD_SCALE_RESNET),
+    "unet": ("unet", {}, GRAD_SCALE_UNET),
+}
+
+
+def _register_paper_presets() -> None:
+    # "resnet4" = constrained proxy (the paper's default); "resnet4-direct", "-proxy", "-hybrid", "-warped".
+    for base, (kind, params, grad_scale) in PAPER_BACKBONES.items():
+        for head in HEAD_KINDS:
+            name = base if head == "constrained" else f"{base}-{head}"
+
+            def make(kind=kind, params=params, head=head, grad_scale=grad_scale, name=name) -> PGNConfig:
+                return PGNConfig(kind, dict(params), HeadConfig(kind=head, grad_scale=grad_scale), preset=name)
+
+            register_preset(name)(make)
+
+
+_register_paper_presets()
+
+
+def apply_overrides(config: PGNConfig, **overrides: Any) -> PGNConfig:
+    """Return ``config`` with keyword overrides applied.
+
+    Keys may be ``head`` (the head kind), any :class:`HeadConfig` field (``grad_scale``, ``beta``, …), any field of
+    the backbone config (``num_blocks``, ``down_channels``, …), or ``value_space``. ``None`` values are ignored,
+    so CLI defaults never override library defaults. Unknown keys are an error that lists the allowed ones.
+    """
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    head_fields = {f.name for f in fields(HeadConfig)}
+    backbone_fields = {f.name for f in fields(BACKBONES[config.backbone][1])} - {"out_channels"}
+    head_kw, backbone_kw = {}, {}
+    for key, value in overrides.items():
+        if key == "head":
+            head_kw["kind"] = value
+        elif key in head_fields:
+            head_kw[key] = value
+        elif key in backbone_fields:
+            backbone_kw[key] = value
+        elif key == "value_space":
+            config = replace(config, value_space=value)
+        else:
+            allowed = sorted(head_fields | backbone_fields | {"head", "value_space"})
+            raise PGNError(f"unknown option {key!r} for a {config.backbone} PGN: allowed are {', '.join(allowed)}")
+    if head_kw:
+        config = replace(config, head=replace(config.head, **head_kw))
+    if backbone_kw:
+        config = replace(config, backbone_params=dict(config.backbone_params, **backbone_kw))
+    return config
+
+
+def build(name: str, *, weights: str | Path | None = None, **overrides: Any) -> PGN:
+    """Build a PGN preset, optionally loading weights.
+
+    Args:
+        name: a preset from :func:`list_presets`: ``resnet4``, ``resnet6``, ``resnet8``, ``unet`` (constrained
+            proxy head, paper §3) or a head variant such as ``resnet8-direct``, ``resnet8-proxy``,
+            ``resnet8-hybrid``.
+        weights: ``None`` (random init, PyTorch defaults as in the paper), a checkpoint path (ours or the
+            authors'), or ``"paper"`` for the authors' released checkpoint placed in the local cache
+            (see :func:`pgn.checkpoint.paper_checkpoint_path`).
+        **overrides: config changes, e.g. ``grad_scale=0.03``, ``value_space="imagenet"``, ``num_blocks=5``.
+
+    Returns:
+        A :class:`PGN` in eval mode.
+    """
+    config = apply_overrides(preset_config(name), **overrides)
+    if weights is None:
+        return PGN(config).eval()
+    from .checkpoint import load, paper_checkpoint_path
+
+    path = paper_checkpoint_path(name) if weights == "paper" else Path(weights)
+    return load(path, preset=name, **overrides)

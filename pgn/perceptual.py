@@ -1,0 +1,280 @@
+"""The VGG perceptual loss a PGN imitates (the "teacher"), and its true gradient (spec §2).
+
+``VGG(ŷ, y) = Σ_l mean_{c,h,w} |φ_l(ŷ) − φ_l(y)|`` over the output of every ReLU up to relu5_1 (13 taps for
+VGG-19, 7 for VGG-11), with every MaxPool replaced by AvgPool(2), one value per sample and no batch mean.
+
+Weight sources:
+
+* ``"imagenet"``: torchvision's ``IMAGENET1K_V1`` VGG weights (the authors' ``pretrained=True``). Read from the
+  torch hub cache when present (works offline); otherwise downloaded; offline without the file, a one-line
+  error names the file and where to put it.
+* a path to a state dict file (a full torchvision VGG state dict, or only its ``features``).
+* ``"random"``: seeded default initialization (tests, and machines without the weights). The loss is then
+  not perceptual; anything reported with it shows the mechanics only.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import PGNError
+from .images import check_images, check_value_space, to_imagenet
+
+#: VGG feature configs up to and including relu5_1 ("M" marks a pooling layer), as in torchvision.
+VGG_CONFIGS: dict[str, list[int | str]] = {
+    "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512],
+    "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512],
+}
+#: Number of torchvision ``features`` modules kept (through relu5_1).
+VGG_MODULES = {"vgg19": 30, "vgg11": 18}
+#: ReLU tap names in order.
+VGG_TAPS = {
+    "vgg19": ["relu1_1", "relu1_2", "relu2_1", "relu2_2", "relu3_1", "relu3_2", "relu3_3", "relu3_4",
+              "relu4_1", "relu4_2", "relu4_3", "relu4_4", "relu5_1"],
+    "vgg11": ["relu1_1", "relu2_1", "relu3_1", "relu3_2", "relu4_1", "relu4_2", "relu5_1"],
+}
+REDUCTIONS = ("sum", "mean", "none")
+
+
+@dataclass(frozen=True)
+class TeacherWeights:
+    """Where a teacher's weights came from, for printing beside every reported number."""
+
+    net: str
+    source: str  # "imagenet", "random" or "file"
+    detail: str
+
+    @property
+    def pretrained(self) -> bool:
+        """True unless the weights are random."""
+        return self.source != "random"
+
+    def __str__(self) -> str:
+        name = {"vgg19": "VGG-19", "vgg11": "VGG-11"}[self.net]
+        warn = "" if self.pretrained else " — UNTRAINED: results show the mechanics only"
+        return f"{name} ({self.detail}){warn}"
+
+
+def vgg_features(net: str) -> nn.Sequential:
+    """The truncated VGG feature extractor (AvgPool instead of MaxPool), default-initialized, in torchvision order."""
+    if net not in VGG_CONFIGS:
+        raise PGNError(f"unknown perceptual network {net!r}: use vgg19 or vgg11")
+    layers: list[nn.Module] = []
+    cin = 3
+    for v in VGG_CONFIGS[net]:
+        if v == "M":
+            layers.append(nn.AvgPool2d(kernel_size=2, stride=2, padding=0))
+        else:
+            conv = nn.Conv2d(cin, int(v), 3, padding=1)
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(conv.bias)
+            layers += [conv, nn.ReLU(inplace=True)]
+            cin = int(v)
+    assert len(layers) == VGG_MODULES[net]
+    return nn.Sequential(*layers)
+
+
+def _torchvision_weights(net: str):
+    from torchvision.models import VGG11_Weights, VGG19_Weights
+
+    return {"vgg19": VGG19_Weights.IMAGENET1K_V1, "vgg11": VGG11_Weights.IMAGENET1K_V1}[net]
+
+
+def imagenet_weights_path(net: str) -> Path:
+    """Where torchvision's ImageNet VGG weights for ``net`` are cached (``$TORCH_HOME/hub/checkpoints/...``)."""
+    url = _torchvision_weights(net).url
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+
+
+def _features_state_dict(sd: dict, net: str, where: str) -> dict[str, torch.Tensor]:
+    if "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    keep = VGG_MODULES[net]
+    out = {}
+    for key, value in sd.items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        k = key[len("features."):] if key.startswith("features.") else key
+        idx = k.split(".")[0]
+        if idx.isdigit() and int(idx) < keep:
+            out[k] = value
+    if not out:
+        raise PGNError(f"{where} holds no VGG feature weights (expected keys like 'features.0.weight' or '0.weight')")
+    return out
+
+
+def load_teacher_weights(features: nn.Sequential, net: str, weights: str | os.PathLike, seed: int, download: bool) -> TeacherWeights:
+    """Fill ``features`` from a weight source; returns a description of what was loaded."""
+    if weights == "random":
+        gen_state = torch.random.get_rng_state()
+        try:
+            torch.manual_seed(seed)
+            fresh = vgg_features(net)
+        finally:
+            torch.random.set_rng_state(gen_state)
+        features.load_state_dict(fresh.state_dict())
+        return TeacherWeights(net, "random", f"random init, seed {seed}")
+    if weights == "imagenet":
+        path = imagenet_weights_path(net)
+        if path.is_file():
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+        elif download:
+            w = _torchvision_weights(net)
+            try:
+                sd = w.get_state_dict(progress=False, check_hash=True)
+            except Exception as e:  # no network, proxy errors, hash mismatch
+                raise PGNError(
+                    f"ImageNet {net} weights are not available offline ({e.__class__.__name__}): download "
+                    f"{w.url} and save it as {path}, or pass weights='random' or a state-dict path"
+                ) from None
+        else:
+            raise PGNError(f"ImageNet {net} weights not found: save {_torchvision_weights(net).url} as {path}")
+        detail = "ImageNet, torchvision IMAGENET1K_V1"
+    else:
+        path = Path(weights)
+        if not path.is_file():
+            raise PGNError(f"VGG weights file not found: {path} (use 'imagenet', 'random' or a state-dict path)")
+        from .checkpoint import read_file
+
+        sd = read_file(path)
+        if not isinstance(sd, dict):
+            raise PGNError(f"{path} is not a VGG state dict")
+        detail = f"file {path.name}"
+    sd = _features_state_dict(sd, net, str(path))
+    try:
+        features.load_state_dict(sd, strict=True)
+    except RuntimeError as e:
+        raise PGNError(f"{path} does not fit {net} up to relu5_1: {str(e).splitlines()[0]}") from None
+    return TeacherWeights(net, "imagenet" if weights == "imagenet" else "file", detail)
+
+
+class PerceptualLoss(nn.Module):
+    """VGG-19 / VGG-11 perceptual loss with its true gradient (the PGN's teacher).
+
+    Args:
+        net: ``"vgg19"`` (paper) or ``"vgg11"``.
+        weights: ``"imagenet"``, ``"random"`` or a path to a state-dict file (see module docs).
+        seed: seed of ``"random"`` weights.
+        value_space: ``"unit"`` (inputs RGB in [0, 1], normalized inside; default) or ``"imagenet"``.
+        reduction: ``"sum"`` over the batch (default: each sample's gradient is the gradient of its own loss,
+            as in the paper), ``"mean"`` or ``"none"`` (the per-sample vector).
+        download: allow downloading the ImageNet weights when they are not cached.
+
+    Example::
+
+        teacher = pgn.PerceptualLoss("vgg19", weights="imagenet")
+        loss = teacher(y_hat, y)            # scalar (sum over the batch)
+        g_true = teacher.gradient(y_hat, y) # ∂loss_i/∂y_hat_i, same shape as y_hat
+    """
+
+    def __init__(
+        self,
+        net: str = "vgg19",
+        weights: str | os.PathLike = "imagenet",
+        *,
+        seed: int = 0,
+        value_space: str = "unit",
+        reduction: str = "sum",
+        download: bool = True,
+    ):
+        super().__init__()
+        if reduction not in REDUCTIONS:
+            raise PGNError(f"unknown reduction {reduction!r}: use one of {', '.join(REDUCTIONS)}")
+        self.net = net
+        self.value_space = check_value_space(value_space)
+        self.reduction = reduction
+        self.features = vgg_features(net)
+        self.weights = load_teacher_weights(self.features, net, weights, seed, download)
+        self.features.requires_grad_(False).eval()
+        self._target: list[torch.Tensor] | None = None
+        self._target_shape: tuple[int, ...] | None = None
+
+    @property
+    def taps(self) -> list[str]:
+        """Names of the compared ReLU outputs."""
+        return list(VGG_TAPS[self.net])
+
+    def train(self, mode: bool = True):
+        """The teacher has no train-mode behaviour; it stays frozen in eval mode."""
+        super().train(mode)
+        self.features.eval()
+        return self
+
+    def activations(self, x_normalized: torch.Tensor) -> list[torch.Tensor]:
+        """Every ReLU output up to relu5_1 for an ImageNet-normalized batch."""
+        out = []
+        h = x_normalized
+        for layer in self.features:
+            h = layer(h)
+            if isinstance(layer, nn.ReLU):
+                out.append(h)
+        return out
+
+    def cache_target(self, y: torch.Tensor) -> None:
+        """Precompute the target's features (for a fixed target: DIP, inversion); later calls may pass ``y=None``."""
+        check_images(("y", y))
+        with torch.no_grad():
+            self._target = [t.detach() for t in self.activations(to_imagenet(y, self.value_space))]
+        self._target_shape = tuple(y.shape)
+
+    def clear_target(self) -> None:
+        """Forget the cached target features."""
+        self._target, self._target_shape = None, None
+
+    def per_sample(self, y_hat: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The loss of each sample, shape (N,), differentiable w.r.t. ``y_hat``."""
+        if y is None:
+            if self._target is None:
+                raise PGNError("no target: pass y, or call cache_target(y) first")
+            check_images(("y_hat", y_hat))
+            n_cached = self._target_shape[0]
+            if tuple(y_hat.shape[1:]) != self._target_shape[1:] or n_cached not in (1, y_hat.shape[0]):
+                raise PGNError(f"y_hat shape {tuple(y_hat.shape)} does not fit the cached target {self._target_shape}")
+            target = self._target
+        else:
+            check_images(("y_hat", y_hat), ("y", y))
+            with torch.no_grad():
+                target = self.activations(to_imagenet(y.detach(), self.value_space))
+        feats = self.activations(to_imagenet(y_hat, self.value_space))
+        total = 0
+        for f, t in zip(feats, target):
+            total = total + (f - t).abs().flatten(1).mean(dim=1)
+        return total
+
+    def forward(self, y_hat: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The perceptual loss, reduced over the batch as ``reduction`` says."""
+        return _reduce(self.per_sample(y_hat, y), self.reduction)
+
+    def gradient_and_loss(self, y_hat: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """True gradient ``∂loss_i/∂y_hat_i`` (shape of ``y_hat``, w.r.t. ``y_hat`` as passed) and the (N,) losses.
+
+        One forward and one input-only backward; the VGG stays frozen and ``y_hat``'s own graph is untouched.
+        """
+        with torch.enable_grad():
+            x = y_hat.detach().requires_grad_(True)
+            losses = self.per_sample(x, y)
+            (g,) = torch.autograd.grad(losses.sum(), x)
+        return g, losses.detach()
+
+    def gradient(self, y_hat: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """True gradient of each sample's loss w.r.t. ``y_hat`` (same shape, same value space)."""
+        return self.gradient_and_loss(y_hat, y)[0]
+
+    def extra_repr(self) -> str:
+        return f"{self.weights}, value_space={self.value_space!r}, reduction={self.reduction!r}"
+
+
+def _reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction == "sum":
+        return per_sample.sum()
+    if reduction == "mean":
+        return per_sample.mean()
+    return per_sample
+
+
+__all__ = ["PerceptualLoss", "TeacherWeights", "VGG_TAPS", "vgg_features", "imagenet_weights_path"]
