@@ -132,11 +132,18 @@ class GradientHead(nn.Module):
             return self._constrain(y_hat - z / self.config.out_scale)
         return self._warped_proxy(z, y)
 
-    def gradient(self, y_hat: torch.Tensor, proxy: torch.Tensor) -> torch.Tensor:
-        """Closed-form ``α · ∂/∂ŷ loss(ŷ, sg[P])`` per sample, w.r.t. normalized ``y_hat``."""
+    def gradient(self, y_hat: torch.Tensor, proxy: torch.Tensor, raw: torch.Tensor | None = None) -> torch.Tensor:
+        """Closed-form ``α · ∂/∂ŷ loss(ŷ, sg[P])`` per sample, w.r.t. normalized ``y_hat``.
+
+        For the direct head, pass the backbone output ``raw``: then ``ŷ − P = B/512`` is used as is instead of
+        being recomputed as a difference of two nearly equal numbers (same value, no cancellation error).
+        """
         c, h, w = y_hat.shape[1], y_hat.shape[2], y_hat.shape[3]
         per_element = self.config.alpha / float(c * h * w)
-        diff = y_hat - proxy
+        if self.config.kind == "direct" and raw is not None:
+            diff = raw / self.config.out_scale
+        else:
+            diff = y_hat - proxy
         grad_type = "mse" if self.config.kind in ("direct", "hybrid") else self.config.grad_type
         if grad_type == "mse":
             return (2.0 * per_element) * diff

@@ -184,14 +184,14 @@ def sample_images() -> dict[str, torch.Tensor]:
         pass
     if not arrays:
         raise PGNError("no bundled sample images: pip install scikit-image scikit-learn")
-    return {k: torch.from_numpy(np.ascontiguousarray(v)).permute(2, 0, 1).float() / 255.0 for k, v in arrays.items()}
+    return {k: torch.from_numpy(np.array(v, dtype=np.uint8, copy=True)).permute(2, 0, 1).float() / 255.0 for k, v in arrays.items()}
 
 
 def face_image() -> torch.Tensor:
     """The bundled portrait (scikit-image's astronaut, a face photograph), (3, 512, 512) in [0, 1]."""
     import skimage.data as skd
 
-    return torch.from_numpy(np.ascontiguousarray(skd.astronaut())).permute(2, 0, 1).float() / 255.0
+    return torch.from_numpy(np.array(skd.astronaut(), dtype=np.uint8, copy=True)).permute(2, 0, 1).float() / 255.0
 
 
 def resize_min_side(img: torch.Tensor, size: int) -> torch.Tensor:

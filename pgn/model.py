@@ -114,7 +114,7 @@ class PGN(nn.Module):
         y_hat_n, y_n = to_imagenet(y_hat, vs), to_imagenet(y, vs)
         raw = self.backbone(torch.cat([y_hat_n, y_n], dim=1))
         proxy_n = self.head.proxy(raw, y_hat_n, y_n)
-        grad_n = self.head.gradient(y_hat_n, proxy_n)
+        grad_n = self.head.gradient(y_hat_n, proxy_n, raw)
         return PGNOutput(gradient_from_imagenet(grad_n, vs), from_imagenet(proxy_n, vs), raw)
 
     def forward(self, y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

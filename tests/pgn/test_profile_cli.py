@@ -1,0 +1,58 @@
+"""Table 6 reproduction (params and MACs in the paper's convention) and the pgn-info command."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+import pgn
+from pgn.cli import main
+
+# Spec §3.4: exact paper-convention MACs at 224² (billions, 4 decimals) and pure conv multiply-adds.
+EXPECTED = {
+    "resnet4": (19.7928, 19.68),
+    "resnet6": (27.2269, 27.08),
+    "resnet8": (34.6609, 34.48),
+    "unet": (2.0970, 1.94),
+}
+
+
+@pytest.mark.parametrize("name,expected", EXPECTED.items())
+def test_pgn_macs_paper_convention(name, expected):
+    p = pgn.profile(name, 224)
+    assert round(p.macs / 1e9, 4) == expected[0]
+    assert round(p.conv_macs / 1e9, 2) == expected[1]
+
+
+def test_vgg_macs_are_three_forwards_on_both_images():
+    v19, v11 = pgn.profile("vgg19", 224), pgn.profile("vgg11", 224)
+    assert (v19.params, v11.params) == (12_944_960, 6_860_672)
+    assert f"{v19.macs / 1e9:.2f}" == "108.84" and f"{v11.macs / 1e9:.2f}" == "42.21"
+    assert round(v19.macs / 6 / 1e9, 4) == 18.1402 and round(v11.macs / 6 / 1e9, 4) == 7.0349
+    assert round(v19.conv_macs / 6 / 1e9, 4) == 18.1212
+
+
+def test_profile_other_size_and_teacher_object(teacher19):
+    assert pgn.profile(teacher19, 256).macs > pgn.profile("vgg19", 224).macs
+    assert pgn.profile(pgn.build("unet"), (64, 96)).size == (64, 96)
+
+
+def test_pgn_info_prints_table6_equal_to_paper(tmp_path):
+    result = CliRunner().invoke(main, ["--size", "224", "--json", str(tmp_path / "t6.json")])
+    assert result.exit_code == 0, result.output
+    for text in ("108.84B", "42.21B", "19.79B", "27.23B", "34.66B", "2.10B", "12.94M", "1.77M"):
+        assert text in result.output
+    rows = json.loads((tmp_path / "t6.json").read_text())["rows"]
+    assert [r["name"] for r in rows] == ["vgg19", "vgg11", "resnet4", "resnet6", "resnet8", "unet"]
+    assert all(r["params_m"] == r["paper_params"] and r["macs_b"] == r["paper_macs"] for r in rows)
+
+
+def test_pgn_info_presets_and_checkpoint(tmp_path):
+    runner = CliRunner()
+    out = runner.invoke(main, ["--presets"])
+    assert out.exit_code == 0 and "resnet8-hybrid" in out.output
+    path = pgn.save(pgn.build("resnet4"), tmp_path / "m.pt")
+    out = runner.invoke(main, ["--checkpoint", str(path)])
+    assert out.exit_code == 0 and "pgn-toolkit" in out.output
+    out = runner.invoke(main, ["--checkpoint", str(tmp_path / "nope.pt")])
+    assert out.exit_code == 1 and "checkpoint not found" in out.output
