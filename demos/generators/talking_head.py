@@ -1,0 +1,179 @@
+"""A small talking-head style generator: pose input (edge map) + identity code → image (paper §4, Zakharov et al.).
+
+As in Neural Talking Heads, an *embedder* turns a few frames of a person (with their pose inputs) into an identity
+code, and a *generator* renders a pose input in that identity; the code enters the generator through AdaIN. The
+pair is meta-trained on several identities (:func:`meta_train`; here, posed crops of the bundled photographs), then
+personalized to a new person from K frames (:func:`personalize`) and fine-tuned on them (the demo's students).
+
+Sizes are kept small so that everything runs in minutes on a laptop CPU; widths are options.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class TalkingHeadConfig:
+    """Widths of the embedder and the generator."""
+
+    width: int = 32
+    code_dim: int = 64
+    res_blocks: int = 2
+
+
+class AdaIN(nn.Module):
+    """Instance normalization whose scale and bias come from the identity code."""
+
+    def __init__(self, channels: int, code_dim: int):
+        super().__init__()
+        self.norm = nn.InstanceNorm2d(channels, affine=False)
+        self.affine = nn.Linear(code_dim, 2 * channels)
+        nn.init.zeros_(self.affine.weight)
+        with torch.no_grad():
+            self.affine.bias.copy_(torch.cat([torch.ones(channels), torch.zeros(channels)]))
+
+    def forward(self, x: torch.Tensor, code: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        scale, bias = self.affine(code).chunk(2, dim=1)
+        return self.norm(x) * scale[:, :, None, None] + bias[:, :, None, None]
+
+
+class _ResBlock(nn.Module):
+    def __init__(self, channels: int, code_dim: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.norm1 = AdaIN(channels, code_dim)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.norm2 = AdaIN(channels, code_dim)
+
+    def forward(self, x, code):
+        h = F.leaky_relu(self.norm1(self.conv1(x), code), 0.2)
+        return x + self.norm2(self.conv2(h), code)
+
+
+class _Up(nn.Module):
+    def __init__(self, cin: int, cout: int, code_dim: int):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3, padding=1)
+        self.norm = AdaIN(cout, code_dim)
+
+    def forward(self, x, code):
+        x = F.leaky_relu(self.norm(self.conv(x), code), 0.2)
+        return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+
+
+class Embedder(nn.Module):
+    """(frames (N, 3, H, W), pose inputs (N, 1, H, W)) → identity codes (N, code_dim)."""
+
+    def __init__(self, config: TalkingHeadConfig = TalkingHeadConfig()):
+        super().__init__()
+        w = config.width
+        self.body = nn.Sequential(
+            nn.Conv2d(4, w, 3, stride=2, padding=1), nn.LeakyReLU(0.2),
+            nn.Conv2d(w, 2 * w, 3, stride=2, padding=1), nn.LeakyReLU(0.2),
+            nn.Conv2d(2 * w, 4 * w, 3, stride=2, padding=1), nn.LeakyReLU(0.2),
+        )
+        self.head = nn.Linear(4 * w, config.code_dim)
+
+    def forward(self, frames: torch.Tensor, poses: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        h = self.body(torch.cat([frames * 2 - 1, poses], dim=1))
+        return self.head(h.mean(dim=(2, 3)))
+
+
+class PoseGenerator(nn.Module):
+    """(pose inputs (N, 1, H, W), identity codes (N or 1, code_dim)) → images (N, 3, H, W) in [0, 1]; H, W multiples of 4."""
+
+    def __init__(self, config: TalkingHeadConfig = TalkingHeadConfig()):
+        super().__init__()
+        w, d = config.width, config.code_dim
+        self.config = config
+        self.stem = nn.Sequential(nn.Conv2d(1, w, 3, padding=1), nn.LeakyReLU(0.2))
+        self.down1 = nn.Sequential(nn.Conv2d(w, 2 * w, 3, stride=2, padding=1), nn.LeakyReLU(0.2))
+        self.down2 = nn.Sequential(nn.Conv2d(2 * w, 4 * w, 3, stride=2, padding=1), nn.LeakyReLU(0.2))
+        self.blocks = nn.ModuleList(_ResBlock(4 * w, d) for _ in range(config.res_blocks))
+        self.up1 = _Up(4 * w, 2 * w, d)
+        self.up2 = _Up(4 * w, w, d)
+        self.out = nn.Conv2d(2 * w, 3, 3, padding=1)
+
+    def forward(self, poses: torch.Tensor, code: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        code = code.expand(poses.shape[0], -1)
+        s0 = self.stem(poses * 2 - 1)
+        s1 = self.down1(s0)
+        h = self.down2(s1)
+        for block in self.blocks:
+            h = block(h, code)
+        h = self.up1(h, code)
+        h = self.up2(torch.cat([h, s1], dim=1), code)
+        return torch.sigmoid(self.out(torch.cat([h, s0], dim=1)))
+
+
+class PersonalizedGenerator(nn.Module):
+    """A generator bound to one person: the identity code is a trainable parameter; ``forward(poses)`` renders them."""
+
+    def __init__(self, generator: PoseGenerator, code: torch.Tensor):
+        super().__init__()
+        self.generator = generator
+        self.code = nn.Parameter(code.detach().clone().reshape(1, -1))
+
+    def forward(self, poses: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return self.generator(poses, self.code)
+
+
+@torch.no_grad()
+def personalize(generator: PoseGenerator, embedder: Embedder, frames: torch.Tensor, poses: torch.Tensor) -> PersonalizedGenerator:
+    """Initialize a person's generator: a copy of ``generator`` with the mean identity code of ``frames``."""
+    code = embedder(frames, poses).mean(dim=0, keepdim=True)
+    return PersonalizedGenerator(copy.deepcopy(generator), code)
+
+
+@dataclass(frozen=True)
+class MetaTrainConfig:
+    """Meta-training on several identities: ``steps`` episodes of K reference + K target frames, Adam, L1 loss."""
+
+    steps: int = 300
+    frames_per_episode: int = 4
+    lr: float = 1e-3
+    seed: int = 0
+
+
+def meta_train(
+    generator: PoseGenerator,
+    embedder: Embedder,
+    sample_episode: Callable[[int, torch.Generator], tuple[torch.Tensor, torch.Tensor]],
+    config: MetaTrainConfig,
+    progress: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """Meta-train ``generator`` and ``embedder`` in place; returns the loss of every episode.
+
+    Args:
+        sample_episode: ``(2K, generator) -> (frames, poses)`` of one identity: the first K are references, the rest
+            are rendered and compared.
+        progress: called as ``progress(step, loss)`` after every episode.
+    """
+    g = torch.Generator().manual_seed(config.seed)
+    params = list(generator.parameters()) + list(embedder.parameters())
+    opt = torch.optim.Adam(params, lr=config.lr, betas=(0.5, 0.999))
+    k = config.frames_per_episode
+    losses = []
+    generator.train()
+    embedder.train()
+    for step in range(config.steps):
+        frames, poses = sample_episode(2 * k, g)
+        code = embedder(frames[:k], poses[:k]).mean(dim=0, keepdim=True)
+        out = generator(poses[k:], code)
+        loss = (out - frames[k:]).abs().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+        if progress is not None:
+            progress(step, losses[-1])
+    generator.eval()
+    embedder.eval()
+    return losses
