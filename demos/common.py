@@ -100,6 +100,17 @@ def setup_resources(config: CommonConfig) -> tuple[Warnings, Evaluator, pgn.Perc
     return warnings, Evaluator(teacher, lpips), teacher, source
 
 
+def announce(console, setup: dict, warnings: list[str]) -> None:
+    """Print which weights a demo runs with, and the warnings so far, before the long part starts."""
+    if console is None:
+        return
+    from .report import print_warnings
+
+    for key, value in setup.items():
+        console.print(f"[bold]{key}[/bold]: {value}")
+    print_warnings(console, warnings)
+
+
 def check_size(size: int, multiple: int, what: str) -> None:
     """A clear error unless ``size`` is a positive multiple of ``multiple``."""
     if size <= 0 or size % multiple:

@@ -26,7 +26,7 @@ import torch
 from pgn.errors import PGNError
 from pgn.images import center_crop, list_images, read_image, resize_min_side, sample_images, save_image_grid
 
-from .common import CommonConfig, Evaluator, check_size, progress_bar, scaled, setup_resources, summary
+from .common import CommonConfig, announce, Evaluator, check_size, progress_bar, scaled, setup_resources, summary
 from .generators.skip_net import SkipNet, SkipNetConfig
 from .losses import MSELoss, PerceptualLossTerm, PGNLossTerm
 from .plots import plot_curves
@@ -302,6 +302,7 @@ def run_dip(config: DipConfig, console=None) -> DemoReport:
     config.output_dir.mkdir(parents=True, exist_ok=True)
     warnings, evaluator, teacher, source = setup_resources(config)
     check_size(config.size, source.model.size_multiple, "the PGN")
+    announce(console, {"vgg_weights": str(teacher.weights), "pgn": source.description}, warnings.items)
     monitor_pl = CachedPerceptual(PerceptualLossTerm(load_teacher("vgg19", config.vgg_weights, warnings, seed=config.seed)))
     setup = {"vgg_weights": str(teacher.weights), "pgn": source.description, "lpips": evaluator.lpips.reason or "available"}
     tables, images, extra = [], [], {}

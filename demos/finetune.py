@@ -33,7 +33,7 @@ from pgn.constants import PAPER_MSE_WEIGHT
 from pgn.errors import PGNError
 from pgn.images import resize_min_side, sample_images, save_image_grid
 
-from .common import CommonConfig, Evaluator, check_size, progress_bar, scaled, setup_resources, summary
+from .common import CommonConfig, announce, Evaluator, check_size, progress_bar, scaled, setup_resources, summary
 from .frames import edge_map, face_frames, photo_frames, read_frames
 from .generators.talking_head import Embedder, MetaTrainConfig, PoseGenerator, TalkingHeadConfig, meta_train, personalize
 from .losses import LOSS_KEYS, MSELoss, PerceptualLossTerm, PGNLossTerm
@@ -203,6 +203,7 @@ def run_finetune(config: FinetuneConfig, console=None) -> DemoReport:
     config.output_dir.mkdir(parents=True, exist_ok=True)
     warnings, evaluator, teacher, source = setup_resources(config)
     check_size(config.size, source.model.size_multiple, f"the PGN ({_pgn_name(source)})")
+    announce(console, {"vgg_weights": str(teacher.weights), "pgn": source.description}, warnings.items)
     train, holdout, frames_source = load_frames(config)
     poses_train, poses_holdout = edge_map(train), edge_map(holdout)
     generator, embedder, gen_info = prepare_generator(config)

@@ -25,7 +25,7 @@ from pgn.constants import PAPER_MSE_WEIGHT
 from pgn.errors import PGNError
 from pgn.images import center_crop, list_images, read_image, resize_min_side, sample_images, save_image_grid
 
-from .common import CommonConfig, check_size, progress_bar, scaled, setup_resources, summary
+from .common import CommonConfig, announce, check_size, progress_bar, scaled, setup_resources, summary
 from .frames import FACE_CENTER, FACE_CROP, Pose, photo_frames, render_frame
 from .generators.latent import AutoencoderTrainConfig, LatentGenerator, LatentGeneratorConfig, train_autoencoder
 from .generators.user import load_module
@@ -215,6 +215,7 @@ def run_invert(config: InvertConfig, console=None) -> DemoReport:
     start = time.perf_counter()
     config.output_dir.mkdir(parents=True, exist_ok=True)
     warnings, evaluator, teacher, source = setup_resources(config)
+    announce(console, {"vgg_weights": str(teacher.weights), "pgn": source.description}, warnings.items)
     if config.generator is None:
         check_size(config.size, 8, "the built-in generator (a power of two >= 8)")
         LatentGeneratorConfig(size=config.size)  # validates the power of two

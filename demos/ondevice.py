@@ -34,9 +34,9 @@ from .losses import Loss
 
 def proxy_weights(alpha: float, like: torch.Tensor | None = None) -> torch.Tensor:
     """Per-channel weights ``α/σ_c²`` of the [0, 1]-space MSE towards the proxy, shape (1, 3, 1, 1)."""
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1)
-    w = alpha / std**2
-    return w if like is None else w.to(dtype=like.dtype, device=like.device)
+    dtype = torch.float32 if like is None else like.dtype
+    std = torch.tensor(IMAGENET_STD, dtype=dtype, device=None if like is None else like.device).view(1, 3, 1, 1)
+    return alpha / std**2
 
 
 def proxy_mse(y_hat: torch.Tensor, proxy: torch.Tensor, alpha: float) -> torch.Tensor:

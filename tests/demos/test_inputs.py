@@ -1,0 +1,108 @@
+"""Frames, user generator modules and the loss meter: outputs and clear errors on bad input."""
+
+import textwrap
+
+import pytest
+import torch
+
+from demos.frames import edge_map, face_frames, read_frames
+from demos.generators import load_module
+from demos.measure import LossMeter
+from pgn.errors import PGNError
+
+
+def test_face_frames_have_disjoint_poses():
+    train, holdout = face_frames(32, train=3, holdout=2, seed=0)
+    assert train.shape == (3, 3, 32, 32) and holdout.shape == (2, 3, 32, 32)
+    assert float(train.min()) >= 0 and float(train.max()) <= 1
+    assert not torch.allclose(train[0], holdout[0])
+    edges = edge_map(train)
+    assert edges.shape == (3, 1, 32, 32) and float(edges.max()) <= 1.0
+
+
+def test_read_frames_from_a_folder(tmp_path):
+    from PIL import Image
+
+    for i in range(3):
+        Image.new("RGB", (40, 30), (10 * i, 100, 200)).save(tmp_path / f"f{i}.png")
+    train, holdout = read_frames(tmp_path, 16, train=2, holdout=1)
+    assert train.shape == (2, 3, 16, 16) and holdout.shape == (1, 3, 16, 16)
+
+
+def test_read_frames_errors(tmp_path):
+    with pytest.raises(PGNError, match="not found"):
+        read_frames(tmp_path / "missing", 16, 1, 1)
+    with pytest.raises(PGNError, match="no images"):
+        read_frames(tmp_path, 16, 1, 1)
+    (tmp_path / "a.png").write_bytes(b"not an image")
+    (tmp_path / "b.png").write_bytes(b"not an image either")
+    with pytest.raises(PGNError, match="cannot read image"):
+        read_frames(tmp_path, 16, 1, 1)
+    with pytest.raises(PGNError, match="need 5"):
+        read_frames(tmp_path, 16, 4, 1)
+
+
+GEN_FILE = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+
+    class Gen(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 3 * 8 * 8)
+
+        def forward(self, w):
+            return torch.tanh(self.lin(w.flatten(1))).view(-1, 3, 8, 8)
+
+    generator = Gen()
+
+    def build():
+        return Gen()
+
+    not_a_module = 42
+    """
+)
+
+
+def test_load_module_from_file_and_module(tmp_path, monkeypatch):
+    path = tmp_path / "my_gen.py"
+    path.write_text(GEN_FILE)
+    assert load_module(f"{path}:generator")(torch.zeros(2, 4)).shape == (2, 3, 8, 8)
+    assert load_module(f"{path}:build")(torch.zeros(1, 4)).shape == (1, 3, 8, 8)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert load_module("my_gen:Gen")(torch.zeros(1, 4)).shape == (1, 3, 8, 8)
+
+
+def test_load_module_errors(tmp_path):
+    path = tmp_path / "my_gen.py"
+    path.write_text(GEN_FILE)
+    with pytest.raises(PGNError, match="module:attr"):
+        load_module("no_colon_here")
+    with pytest.raises(PGNError, match="file not found"):
+        load_module(f"{tmp_path / 'nope.py'}:g")
+    with pytest.raises(PGNError, match="cannot import module"):
+        load_module("surely_not_a_module_xyz:g")
+    with pytest.raises(PGNError, match="no attribute 'missing'.*generator"):
+        load_module(f"{path}:missing")
+    with pytest.raises(PGNError, match="not an nn.Module"):
+        load_module(f"{path}:not_a_module")
+    broken = tmp_path / "broken.py"
+    broken.write_text("raise RuntimeError('boom')\n")
+    with pytest.raises(PGNError, match="importing .* failed: RuntimeError: boom"):
+        load_module(f"{broken}:g")
+
+
+def test_loss_meter_records_time_and_memory():
+    meter = LossMeter(memory=True)
+    for _ in range(2):
+        with meter.measure():
+            x = torch.ones(16 * 2**20 // 4)  # 16 MiB, touched
+            float(x.sum())
+            del x
+    s = meter.summary()
+    assert s["calls"] == 2 and s["time_ms"] > 0
+    if meter.memory_available:
+        assert s["peak_mem_mib"] >= 15.0
+    else:
+        assert s["peak_mem_mib"] is None
