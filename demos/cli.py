@@ -162,7 +162,8 @@ def main() -> None:
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Adam learning rate (default: 5e-5, as the paper).")
 @click.option("--pgn-mse-weight", type=click.FloatRange(min=0), help="λ_MSE paired with the PGN (default: 20).")
 @click.option("--vgg-mse-weight", type=click.FloatRange(min=0), help="λ_MSE paired with VGG (default: 0).")
-@click.option("--losses", type=CommaList(choices=("mse", "vgg19", "vgg11", "pgn", "pgn-onnx")), help="Losses to compare (default: mse,vgg19,vgg11,pgn,pgn-onnx).")
+@click.option("--losses", type=CommaList(choices=("mse", "vgg19", "vgg11", "pgn", "pgn-onnx", "pgn-ort-train")),
+              help="Losses to compare (default: all of mse,vgg19,vgg11,pgn,pgn-onnx,pgn-ort-train; the last needs onnxruntime-training).")
 @click.option("--meta-steps", type=click.IntRange(0), help="Meta-training episodes of the generator (default: 300).")
 @click.option("--generator-checkpoint", type=click.Path(dir_okay=False, path_type=Path), help="Reuse a meta_trained_generator.pt from an earlier run.")
 def finetune(**kwargs) -> None:

@@ -12,7 +12,7 @@ import pgn
 
 from .losses import Loss
 from .metrics import LPIPSMetric, gradient_cosine, mean_std, mse, ssim
-from .resources import Warnings, load_pgn, load_teacher
+from .resources import PGNSource, Warnings, load_pgn, load_teacher
 
 
 @dataclass
@@ -91,7 +91,7 @@ def scaled(values, factor: float) -> dict | str:
     return summary([v * factor for v in values])
 
 
-def setup_resources(config: CommonConfig) -> tuple[Warnings, Evaluator, pgn.PerceptualLoss, "object"]:
+def setup_resources(config: CommonConfig) -> tuple[Warnings, Evaluator, pgn.PerceptualLoss, PGNSource]:
     """Load the VGG-19 teacher (for metrics), LPIPS and the PGN, collecting warnings."""
     warnings = Warnings()
     teacher = load_teacher("vgg19", config.vgg_weights, warnings, seed=config.seed)

@@ -23,12 +23,11 @@ Example::
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-import pgn
 from pgn.constants import PAPER_MSE_WEIGHT
 from pgn.errors import PGNError
 from pgn.images import resize_min_side, sample_images, save_image_grid
@@ -37,7 +36,12 @@ from .common import CommonConfig, announce, Evaluator, check_size, progress_bar,
 from .frames import edge_map, face_frames, photo_frames, read_frames
 from .generators.talking_head import Embedder, MetaTrainConfig, PoseGenerator, TalkingHeadConfig, meta_train, personalize
 from .losses import LOSS_KEYS, MSELoss, PerceptualLossTerm, PGNLossTerm
-from .ondevice import OnDevicePGNLoss, check_recipe_applies, open_onnx_runtime
+
+#: Losses of the fine-tuning demo: the common ones plus the whole step on ONNX Runtime training.
+FINETUNE_LOSS_KEYS = LOSS_KEYS + ("pgn-ort-train",)
+from .measure import LossMeter
+from .ondevice import OnDevicePGNLoss, RuntimeStatus, check_recipe_applies, open_onnx_runtime
+from .ondevice_training import finetune_on_device, training_available
 from .report import Column, DemoReport, Table
 from .resources import load_teacher
 from .students import Student
@@ -55,7 +59,8 @@ class FinetuneConfig(CommonConfig):
         train_frames, holdout_frames: how many frames fine-tune and evaluate (8 and 8 in the paper).
         steps: fine-tuning steps T (50). lr: Adam learning rate (5e-5).
         pgn_mse_weight: λ_MSE with the PGN (20). vgg_mse_weight: λ_MSE with VGG (0, as in the paper).
-        losses: which losses to compare, from ``mse, vgg19, vgg11, pgn, pgn-onnx``.
+        losses: which losses to compare, from ``mse, vgg19, vgg11, pgn, pgn-onnx, pgn-ort-train`` (the last one
+            runs the whole step on ONNX Runtime training, when ``onnxruntime-training`` is installed).
         meta_steps: meta-training episodes of the generator (ignored with ``generator_checkpoint``).
         generator_checkpoint: a meta-trained generator saved by an earlier run (``meta_trained_generator.pt``).
         grid_frames: frames shown in each image grid.
@@ -69,15 +74,15 @@ class FinetuneConfig(CommonConfig):
     lr: float = 5e-5
     pgn_mse_weight: float = PAPER_MSE_WEIGHT
     vgg_mse_weight: float = 0.0
-    losses: tuple[str, ...] = LOSS_KEYS
+    losses: tuple[str, ...] = FINETUNE_LOSS_KEYS
     meta_steps: int = 300
     generator_checkpoint: Path | None = None
     grid_frames: int = 4
 
     def __post_init__(self):
-        unknown = [k for k in self.losses if k not in LOSS_KEYS]
+        unknown = [k for k in self.losses if k not in FINETUNE_LOSS_KEYS]
         if unknown or not self.losses:
-            raise PGNError(f"unknown loss(es) {unknown or '(none)'}: choose from {', '.join(LOSS_KEYS)}")
+            raise PGNError(f"unknown loss(es) {unknown or '(none)'}: choose from {', '.join(FINETUNE_LOSS_KEYS)}")
         if self.train_frames < 1 or self.holdout_frames < 1:
             raise PGNError("need at least 1 train and 1 holdout frame")
         if self.steps < 1 or self.meta_steps < 0:
@@ -171,9 +176,15 @@ def load_frames(config: FinetuneConfig) -> tuple[torch.Tensor, torch.Tensor, str
 # Losses and the run
 
 
-def build_losses(config: FinetuneConfig, warnings, source, batch: int) -> tuple[list, dict]:
-    """The losses to compare, in table order, and the reasons for those that cannot run (key → reason)."""
+def build_losses(config: FinetuneConfig, warnings, source, batch: int) -> tuple[list, dict, RuntimeStatus | None]:
+    """The losses to compare in table order, the reasons for those that cannot run (key → reason), and the runtime."""
     losses, skipped = [], {}
+    status = None
+    if {"pgn-onnx", "pgn-ort-train"} & set(config.losses):
+        check_recipe_applies(source.model)
+        status = open_onnx_runtime(source.model, (config.size, config.size), batch, config.output_dir / "onnx")
+        if not status.ok:
+            warnings.add(f"on-device rows skipped: {status.status}")
     for key in config.losses:
         if key == "mse":
             losses.append(MSELoss())
@@ -183,14 +194,15 @@ def build_losses(config: FinetuneConfig, warnings, source, batch: int) -> tuple[
         elif key == "pgn":
             losses.append(PGNLossTerm(source.model, config.pgn_mse_weight, label=f"PGN {_pgn_name(source)}"))
         elif key == "pgn-onnx":
-            check_recipe_applies(source.model)
-            status = open_onnx_runtime(source.model, (config.size, config.size), batch, config.output_dir / "onnx")
             if status.ok:
                 losses.append(OnDevicePGNLoss(status.runtime, source.model.alpha, config.pgn_mse_weight, label=f"PGN {_pgn_name(source)} ONNX Runtime"))
             else:
                 skipped[key] = status.status
-                warnings.add(f"on-device row skipped: {status.status}")
-    return losses, skipped
+        elif key == "pgn-ort-train":
+            reason = training_available() or (None if status.ok else f"needs the exported PGN: {status.status}")
+            if reason:
+                skipped[key] = reason
+    return losses, skipped, status
 
 
 def _pgn_name(source) -> str:
@@ -208,7 +220,7 @@ def run_finetune(config: FinetuneConfig, console=None) -> DemoReport:
     poses_train, poses_holdout = edge_map(train), edge_map(holdout)
     generator, embedder, gen_info = prepare_generator(config)
     init = personalize(generator, embedder, train, poses_train)
-    losses, skipped = build_losses(config, warnings, source, batch=train.shape[0])
+    losses, skipped, runtime_status = build_losses(config, warnings, source, batch=train.shape[0])
 
     def fwd_train(g):
         return g(poses_train)
@@ -238,13 +250,47 @@ def run_finetune(config: FinetuneConfig, console=None) -> DemoReport:
         rows.append(row)
         outputs[loss.key] = final_holdout
         train_outputs[loss.key] = final_train
+    columns = [(loss.key, loss.label) for loss in losses]
+    if "pgn-ort-train" in config.losses and "pgn-ort-train" not in skipped:
+        row, final_train, final_holdout = _ort_training_row(config, evaluator, source, runtime_status, init, poses_train, train, poses_holdout, holdout)
+        rows.append(row)
+        outputs["pgn-ort-train"], train_outputs["pgn-ort-train"] = final_holdout, final_train
+        columns.append(("pgn-ort-train", ORT_TRAIN_LABEL))
     for key, reason in skipped.items():
-        rows.append({"loss": {"pgn-onnx": "PGN ONNX Runtime"}.get(key, key), "key": key, "status": reason})
-    report = _report(config, warnings, teacher, source, frames_source, gen_info, rows, extra)
-    report.images += _grids(config, train, holdout, train_outputs, outputs, losses)
+        rows.append({"loss": SKIPPED_LABELS.get(key, key), "key": key, "status": reason})
+    teachers = {loss.key: str(loss.teacher.weights) for loss in losses if isinstance(loss, PerceptualLossTerm)}
+    report = _report(config, warnings, teacher, source, frames_source, gen_info, rows, extra, teachers, evaluator.lpips.reason)
+    report.images += _grids(config, train, holdout, train_outputs, outputs, columns)
     report.elapsed_s = time.perf_counter() - start
     report.write(config.output_dir)
     return report
+
+
+ORT_TRAIN_LABEL = "PGN ONNX Runtime, generator trained by ORT training"
+SKIPPED_LABELS = {"pgn-onnx": "PGN ONNX Runtime", "pgn-ort-train": ORT_TRAIN_LABEL}
+
+
+def _ort_training_row(config, evaluator, source, status, init, poses_train, train, poses_holdout, holdout):
+    """The whole step on device: the generator trained by ONNX Runtime training, the PGN in ONNX Runtime."""
+    meter = LossMeter(memory=config.measure_memory)
+    bar = progress_bar(config.steps, "fine-tune on ORT training", config.progress)
+
+    def tick(loss: float) -> None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss / train.shape[0]:.4g}")
+
+    tuned = finetune_on_device(init, poses_train, train, status.runtime, source.model.alpha, config.pgn_mse_weight,
+                               config.lr, config.steps, config.output_dir / "ort_training", meter, tick)
+    bar.close()
+    with torch.no_grad():
+        final_train, final_holdout = tuned(poses_train), tuned(poses_holdout)
+    loss = OnDevicePGNLoss(status.runtime, source.model.alpha, config.pgn_mse_weight)
+    row = _row(f"{ORT_TRAIN_LABEL} + {config.pgn_mse_weight:g}·MSE", evaluator, final_train, train, final_holdout, holdout)
+    s = meter.summary()
+    row.update({"key": "pgn-ort-train", "loss_time_ms": s["time_ms"], "loss_peak_mem_mib": s["peak_mem_mib"],
+                "loss_peak_mem_max_mib": s["peak_mem_max_mib"], "timing_covers": "whole step (generator + PGN + Adam)",
+                "grad_cos": summary(evaluator.gradient_cosine(loss, final_train, train))})
+    return row, final_train, final_holdout
 
 
 def _row(name: str, evaluator: Evaluator, out_train, train, out_holdout, holdout) -> dict:
@@ -285,7 +331,7 @@ COLUMNS = [
 CONSOLE_KEYS = ("loss", "loss_time_ms", "loss_peak_mem_mib", "train_mse_x1e3", "train_pl_vgg19", "holdout_mse_x1e3", "holdout_pl_vgg19", "grad_cos", "status")
 
 
-def _report(config, warnings, teacher, source, frames_source, gen_info, rows, extra) -> DemoReport:
+def _report(config, warnings, teacher, source, frames_source, gen_info, rows, extra, teachers, lpips_reason) -> DemoReport:
     notes = [
         f"T = {config.steps} Adam steps, lr {config.lr:g}, λ_MSE = {config.pgn_mse_weight:g} with the PGN, "
         f"{config.vgg_mse_weight:g} with VGG; {config.train_frames} train / {config.holdout_frames} holdout frames at "
@@ -295,6 +341,9 @@ def _report(config, warnings, teacher, source, frames_source, gen_info, rows, ex
         "MSE in [0, 1] RGB space ×10³; PL = VGG-19 perceptual loss (spec §2.3); grad cos = cosine similarity of the "
         "loss's own gradient (without the λ_MSE term) to the VGG-19 gradient after fine-tuning, in normalized space.",
     ]
+    if any(r.get("key") == "pgn-ort-train" and r.get("status") == "ok" for r in rows):
+        notes.append("For the ORT-training row, ms/step and peak MiB cover the whole device step: generator forward, PGN "
+                     "runtime, generator backward and Adam, all in ONNX Runtime.")
     if "ondevice_recipe_max_relative_deviation" in extra:
         notes.append(
             "On-device recipe check: max |∇ weighted-MSE-to-P − runtime gradient| / max|runtime gradient| = "
@@ -306,7 +355,9 @@ def _report(config, warnings, teacher, source, frames_source, gen_info, rows, ex
         "pgn": source.description,
         "frames": frames_source,
         "generator": gen_info["source"],
+        "lpips": lpips_reason or "available",
     }
+    setup.update({f"{key}_weights": desc for key, desc in teachers.items() if key != "vgg19"})
     return DemoReport("finetune", _config_dict(config), setup, warnings.items, [table], extra={**extra, "generator_info": gen_info})
 
 
@@ -314,10 +365,10 @@ def _config_dict(config: FinetuneConfig) -> dict:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
 
 
-def _grids(config, train, holdout, train_outputs, holdout_outputs, losses) -> list[dict]:
+def _grids(config, train, holdout, train_outputs, holdout_outputs, columns) -> list[dict]:
     k = min(config.grid_frames, holdout.shape[0], train.shape[0])
-    names = ["ground truth", "before fine-tuning"] + [loss.label for loss in losses]
-    keys = ["before"] + [loss.key for loss in losses]
+    names = ["ground truth", "before fine-tuning"] + [label for _, label in columns]
+    keys = ["before"] + [key for key, _ in columns]
     images = []
     for split, gt, outs in (("holdout", holdout, holdout_outputs), ("train", train, train_outputs)):
         rows = [torch.stack([gt[i]] + [outs[key][i] for key in keys]) for i in range(k)]

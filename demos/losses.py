@@ -119,9 +119,10 @@ class PGNLossTerm(Loss):
         self.mse_weight = float(mse_weight)
         self.label = label
         self.criterion = pgn.PGNLoss(model, mse_weight=self.mse_weight, reduction="none")
+        self._own = pgn.PGNLoss(model, mse_weight=0.0, reduction="none")
 
     def own(self, y_hat, y):  # noqa: D102
-        return pgn.PGNLoss(self.model, mse_weight=0.0, reduction="none")(y_hat, y)
+        return self._own(y_hat, y)
 
     def per_sample(self, y_hat, y):  # noqa: D102
         return self.criterion(y_hat, y)

@@ -49,10 +49,13 @@ class LossMeter:
     """Accumulates wall time and peak-RSS growth of repeated loss-part calls.
 
     Args:
-        memory: measure peak memory (costs a garbage collection per call; timing excludes it).
+        memory: measure peak memory (costs a garbage collection per measured call; timing excludes it).
+        memory_calls: measure memory on the first this many calls only (the loss part's footprint repeats
+            every step; garbage collections are not free).
     """
 
     memory: bool = True
+    memory_calls: int = 5
     times_s: list[float] = field(default_factory=list)
     peaks_bytes: list[int] = field(default_factory=list)
 
@@ -85,15 +88,16 @@ class LossMeter:
     @contextmanager
     def measure(self) -> Iterator[None]:
         """Time (and measure the memory of) the enclosed loss part."""
-        base = self._reset_peak() if self._memory_ok else 0
+        measure_memory = self._memory_ok and len(self.peaks_bytes) < self.memory_calls
+        base = self._reset_peak() if measure_memory else 0
         t0 = time.perf_counter()
         yield
         self.times_s.append(time.perf_counter() - t0)
-        if self._memory_ok:
+        if measure_memory:
             self.peaks_bytes.append(max(0, (_status_bytes("VmHWM:") or 0) - base))
 
     def summary(self) -> dict:
-        """Median time per call (ms) and median / max peak-RSS growth (MiB); ``None`` where not measured."""
+        """Median time per call (ms) and median / max peak-RSS growth over the measured calls (MiB); ``None`` where not measured."""
         out: dict = {"calls": len(self.times_s), "time_ms": None, "peak_mem_mib": None, "peak_mem_max_mib": None}
         if self.times_s:
             out["time_ms"] = 1000.0 * statistics.median(self.times_s)

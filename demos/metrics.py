@@ -95,7 +95,7 @@ class LPIPSMetric:
     def try_load(cls, net: str = "alex") -> "LPIPSMetric":
         """Load LPIPS without touching the network; any failure makes an unavailable metric with the reason."""
         try:
-            import lpips  # noqa: F401
+            import lpips
         except ImportError:
             return cls(None, "lpips package not installed")
         import os
@@ -107,8 +107,6 @@ class LPIPSMetric:
         if not os.path.isfile(cached):
             return cls(None, f"{net} backbone weights not cached ({cached})")
         try:
-            import lpips
-
             model = lpips.LPIPS(net=net, verbose=False).eval()
         except Exception as e:  # a broken install or missing linear-layer weights
             return cls(None, f"lpips failed to load: {e.__class__.__name__}")

@@ -28,12 +28,28 @@ class TalkingHeadConfig:
     res_blocks: int = 2
 
 
+def instance_norm(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Per-sample, per-channel normalization over H, W (as ``nn.InstanceNorm2d``), written with basic ops.
+
+    Basic ops keep the generator's training step exportable to trainers that have no gradient for ONNX's
+    InstanceNormalization (ONNX Runtime training).
+    """
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    var = (x - mean).pow(2).mean(dim=(2, 3), keepdim=True)
+    return (x - mean) / torch.sqrt(var + eps)
+
+
+def upsample2x(x: torch.Tensor) -> torch.Tensor:
+    """Nearest-neighbour ×2 upsampling written as expand + reshape (exportable with CPU gradients, unlike Resize)."""
+    n, c, h, w = x.shape
+    return x[:, :, :, None, :, None].expand(n, c, h, 2, w, 2).reshape(n, c, 2 * h, 2 * w)
+
+
 class AdaIN(nn.Module):
     """Instance normalization whose scale and bias come from the identity code."""
 
     def __init__(self, channels: int, code_dim: int):
         super().__init__()
-        self.norm = nn.InstanceNorm2d(channels, affine=False)
         self.affine = nn.Linear(code_dim, 2 * channels)
         nn.init.zeros_(self.affine.weight)
         with torch.no_grad():
@@ -41,7 +57,7 @@ class AdaIN(nn.Module):
 
     def forward(self, x: torch.Tensor, code: torch.Tensor) -> torch.Tensor:  # noqa: D102
         scale, bias = self.affine(code).chunk(2, dim=1)
-        return self.norm(x) * scale[:, :, None, None] + bias[:, :, None, None]
+        return instance_norm(x) * scale[:, :, None, None] + bias[:, :, None, None]
 
 
 class _ResBlock(nn.Module):
@@ -65,7 +81,7 @@ class _Up(nn.Module):
 
     def forward(self, x, code):
         x = F.leaky_relu(self.norm(self.conv(x), code), 0.2)
-        return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+        return upsample2x(x)
 
 
 class Embedder(nn.Module):

@@ -42,7 +42,7 @@ def test_finetune_tiny(tmp_path):
     data = load_results(out)
     assert json.loads((tmp_path / "copy.json").read_text())["demo"] == "finetune"
     rows = {r["key"] if "key" in r else r["loss"]: r for r in data["tables"]["finetune"]["rows"]}
-    assert set(rows) == {"before fine-tuning", "mse", "vgg19", "vgg11", "pgn", "pgn-onnx"}
+    assert set(rows) == {"before fine-tuning", "mse", "vgg19", "vgg11", "pgn", "pgn-onnx", "pgn-ort-train"}
     for key in ("mse", "vgg19", "vgg11", "pgn"):
         row = rows[key]
         for col in ("loss_time_ms", "train_mse_x1e3", "train_pl_vgg19", "holdout_mse_x1e3", "holdout_pl_vgg19", "holdout_ssim", "grad_cos"):
@@ -51,6 +51,10 @@ def test_finetune_tiny(tmp_path):
     assert rows["vgg19"]["grad_cos"]["mean"] == pytest.approx(1.0, abs=1e-4)
     onnx = rows["pgn-onnx"]
     assert onnx["status"] == "ok" or "export" in onnx["status"] or "ONNX" in onnx["status"]
+    if onnx["status"] == "ok":  # the on-device row trains the same as the PyTorch PGN row
+        assert onnx["holdout_mse_x1e3"]["mean"] == pytest.approx(rows["pgn"]["holdout_mse_x1e3"]["mean"], rel=1e-3)
+    ort_train = rows["pgn-ort-train"]
+    assert ort_train["status"] == "ok" or "onnxruntime-training" in ort_train["status"] or "exported PGN" in ort_train["status"]
     assert any("UNTRAINED" in w for w in data["warnings"])
     assert (out / "finetune_holdout.png").is_file() and (out / "meta_trained_generator.pt").is_file()
     md = (out / "results.md").read_text()

@@ -1,0 +1,59 @@
+"""The generator's whole training step on ONNX Runtime training (runs only where onnxruntime-training is installed)."""
+
+import pytest
+import torch
+
+import pgn
+from demos.frames import edge_map, face_frames
+from demos.generators import Embedder, PoseGenerator, personalize
+from demos.losses import PGNLossTerm
+from demos.ondevice_training import FinetuneLossGraph, finetune_on_device, training_available
+from demos.students import Student
+
+
+class TorchProxyRuntime:
+    def __init__(self, model):
+        self.model = model
+
+    def run(self, y_hat, y):
+        with torch.no_grad():
+            out = self.model.outputs(torch.from_numpy(y_hat), torch.from_numpy(y))
+        return {"proxy": out.proxy.numpy(), "grad": out.grad.numpy()}
+
+
+def _setup():
+    torch.manual_seed(0)
+    train, _ = face_frames(16, train=2, holdout=1)
+    poses = edge_map(train)
+    init = personalize(PoseGenerator(), Embedder(), train, poses)
+    return init, poses, train, pgn.build("resnet4")
+
+
+def test_loss_graph_is_the_pgn_student_loss():
+    init, poses, train, model = _setup()
+    graph = FinetuneLossGraph(init, model.alpha, 20.0)
+    with torch.no_grad():
+        image = init(poses)
+        proxy = model.proxy(image, train)
+        loss, out = graph(poses, proxy, train)
+        expected = PGNLossTerm(model, 20.0).per_sample(image, train).sum()
+    torch.testing.assert_close(out, image)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(training_available() is not None, reason="onnxruntime-training is not installed")
+def test_ort_training_matches_the_pytorch_pgn_student(tmp_path):
+    init, poses, train, model = _setup()
+    tuned = finetune_on_device(init, poses, train, TorchProxyRuntime(model), model.alpha, 20.0, 5e-5, 3, tmp_path)
+    student = Student.from_init("pgn", PGNLossTerm(model, 20.0), init, 5e-5, measure_memory=False)
+    for _ in range(3):
+        student.step(lambda g: g(poses), train)
+    with torch.no_grad():
+        ours, reference, start = tuned(poses), student.render(lambda g: g(poses)), init(poses)
+    assert float((reference - start).abs().max()) > 1e-4  # the step moved the images
+    torch.testing.assert_close(ours, reference, rtol=0, atol=2e-5)
+
+
+def test_unavailable_training_says_why():
+    reason = training_available()
+    assert reason is None or "onnxruntime-training" in reason
