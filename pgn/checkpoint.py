@@ -24,7 +24,7 @@ import pickle
 import tempfile
 import warnings
 from collections import OrderedDict
-from dataclasses import replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -262,74 +262,82 @@ def _default_head(backbone: str) -> HeadConfig:
     return HeadConfig(grad_scale=GRAD_SCALE_UNET if backbone == "unet" else GRAD_SCALE_RESNET)
 
 
-def _guess_backbone(params: dict, state: dict[str, torch.Tensor], preset: str | None) -> tuple[str, dict]:
-    """For version-0 files, which carry no backbone type: infer it from the parameters or from the shapes."""
+@dataclass(frozen=True)
+class ParsedCheckpoint:
+    """What a checkpoint file holds, whatever its format."""
+
+    format: str  #: ``pgn-toolkit``, ``authors-v2``, ``authors-v1`` or ``authors-v0``
+    backbone: str
+    backbone_params: dict
+    head: HeadConfig | None  #: None where the file does not store the head (authors' version 1)
+    state_dict: dict
+    value_space: str = "unit"
+    preset: str | None = None
+
+
+def _guess_backbone(params: dict, state: dict[str, torch.Tensor], preset: str | None) -> str:
+    """The backbone type of an authors' version-0/1 file: from the preset, the parameter names, or the shapes."""
     if preset is not None:
-        return preset_config(preset).backbone, {}
+        return preset_config(preset).backbone
     if any(k in params for k in ("block_type", "conv_type", "norm_type", "predict_value")):
-        return "unet", {}
-    candidates = [(kind, p) for kind, p, _ in PAPER_BACKBONES.values()]
-    for kind, p in candidates:
-        model = PGN(PGNConfig(kind, dict(p, **_authors_backbone_params(kind, {k: v for k, v in params.items() if k in (_AUTHORS_RESNET_KEYS if kind == "resnet" else _AUTHORS_UNET_KEYS)}))))
+        return "unet"
+    for kind, p, _ in PAPER_BACKBONES.values():
+        model = PGN(PGNConfig(kind, dict(p)))
         try:
             match_state_dict(model.backbone.state_dict(), state)
-            return kind, dict(p)
+            return kind
         except PGNError:
             continue
-    raise PGNError("cannot tell which backbone this version-0 checkpoint holds: pass preset= (e.g. 'resnet4' or 'unet')")
+    raise PGNError("cannot tell which backbone this checkpoint holds: pass preset= (e.g. 'resnet4' or 'unet')")
 
 
-def parse_checkpoint(obj: Any, *, preset: str | None = None) -> tuple[PGNConfig | None, dict, HeadConfig | None, dict[str, torch.Tensor], str]:
-    """Split a loaded checkpoint into (our config or None, backbone params, head or None, state dict, format).
-
-    ``format`` is ``pgn-toolkit``, ``authors-v2``, ``authors-v1`` or ``authors-v0``.
-    """
+def parse_checkpoint(obj: Any, *, preset: str | None = None) -> ParsedCheckpoint:
+    """Read the configuration and weights out of a loaded checkpoint in any supported format."""
     if not isinstance(obj, dict):
         raise PGNError(f"not a PGN checkpoint: expected a dict, found {type(obj).__name__}")
     if obj.get("format") == FORMAT_NAME:
         if obj.get("format_version", 0) > FORMAT_VERSION:
             raise PGNError(f"checkpoint format version {obj['format_version']} is newer than this pgn-toolkit supports; upgrade pgn-toolkit")
         try:
-            config = PGNConfig.from_dict(obj["config"])
+            c = PGNConfig.from_dict(obj["config"])
+            state = obj["state_dict"]
         except (KeyError, TypeError) as e:
-            raise PGNError(f"broken pgn-toolkit checkpoint: bad config ({e})") from None
-        return config, config.backbone_params, config.head, obj["state_dict"], FORMAT_NAME
+            raise PGNError(f"broken pgn-toolkit checkpoint: bad or missing config ({e})") from None
+        return ParsedCheckpoint(FORMAT_NAME, c.backbone, c.backbone_params, c.head, state, c.value_space, c.preset)
     version = obj.get("version")
     if version == 2:
         try:
             kind = obj["backbone_type"]
+            if kind not in BACKBONES:
+                raise PGNError(f"unknown backbone_type {kind!r} in checkpoint")
             params = _authors_backbone_params(kind, obj.get("backbone_params", {}))
             head = _authors_head(obj.get("backbone_to_grad_type", "proxy"), obj.get("backbone_to_grad_params", {}))
-            state = obj["state_dict"]
+            return ParsedCheckpoint("authors-v2", kind, params, head, obj["state_dict"])
         except KeyError as e:
             raise PGNError(f"broken authors' version-2 checkpoint: missing key {e}") from None
-        if kind not in BACKBONES:
-            raise PGNError(f"unknown backbone_type {kind!r} in checkpoint")
-        return PGNConfig(kind, params, head), params, head, state, "authors-v2"
     if version == 1:
         if "state_dict" not in obj:
             raise PGNError("broken authors' version-1 checkpoint: no state_dict")
         params = dict(obj.get("params", {}))
-        kind, _ = _guess_backbone(params, obj["state_dict"], preset)
-        params = _authors_backbone_params(kind, params)
-        return None, params, None, obj["state_dict"], "authors-v1"
+        kind = _guess_backbone(params, obj["state_dict"], preset)
+        return ParsedCheckpoint("authors-v1", kind, _authors_backbone_params(kind, params), None, obj["state_dict"])
     if version is None and "state_dict" not in obj and "config" not in obj:
         state = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
         if not state:
             raise PGNError("not a PGN checkpoint: no tensors found")
         params = {k: v for k, v in obj.items() if not isinstance(v, torch.Tensor)}
         grad_scale = params.pop("grad_scale", None)
-        kind, _ = _guess_backbone(params, state, preset)
+        kind = _guess_backbone(params, state, preset)
         head = None
         if grad_scale is not None:
             grad_scale = float(grad_scale)
             if kind == "unet" and grad_scale == LEGACY_UNET_GRAD_SCALE:
-                warnings.warn("legacy UNet checkpoint: grad_scale 1e-3 (batch-mean era) rewritten to 0.048", stacklevel=2)
+                warnings.warn("legacy UNet checkpoint: grad_scale 1e-3 (batch-mean era) rewritten to 0.048", stacklevel=3)
                 grad_scale = GRAD_SCALE_UNET
             head = HeadConfig(grad_scale=grad_scale)
-        return PGNConfig(kind, _authors_backbone_params(kind, params), head or _default_head(kind)), _authors_backbone_params(kind, params), head, state, "authors-v0"
+        return ParsedCheckpoint("authors-v0", kind, _authors_backbone_params(kind, params), head or _default_head(kind), state)
     if "state_dict" in obj:
-        raise PGNError("checkpoint has a state_dict but no config: load it with pgn.load(path, preset=...) or re-save with pgn.save")
+        raise PGNError("checkpoint has a state_dict but no usable config: load it with pgn.load(path, preset=...) or re-save with pgn.save")
     raise PGNError(f"unrecognized checkpoint layout (keys: {sorted(map(str, obj))[:8]})")
 
 
@@ -343,55 +351,63 @@ def load(
 ) -> PGN:
     """Load a PGN from our checkpoint or one of the authors' released files; returns the model in eval mode.
 
+    The file decides the architecture and, where it stores one, the head. ``preset`` and backbone overrides are
+    checks against it (a mismatch is a clear error, as in the authors' loader); head overrides may only repeat
+    what the file stores, except ``grad_scale`` with ``ignore_grad_scale_mismatch=True``. ``value_space`` can
+    always be chosen.
+
     Args:
         path: the checkpoint file.
-        preset: expected preset (e.g. ``"resnet4"``). The checkpoint's backbone must match it, else a clear error;
-            for the authors' version-0/1 files it also supplies what the file does not store (the head).
+        preset: expected preset (e.g. ``"resnet4"``); for the authors' version-1 files it also supplies the head.
         map_location: device for the loaded tensors.
-        ignore_grad_scale_mismatch: allow a ``grad_scale`` override that differs from the checkpoint's
-            (the override wins, with a warning), as the authors' ``--pgn-ignore-grad-scale-mismatch``.
-        **overrides: config overrides as in :func:`pgn.build` (``value_space``, ``grad_scale``, …).
+        ignore_grad_scale_mismatch: let a ``grad_scale`` override win over the checkpoint's, with a warning
+            (the authors' ``--pgn-ignore-grad-scale-mismatch``).
+        **overrides: as in :func:`pgn.build` (``value_space``, ``grad_scale``, ``num_blocks``, …).
     """
-    obj = read_file(path, map_location)
-    config, params, head, state, fmt = parse_checkpoint(obj, preset=preset)
-    kind = config.backbone if config is not None else preset_config(preset).backbone if preset else None
-    if kind is None:
-        kind, _ = _guess_backbone(params, state, None)
-    if config is None:
-        base = preset_config(preset) if preset else PGNConfig(kind, params, _default_head(kind))
-        config = replace(base, backbone=kind, backbone_params=dict(params), head=head or base.head)
-    if preset is not None:
-        expected = apply_overrides(preset_config(preset), **{k: v for k, v in overrides.items() if k not in ("value_space",)})
-        got = PGNConfig(config.backbone, config.backbone_params)
-        want = PGNConfig(expected.backbone, expected.backbone_params)
-        if (got.backbone, {k: v for k, v in got.backbone_params.items() if k != "out_channels"}) != (
-            want.backbone,
-            {k: v for k, v in want.backbone_params.items() if k != "out_channels"},
-        ):
-            raise PGNError(f"{path} holds a {_describe(got)} backbone, but preset {preset!r} is a {_describe(want)}")
-        if head is not None and expected.head.kind != config.head.kind:
-            raise PGNError(f"{path} was trained with the {config.head.kind!r} head, but preset {preset!r} uses {expected.head.kind!r}")
-        config = replace(config, preset=preset)
-    config = _merge_head_overrides(config, overrides, ignore_grad_scale_mismatch, str(path))
+    ck = parse_checkpoint(read_file(path, map_location), preset=preset)
+    base = preset_config(preset) if preset else None
+    head = ck.head or (base.head if base else _default_head(ck.backbone))
+    config = PGNConfig(ck.backbone, ck.backbone_params, head, ck.value_space, preset or ck.preset)
+
+    backbone_keys = set(BACKBONES[ck.backbone][1].__dataclass_fields__) - {"out_channels"}
+    backbone_kw = {k: v for k, v in overrides.items() if k in backbone_keys and v is not None}
+    other_kw = {k: v for k, v in overrides.items() if k not in backbone_keys and v is not None}
+    want = apply_overrides(base or config, **backbone_kw)
+    if _backbone_key(want) != _backbone_key(config):
+        what = f"preset {preset!r} is" if preset else "you asked for"
+        raise PGNError(f"{path} holds a {_describe(config)} backbone, but {what} a {_describe(want)}")
+    if base is not None and ck.head is not None and base.head.kind != ck.head.kind:
+        raise PGNError(f"{path} was trained with the {ck.head.kind!r} head, but preset {preset!r} uses {base.head.kind!r}")
+
+    config = apply_overrides(config, **_checked_head_overrides(config, other_kw, ck.head is not None, ignore_grad_scale_mismatch, path))
     model = PGN(config)
-    model.backbone.load_state_dict(match_state_dict(model.backbone.state_dict(), state))
-    model.checkpoint_format = fmt
+    model.backbone.load_state_dict(match_state_dict(model.backbone.state_dict(), ck.state_dict))
+    model.checkpoint_format = ck.format
     return model.to(map_location).eval()
 
 
-def _merge_head_overrides(config: PGNConfig, overrides: dict, ignore_grad_scale_mismatch: bool, where: str) -> PGNConfig:
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    gs = overrides.get("grad_scale")
-    if gs is not None and float(gs) != config.head.grad_scale:
-        if not ignore_grad_scale_mismatch:
-            raise PGNError(
-                f"grad_scale {gs} differs from the checkpoint's {config.head.grad_scale} ({where}); pass "
-                f"ignore_grad_scale_mismatch=True to use yours"
-            )
-        warnings.warn(f"using grad_scale {gs} instead of the checkpoint's {config.head.grad_scale}", stacklevel=3)
-    backbone_keys = set(BACKBONES[config.backbone][1].__dataclass_fields__)
-    head_only = {k: v for k, v in overrides.items() if k not in backbone_keys}
-    return apply_overrides(config, **head_only)
+def _backbone_key(config: PGNConfig) -> tuple:
+    return config.backbone, {k: v for k, v in config.backbone_params.items() if k != "out_channels"}
+
+
+def _checked_head_overrides(config: PGNConfig, overrides: dict, stored: bool, ignore_grad_scale_mismatch: bool, path) -> dict:
+    """Head overrides that may apply to a loaded checkpoint; differing ones are errors where the file stores the head."""
+    if not stored:
+        return overrides
+    current = dict(config.head.to_dict(), head=config.head.kind)
+    for key, value in overrides.items():
+        if key == "value_space" or key not in current or value == current[key]:
+            continue
+        if key == "grad_scale":
+            if not ignore_grad_scale_mismatch:
+                raise PGNError(
+                    f"grad_scale {value} differs from the checkpoint's {config.head.grad_scale} ({path}); pass "
+                    f"ignore_grad_scale_mismatch=True to use yours"
+                )
+            warnings.warn(f"using grad_scale {value} instead of the checkpoint's {config.head.grad_scale}", stacklevel=3)
+            continue
+        raise PGNError(f"{path} stores {key}={current[key]!r}; it cannot be changed to {value!r} for these weights")
+    return overrides
 
 
 def _describe(config: PGNConfig) -> str:

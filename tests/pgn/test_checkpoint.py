@@ -181,3 +181,16 @@ def test_match_state_dict_reports_misfit():
     theirs["net.layer0.weight"] = torch.zeros(1, 2, 3, 3)
     with pytest.raises(pgn.PGNError, match="no module matching"):
         match_state_dict(ours, theirs)
+
+
+def test_overrides_are_checked_against_the_file(tmp_path):
+    path = pgn.save(pgn.build("resnet8"), tmp_path / "r8.pt")
+    with pytest.raises(pgn.PGNError, match="you asked for a resnet\\(num_blocks=4"):
+        pgn.load(path, num_blocks=4)
+    assert pgn.load(path, num_blocks=8).config.backbone_params["num_blocks"] == 8
+    with pytest.raises(pgn.PGNError, match="stores beta=1.1"):
+        pgn.load(path, beta=1.2)
+    # the authors' version-1 files store no head: overrides define it
+    v1 = {"state_dict": pgn.build("resnet4").backbone.state_dict(), "params": {"num_blocks": 4}, "version": 1}
+    torch.save(v1, tmp_path / "v1.pth")
+    assert pgn.load(tmp_path / "v1.pth", preset="resnet4", grad_scale=0.05).config.head.grad_scale == pytest.approx(0.05)
