@@ -164,7 +164,7 @@ def main() -> None:
 @click.option("--vgg-mse-weight", type=click.FloatRange(min=0), help="λ_MSE paired with VGG (default: 0).")
 @click.option("--losses", type=CommaList(choices=("mse", "vgg19", "vgg11", "pgn", "pgn-onnx", "pgn-ort-train")),
               help="Losses to compare (default: all of mse,vgg19,vgg11,pgn,pgn-onnx,pgn-ort-train; the last needs onnxruntime-training).")
-@click.option("--meta-steps", type=click.IntRange(0), help="Meta-training episodes of the generator (default: 300).")
+@click.option("--meta-steps", type=click.IntRange(0), help="Meta-training episodes of the generator (default: 200).")
 @click.option("--generator-checkpoint", type=click.Path(dir_okay=False, path_type=Path), help="Reuse a meta_trained_generator.pt from an earlier run.")
 def finetune(**kwargs) -> None:
     """Few-shot fine-tuning of a talking-head style generator, including the on-device path.

@@ -75,7 +75,7 @@ class FinetuneConfig(CommonConfig):
     pgn_mse_weight: float = PAPER_MSE_WEIGHT
     vgg_mse_weight: float = 0.0
     losses: tuple[str, ...] = FINETUNE_LOSS_KEYS
-    meta_steps: int = 300
+    meta_steps: int = 200
     generator_checkpoint: Path | None = None
     grid_frames: int = 4
 

@@ -126,3 +126,33 @@ def test_on_device_loss_with_onnx_runtime(ort_runtime_factory, tiny_generator):
     runtime = ort_runtime_factory(model, (2, 3, 32, 32))
     ondevice = _compare_students(model, runtime, tiny_generator)
     assert ondevice.max_recipe_deviation < 1e-4
+
+
+def test_on_device_loss_with_the_export_package(tmp_path, tiny_generator):
+    pytest.importorskip("export", reason="the export package is not installed")
+    from demos.ondevice import open_onnx_runtime
+
+    torch.manual_seed(0)
+    model = pgn.build("resnet4")
+    status = open_onnx_runtime(model, (32, 32), 2, tmp_path)
+    assert status.ok, status.status
+    assert status.artifact.is_file() and status.export_status in ("verified", "converted-not-run")
+    ondevice = _compare_students(model, status.runtime, tiny_generator)
+    assert ondevice.max_recipe_deviation < 1e-4
+
+
+def test_missing_export_package_is_reported(monkeypatch, tmp_path):
+    import builtins
+
+    from demos.ondevice import open_onnx_runtime
+
+    real_import = builtins.__import__
+
+    def fake_import(name, *args, **kwargs):
+        if name == "export":
+            raise ImportError("No module named 'export'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    status = open_onnx_runtime(pgn.build("resnet4"), (32, 32), 1, tmp_path)
+    assert not status.ok and status.status.startswith("export package not available")

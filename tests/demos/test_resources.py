@@ -1,0 +1,61 @@
+"""Which VGG weights and PGN a demo uses, and the warnings when they are random/untrained."""
+
+import pytest
+import torch
+
+import pgn
+from demos.resources import Warnings, load_pgn, load_teacher, resolve_vgg_weights
+from pgn.errors import PGNError
+
+
+def test_untrained_pgn_warns_loudly():
+    w = Warnings()
+    source = load_pgn(None, None, w)
+    assert not source.trained and source.model.config.preset == "resnet4"
+    assert any("UNTRAINED" in m for m in w.items)
+
+
+def test_checkpoint_is_loaded_without_warning(tmp_path):
+    torch.manual_seed(0)
+    model = pgn.build("resnet4")
+    path = pgn.save(model, tmp_path / "r4.pt")
+    w = Warnings()
+    source = load_pgn(path, None, w)
+    assert source.trained and str(path) in source.description and not w.items
+    x, y = torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(source.model(x, y), model(x, y))
+    with pytest.raises(PGNError):
+        load_pgn(path, "unet", Warnings())  # the file holds a ResNet-4
+    with pytest.raises(PGNError, match="not found"):
+        load_pgn(tmp_path / "missing.pt", None, Warnings())
+
+
+def test_vgg_weights_auto_falls_back_to_random_with_a_warning():
+    from pgn.perceptual import imagenet_weights_path
+
+    w = Warnings()
+    resolved = resolve_vgg_weights("auto", "vgg19", w)
+    if imagenet_weights_path("vgg19").is_file():
+        assert resolved == "imagenet" and not w.items
+    else:
+        assert resolved == "random" and "RANDOM" in w.items[0]
+    teacher = load_teacher("vgg19", "random", Warnings())
+    assert not teacher.weights.pretrained
+
+
+def test_cli_reports_the_checkpoint(tmp_path):
+    from click.testing import CliRunner
+
+    from demos.cli import main
+
+    path = pgn.save(pgn.build("resnet4"), tmp_path / "r4.pt")
+    out = tmp_path / "o"
+    result = CliRunner().invoke(main, ["invert", "-o", str(out), "--size", "32", "--train-steps", "1", "--prefit-steps", "1",
+                                       "--steps", "1", "--no-progress", "--pgn-checkpoint", str(path)])
+    assert result.exit_code == 0, result.output
+    import json
+
+    data = json.loads((out / "results.json").read_text())
+    assert str(path) in data["setup"]["pgn"]
+    assert not any("No --pgn-checkpoint" in w for w in data["warnings"])
