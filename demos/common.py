@@ -96,7 +96,7 @@ def setup_resources(config: CommonConfig) -> tuple[Warnings, Evaluator, pgn.Perc
     warnings = Warnings()
     teacher = load_teacher("vgg19", config.vgg_weights, warnings, seed=config.seed)
     lpips = LPIPSMetric.try_load()
-    source = load_pgn(config.pgn_checkpoint, config.pgn_preset, warnings)
+    source = load_pgn(config.pgn_checkpoint, config.pgn_preset, warnings, seed=config.seed)
     return warnings, Evaluator(teacher, lpips), teacher, source
 
 

@@ -224,7 +224,7 @@ def stability_pgns(config: DipConfig, warnings: Warnings) -> dict[str, tuple]:
     """The PGN of each head (a checkpoint when given, else the untrained ResNet-8 preset) and its description."""
     out = {}
     for head, preset in HEAD_PRESETS.items():
-        source = load_pgn(config.head_checkpoints.get(head), preset, Warnings())
+        source = load_pgn(config.head_checkpoints.get(head), preset, Warnings(), seed=config.seed)
         if not source.trained:
             warnings.add(f"stability head '{head}' ({preset}) is UNTRAINED: pass --head-checkpoint {head}=PATH; its counts only show the mechanics.")
         out[head] = (source.model, source.description)

@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 import pgn
 from pgn.errors import PGNError
 from pgn.perceptual import imagenet_weights_path
@@ -65,7 +67,7 @@ class PGNSource:
     trained: bool
 
 
-def load_pgn(checkpoint: str | Path | None, preset: str | None, warnings: Warnings) -> PGNSource:
+def load_pgn(checkpoint: str | Path | None, preset: str | None, warnings: Warnings, seed: int = 0) -> PGNSource:
     """Load the PGN a demo fits with.
 
     Args:
@@ -74,18 +76,21 @@ def load_pgn(checkpoint: str | Path | None, preset: str | None, warnings: Warnin
         preset: expected preset (``resnet4`` when ``None`` and no checkpoint). With a checkpoint it is checked
             against the file only if given.
         warnings: where the untrained-PGN warning goes.
+        seed: seeds the random initialization of an untrained PGN (so runs repeat).
 
     Returns:
         A :class:`PGNSource` whose model is in eval mode and works on RGB [0, 1] images.
     """
     name = preset or DEFAULT_PGN_PRESET
     if checkpoint is None:
-        model = pgn.build(name)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            model = pgn.build(name)
         warnings.add(
             f"No --pgn-checkpoint: the PGN ({name}) is UNTRAINED (random weights). Its gradients are not perceptual; "
             "the PGN rows only show the mechanics. Train one with pgn-distill, or pass a released checkpoint."
         )
-        return PGNSource(model, f"{name}, untrained (random init)", False)
+        return PGNSource(model, f"{name}, untrained (random init, seed {seed})", False)
     if str(checkpoint) == "paper":
         model = pgn.build(name, weights="paper", value_space="unit")
         return PGNSource(model, f"{name}, authors' released weights", True)

@@ -24,7 +24,8 @@ def test_output_shape_and_no_sigmoid_by_default():
 
 def test_sigmoid_option():
     net = SkipNet(SkipNetConfig(need_sigmoid=True))
-    out = net(torch.rand(1, 3, 64, 64))
+    with torch.no_grad():
+        out = net(torch.rand(1, 3, 64, 64))
     assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
 
 
