@@ -20,7 +20,7 @@ from pgn.errors import PGNError
 
 from .errors import RuntimeUnavailable
 from .formats import Format, resolve_targets
-from .graph import output_names
+from .graph import check_exportable, output_names
 from .manifest import artifact_stem, build_manifest, manifest_path, size_mb, write_manifest
 from .options import ExportOptions
 from .verify import Tolerance, not_executed, parity_inputs, verify_runtime
@@ -90,7 +90,7 @@ def export(
         target: ``onnx``, ``tensorrt``, ``coreml`` or ``all``.
         output_dir: folder for artifacts and their ``<artifact>.manifest.json``.
         size: (H, W) of the input (an int for square); must be a multiple of the backbone's size multiple
-            (UNet 32, ResNet 4). With ``dynamic`` the optimal shape.
+            (UNet 32, ResNet 2). With ``dynamic`` the optimal shape.
         batch: batch size (with ``dynamic`` the optimal one).
         dynamic: dynamic batch/height/width (TensorRT and CoreML: within ``min_size``/``max_size``/``max_batch``).
         precision: ``fp32`` or ``fp16``; ``None`` uses each format's default (ONNX/TensorRT fp32, CoreML fp16).
@@ -128,6 +128,14 @@ def export(
     if base.dynamic:
         base.shape_range(model.size_multiple)  # validates the bounds
     plan = [(fmt, base.for_format(fmt)) for fmt in formats]
+    for fmt, opts in plan:
+        check_exportable(model.config.head, fmt.name, dynamic=opts.dynamic, legacy_exporter=opts.legacy_exporter)
+        validate = getattr(_module(fmt), "validate", None)
+        try:
+            if validate is not None:
+                validate(opts)
+        except RuntimeUnavailable:
+            pass  # reported per target below (or raised by check_available for a single target)
     if len(plan) == 1:
         _module(plan[0][0]).check_available()
     out_dir = Path(output_dir)

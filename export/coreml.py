@@ -58,6 +58,11 @@ def check_available() -> None:
     import_coremltools()
 
 
+def validate(options: ExportOptions) -> None:
+    """Check CoreML-specific options before anything is converted (the deployment target)."""
+    deployment_target(import_coremltools(), options.deployment_target)
+
+
 def deployment_target(ct, name: str):
     """The ``ct.target`` member called ``name`` (e.g. ``iOS16``, ``macOS13``); a clear error if unknown or too old."""
     members = ct.target.__members__

@@ -25,6 +25,7 @@ from torch import nn
 
 import pgn
 from pgn.constants import IMAGENET_MEAN, IMAGENET_STD
+from pgn.errors import PGNError
 
 INPUT_NAMES = ("y_hat", "y")
 CHANNELS = 3
@@ -72,6 +73,22 @@ class GradientRecipe:
     def from_dict(cls, d: dict) -> "GradientRecipe":
         """Inverse of :meth:`to_dict`."""
         return cls(alpha=float(d["alpha"]), k=float(d["k"]), phi=str(d["phi"]), std=tuple(float(s) for s in d["std"]))
+
+
+def check_exportable(head: "pgn.HeadConfig", target: str, *, dynamic: bool, legacy_exporter: bool) -> None:
+    """Raise a :class:`pgn.errors.PGNError` for head/target combinations that cannot be exported.
+
+    The warped head (the authors' experimental head, not in the paper) computes its low-resolution grid size
+    as ``round(H / 28)`` in Python from the input shape, which only the dynamo exporter with fixed shapes can
+    freeze; TorchScript tracing (legacy ONNX exporter, CoreML) cannot round a traced size.
+    """
+    if head.kind != "warped":
+        return
+    if dynamic:
+        raise PGNError("the warped head exports only with fixed shapes (its grid size round(H/28) is computed in Python): drop --dynamic")
+    if target == "coreml" or legacy_exporter:
+        what = "CoreML" if target == "coreml" else "the legacy ONNX exporter"
+        raise PGNError(f"the warped head cannot be traced for {what} (round() of a traced size): export it to onnx or tensorrt with the dynamo exporter")
 
 
 def output_names(precision: str) -> tuple[str, str]:

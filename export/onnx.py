@@ -104,16 +104,16 @@ def write_onnx(graph: ExportGraph, path: Path, options: ExportOptions, metadata:
         _rename_dynamic_dims(proto)
     if metadata:
         onnx.helper.set_model_props(proto, metadata)
-    check_graph(proto, names, options)
+    check_graph(proto, names, half=graph.compute_dtype == torch.float16)
     onnx.save_model(proto, str(path))
     return path
 
 
-def check_graph(proto: Any, names: tuple[str, ...], options: ExportOptions) -> None:
+def check_graph(proto: Any, names: tuple[str, ...], *, half: bool) -> None:
     """Structural checks of an exported graph; a :class:`PGNError` if one fails.
 
     ``onnx.checker`` (full check, with shape inference), input/output names, no ``BatchNormalization`` node
-    (folded), and the fp16 graph really computes in half.
+    (folded), and a half graph (``half``) really holds float16 convolution weights.
     """
     import onnx
 
@@ -128,7 +128,7 @@ def check_graph(proto: Any, names: tuple[str, ...], options: ExportOptions) -> N
     left = [n.name for n in proto.graph.node if n.op_type == "BatchNormalization"]
     if left:
         raise PGNError(f"{len(left)} BatchNormalization node(s) left unfolded in the ONNX graph ({left[0]}, ...)")
-    if options.precision == "fp16":
+    if half:
         dtypes = {init.data_type for init in proto.graph.initializer if len(init.dims) >= 4}
         if dtypes != {onnx.TensorProto.FLOAT16}:
             raise PGNError("fp16 export holds convolution weights that are not float16")
