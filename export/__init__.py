@@ -9,7 +9,7 @@ Command line: ``pgn-export --backbone unet --target onnx`` (see ``pgn-export --h
 """
 
 from .api import ExportResult, export
-from .errors import ParityError, RuntimeUnavailable
+from .errors import RuntimeUnavailable
 from .formats import FORMATS, Format
 from .manifest import manifest_path, read_manifest
 from .options import ExportOptions
@@ -20,7 +20,6 @@ __all__ = [
     "ExportOptions",
     "ExportResult",
     "Format",
-    "ParityError",
     "Runtime",
     "RuntimeUnavailable",
     "export",

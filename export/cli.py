@@ -111,6 +111,7 @@ def _main(backbone, target, checkpoint, head, json_path, **options) -> None:
 
 def _print_table(results, model, random_weights: bool) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from .verify import summary
@@ -127,7 +128,7 @@ def _print_table(results, model, random_weights: bool) -> None:
         where = r.artifact.name if r.artifact else ""
         detail = f"{where} ({r.reason})" if where and r.reason else (where or r.reason)
         table.add_row(r.target, f"[{colors[r.status]}]{r.status}[/]", f"{r.size_mb:.2f}" if r.artifact else "-",
-                      parity, f"{r.seconds:.1f}", detail)
+                      escape(parity), f"{r.seconds:.1f}", escape(detail))
     console = Console()
     if not console.is_terminal:
         console = Console(width=max(console.width, 140))

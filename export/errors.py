@@ -1,4 +1,4 @@
-"""Errors of the export package; both are :class:`pgn.errors.PGNError`, so CLIs print them as one line."""
+"""Errors of the export package; it is a :class:`pgn.errors.PGNError`, so CLIs print them as one line."""
 
 from __future__ import annotations
 
@@ -10,7 +10,3 @@ class RuntimeUnavailable(PGNError):
 
     The message says what is missing, what to install, and where the target runs.
     """
-
-
-class ParityError(PGNError):
-    """An artifact's outputs differ from PyTorch beyond the tolerance of its precision."""

@@ -20,7 +20,7 @@ import torch
 import pgn
 from pgn.errors import PGNError
 
-from .graph import INPUT_NAMES, ExportGraph, output_names
+from .graph import INPUT_NAMES, ExportGraph
 from .manifest import metadata_strings
 from .options import ExportOptions
 
