@@ -1,28 +1,9 @@
-"""Fixtures for the export tests: small seeded PGNs, kept fast for a 2-core CPU (sizes 64×64)."""
+"""Fixtures for the export tests: small seeded PGNs at 64×64, fast on a 2-core CPU."""
 
 import pytest
 import torch
 
-import pgn
-
-torch.set_num_threads(1)
-
-PRESETS = ("resnet4", "resnet6", "resnet8", "unet")
-SIZE = (64, 64)
-
-
-def build(name: str, **overrides) -> pgn.PGN:
-    """A preset with seeded random weights and non-trivial BatchNorm statistics (so folding is exercised)."""
-    torch.manual_seed(0)
-    model = pgn.build(name, **overrides)
-    g = torch.Generator().manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(0.1 * torch.randn(m.num_features, generator=g))
-            m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=g))
-            m.weight.data.copy_(1 + 0.1 * torch.randn(m.num_features, generator=g))
-            m.bias.data.copy_(0.1 * torch.randn(m.num_features, generator=g))
-    return model.eval()
+from export_helpers import PRESETS, build
 
 
 @pytest.fixture(scope="session")

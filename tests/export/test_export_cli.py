@@ -11,7 +11,7 @@ import export
 import pgn
 from export.cli import main
 
-from conftest import build
+from export_helpers import build
 
 
 def _run(*args):

@@ -8,7 +8,7 @@ import pytest
 import export
 from export.coreml import import_coremltools
 
-from conftest import PRESETS, build
+from export_helpers import PRESETS, build
 
 ct = import_coremltools()
 

@@ -9,7 +9,7 @@ import torch
 import pgn
 from export.graph import ExportGraph, GradientRecipe, count_batchnorm, fold_batchnorm
 
-from conftest import build
+from export_helpers import build
 
 
 def _cos(a, b):

@@ -10,7 +10,7 @@ import torch
 import export
 from export.manifest import manifest_path, sha256_of
 
-from conftest import PRESETS, build
+from export_helpers import PRESETS, build
 
 SIZE = 64
 

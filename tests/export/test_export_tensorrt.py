@@ -16,7 +16,7 @@ import export
 from export import tensorrt as trt_export
 from export.options import ExportOptions
 
-from conftest import build
+from export_helpers import build
 
 needs_no_tensorrt = pytest.mark.skipif(
     importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available(),
