@@ -78,17 +78,18 @@ class GradientRecipe:
 def check_exportable(head: "pgn.HeadConfig", target: str, *, dynamic: bool, legacy_exporter: bool) -> None:
     """Raise a :class:`pgn.errors.PGNError` for head/target combinations that cannot be exported.
 
-    The warped head (the authors' experimental head, not in the paper) computes its low-resolution grid size
-    as ``round(H / 28)`` in Python from the input shape, which only the dynamo exporter with fixed shapes can
-    freeze; TorchScript tracing (legacy ONNX exporter, CoreML) cannot round a traced size.
+    The warped head (the authors' experimental head, not in the paper) fixes its low-resolution grid size
+    ``round(H / 28)`` at export time, so it needs fixed shapes; its ``grid_sample`` converts only through the
+    dynamo ONNX exporter (coremltools fails on the traced graph, and ONNX Runtime has no kernel for the legacy
+    exporter's GridSample node; both checked with coremltools 9.0 / onnxruntime 1.31).
     """
     if head.kind != "warped":
         return
     if dynamic:
-        raise PGNError("the warped head exports only with fixed shapes (its grid size round(H/28) is computed in Python): drop --dynamic")
+        raise PGNError("the warped head exports only with fixed shapes (its grid size round(H/28) is fixed at export): drop --dynamic")
     if target == "coreml" or legacy_exporter:
         what = "CoreML" if target == "coreml" else "the legacy ONNX exporter"
-        raise PGNError(f"the warped head cannot be traced for {what} (round() of a traced size): export it to onnx or tensorrt with the dynamo exporter")
+        raise PGNError(f"the warped head does not convert for {what} (its grid_sample): export it to onnx or tensorrt with the dynamo exporter")
 
 
 def output_names(precision: str) -> tuple[str, str]:

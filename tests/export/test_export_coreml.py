@@ -82,7 +82,7 @@ def test_bad_deployment_target(tmp_path):
 
 
 def test_warped_head_is_a_clear_error_for_coreml(tmp_path):
-    with pytest.raises(export.errors.PGNError, match="warped head cannot be traced for CoreML"):
+    with pytest.raises(export.errors.PGNError, match="warped head does not convert for CoreML"):
         export.export(build("resnet4", head="warped"), "coreml", output_dir=tmp_path, size=64)
 
 
