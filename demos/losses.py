@@ -6,7 +6,7 @@ taken in ImageNet-normalized space, which is what the paper's coefficients (λ_M
 
 The PGN loss is :class:`pgn.PGNLoss`: its value is the surrogate ``α·MSE(ŷ, sg[P])`` and its backward injects
 exactly the PGN gradient ``g`` into ``ŷ``, which is the same update as the reference's surrogate ``Σ ŷ·g``
-(``tests/demos/test_equivalences.py`` checks both against each other).
+(``tests/demos/test_demos_equivalences.py`` checks both against each other).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ in ImageNet-normalized space ``g_n = α·2/(C·H·W)·(ŷ_n − P_n)``. Taken wi
 so a per-channel weighted MSE towards ``P`` with weights ``α/σ_c²`` (equivalently: α·MSE between the
 normalized images) has exactly the PGN gradient. A device that can run the exported PGN forward (ONNX Runtime,
 Core ML, TensorRT) and train with a weighted MSE therefore fine-tunes with the PGN: no VGG on the device and
-no autograd through the PGN. :func:`proxy_mse` is that loss; ``tests/demos/test_equivalences.py`` proves that
+no autograd through the PGN. :func:`proxy_mse` is that loss; ``tests/demos/test_demos_equivalences.py`` proves that
 its generator-parameter gradients equal those of :class:`pgn.PGNLoss`.
 
 The exported graph comes from the ``export`` package (``pgn-export``); when it is not installed or the export
