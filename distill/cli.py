@@ -269,14 +269,14 @@ def _run(kw: dict[str, Any]) -> None:
         "checkpoint": str(result.checkpoint) if result.checkpoint else None,
         "pgn": str(result.pgn_path) if result.pgn_path else None,
     }
-    if result.pgn_path is not None:  # rank 0
+    if result.is_main:
         rows = {"steps": result.steps}
         for key in ("val/cos", "val/ae_cos", "val/rel_err"):
             if key in result.first_validation:
                 rows[f"{key} at step {result.first_validation['step']}"] = result.first_validation[key]
             if key in result.last_validation:
                 rows[f"{key} at step {result.last_validation['step']}"] = result.last_validation[key]
-        rows["pgn checkpoint"] = str(result.pgn_path)
+        rows["pgn checkpoint"] = str(result.pgn_path or "(none written)")
         _print_table(f"pgn-distill: {result.run_dir}", rows)
         _write_json(summary, kw["json_path"])
     if result.stopped == "signal":

@@ -25,6 +25,7 @@ image found during training is skipped (another image takes its place) and count
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import warnings
@@ -107,11 +108,7 @@ def find_images(data: str, dataset: str = "auto", val_fraction: float = 0.02) ->
     """Split the images of ``data`` into training and held-out items (see the module docs for the layouts)."""
     kind = detect_layout(data) if dataset == "auto" else dataset
     if kind == "samples":
-        from pgn.images import sample_images
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # non-writable NumPy arrays inside scikit-image
-            names = sorted(sample_images())
+        names = sorted(_sample_arrays())
         val = [n for n in names if n in HELD_OUT_SAMPLES] or names[-2:]
         train = [n for n in names if n not in val]
         if not train:
@@ -213,11 +210,13 @@ def center_view(img, size: int) -> torch.Tensor:
     return _to_unit_tensor(T.CenterCrop(size)(resize(img)))
 
 
+@functools.lru_cache(maxsize=1)
 def _sample_arrays() -> dict[str, torch.Tensor]:
+    """The bundled photographs, read once per process (callers must not modify the dict)."""
     from pgn.images import sample_images
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", UserWarning)  # scikit-image hands out non-writable NumPy arrays
         return sample_images()
 
 

@@ -169,10 +169,16 @@ def plot_curves(metrics_path: str | Path, out_path: str | Path, title: str | Non
         s, v = _series(records, key)
         if s:
             ax_cos.plot(s, v, "o-", color=color, label=label, ms=4)
+        s, v = _series(records, key + "_untrained")
+        if s:
+            ax_cos.plot(s, v, "--", color=color, alpha=0.6, lw=1, label="  same pairs, untrained PGN")
+    s, v = _series(records, "val/cos_mse")
+    if s:
+        ax_cos.plot(s, v, ":", color="tab:red", alpha=0.6, lw=1, label="  same pairs, MSE gradient ŷ − y")
     ax_cos.set_xlabel("step")
     ax_cos.set_ylabel("cosine(g_PGN, g_VGG)")
     ax_cos.grid(alpha=0.3)
-    ax_cos.legend(loc="lower right", fontsize=8)
+    ax_cos.legend(loc="lower right", fontsize=7)
     steps, loss = _series(records, "train/loss")
     if steps:
         ax_loss.plot(steps, loss, color="tab:gray", alpha=0.3, lw=0.8)

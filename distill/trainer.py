@@ -20,6 +20,7 @@ Several processes (GPUs, or CPU with gloo)::
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import time
@@ -71,6 +72,7 @@ class TrainResult:
     checkpoint: Path | None = None
     pgn_path: Path | None = None
     stopped: str | None = None  # None (finished), "time limit" or "signal"
+    is_main: bool = True  # False on the other ranks of a torchrun job (they write nothing)
 
 
 def initial_pgn(config: DistillConfig) -> pgn.PGN:
@@ -91,6 +93,7 @@ class Distiller:
     def __init__(self, config: DistillConfig, ctx: dist.DistContext):
         self.config, self.ctx = config, ctx
         dev = ctx.device
+        torch.backends.cudnn.benchmark = dev.type == "cuda"  # as the authors (fast, not bit-deterministic on GPUs)
         dist.seed_everything(config.seed)  # the same on every rank: identical initial autoencoders (spec §7.6)
         self.model = pgn.build(config.backbone, value_space="imagenet", **config.pgn_overrides()).to(dev).train()
         self.teacher = PerceptualLoss(config.teacher, weights=config.vgg_weights, seed=config.teacher_seed, value_space="imagenet").to(dev)
@@ -332,7 +335,7 @@ def _train(config: DistillConfig, ctx: dist.DistContext, resume: bool, on_step) 
               world_size=ctx.world_size, device=ctx.device.type, data=split.describe(), checkpoint=str(resumed_from or ""))
     val_images, val_skipped = validation_images(split, config.size, config.val_images, config.min_image_side, seed=config.seed)
     val = ValidationSet.from_images(val_images, seed=config.seed)
-    result = TrainResult(run_dir, start, str(distiller.teacher.weights))
+    result = TrainResult(run_dir, start, str(distiller.teacher.weights), is_main=ctx.is_main)
 
     untrained = initial_pgn(config).to(ctx.device) if ctx.is_main else None
 
@@ -344,8 +347,8 @@ def _train(config: DistillConfig, ctx: dist.DistContext, resume: bool, on_step) 
             result.first_validation = result.first_validation or dict(scores, step=step)
             result.last_validation = dict(scores, step=step)
 
-    if start < total and (not resumed_from or start % config.val_every):
-        validate(start)
+    if start < total and not resumed_from:
+        validate(start)  # the "before" numbers (a resumed run has them in its metrics already)
     workers = default_workers(split.kind, ctx.world_size) if config.workers is None else config.workers
     loader = make_train_loader(split, size=config.size, batch_size=config.batch_size, min_side=config.min_image_side, start_step=start,
                                end_step=total, seed=config.seed, rank=ctx.rank, workers=workers, pin_memory=ctx.device.type == "cuda")
@@ -378,7 +381,7 @@ def _train(config: DistillConfig, ctx: dist.DistContext, resume: bool, on_step) 
             if step == start + 1 or step % config.image_every == 0 or step == total:
                 log.image_grid(step, tensors["y"], tensors["y_hat"], tensors["proxy"])
             stopping = dist.any_process(stop.requested(), ctx.device)
-            if step % config.val_every == 0 or step == total:
+            if step % config.val_every == 0 or step == total or stopping:
                 validate(step)
             if step % config.save_every == 0 or step == total or stopping:
                 result.checkpoint, result.pgn_path = _save(distiller, step, split, run_dir, log)
@@ -392,7 +395,8 @@ def _train(config: DistillConfig, ctx: dist.DistContext, resume: bool, on_step) 
         stop.restore()
         if bar is not None:
             bar.close()
-        log.plot()
+        with contextlib.suppress(Exception):  # never hide the error that ended the loop behind a plotting one
+            log.plot()
         log.close()
     if step == start and start >= total:
         say(f"pgn-distill: nothing to do: the run is already at step {start} of {total} (raise --steps/--epochs)")
@@ -401,11 +405,11 @@ def _train(config: DistillConfig, ctx: dist.DistContext, resume: bool, on_step) 
 
 def _save(distiller: Distiller, step: int, split, run_dir: Path, log: RunLog) -> tuple[Path | None, Path | None]:
     ranks = dist.gather_to_main(distiller.local_state())
+    in_sync = dist.broadcast_from_main(ranks is None or len({r["pgn_digest"] for r in ranks}) == 1)
+    if not in_sync:
+        raise PGNError(f"PGN weights differ between processes at step {step}: the distributed setup is broken")
     if ranks is None:
         return None, None
-    digests = {r["pgn_digest"] for r in ranks}
-    if len(digests) != 1:
-        raise PGNError(f"PGN weights differ between processes at step {step}: the distributed setup is broken")
     path = ckpt.write_training_state(distiller.global_state(step, ranks), run_dir, distiller.config.keep_checkpoints)
     meta = {"step": step, "teacher": str(distiller.teacher.weights), "data": split.describe(), "trained_with": "pgn-distill"}
     plain = ckpt.save_plain_pgn(distiller.model, run_dir / ckpt.PLAIN_PGN_NAME, meta=meta)

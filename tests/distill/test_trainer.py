@@ -11,28 +11,21 @@ from distill.trainer import Distiller, initial_pgn, train
 
 
 def run_metrics(result):
-    return read_metrics(result.run_dir / "metrics.jsonl")
-
-
-def random_teacher_alpha(size):
-    """grad_scale 1 (α = 1) with the grad term's proxy-space weight of the paper's 224-px setting.
-
-    A random-weight VGG's true gradients are so weak that with α = 40 the true proxy sits within ~0.007 of ŷ;
-    α = 1 gives it room (see distill/RESULTS.md).
-    """
-    return dict(grad_scale=1.0, grad_loss_scale=18.96 * (3 * size * size / 2) ** 2)
+    """The per-step training records of a run (validation records left out)."""
+    return [r for r in read_metrics(result.run_dir / "metrics.jsonl") if "train/loss" in r]
 
 
 def test_short_run_beats_the_untrained_pgn_on_held_out_images(tiny_config):
-    # The quality check: after 40 steps (~20 s on one core) the PGN's gradient agrees with the teacher's on
-    # held-out photographs far better than the untrained PGN's does on the same pairs.
-    cfg = tiny_config(steps=40, batches_per_epoch=40, batch_size=6, val_images=6, seed=0, **random_teacher_alpha(32))
-    result = train(cfg)
-    last = result.last_validation
-    assert last["step"] == 40
-    print({k: round(v, 3) for k, v in last.items()})
-    assert last["val/ae_cos"] > last["val/ae_cos_untrained"] + 0.3
-    assert last["val/ae_cos"] > 0.3
+    # The quality check: 60 steps (about half a minute on one core) with the paper's direct head and a random
+    # VGG-19 teacher. On fixed held-out pairs (bundled photographs never trained on, deterministically degraded) and
+    # on the autoencoders' reconstructions of them, the trained PGN's gradient agrees with the teacher's clearly
+    # better than the untrained PGN's on the same pairs. Margins seen with seeds 0-3: +0.18..+0.32 and +0.30..+0.93.
+    cfg = tiny_config(head="direct", steps=60, batches_per_epoch=20, val_images=8, seed=0)
+    last = train(cfg).last_validation
+    assert last["step"] == 60
+    assert last["val/cos"] > last["val/cos_untrained"] + 0.15
+    assert last["val/ae_cos"] > last["val/ae_cos_untrained"] + 0.25
+    assert last["val/ae_cos"] > 0.5
 
 
 def test_run_directory_contents(tiny_config):
@@ -44,7 +37,7 @@ def test_run_directory_contents(tiny_config):
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     start = lines[0]
     assert start["event"] == "start" and "random" in start["teacher"] and start["teacher_pretrained"] is False
-    scalars = run_metrics(result)
+    scalars = read_metrics(run / "metrics.jsonl")
     assert [r["step"] for r in scalars if "train/loss" in r] == [1, 2]
     assert {"train/cos", "train/rel_err", "train/norm_pgn", "train/norm_true", "val/cos", "ae0/l1"} <= set().union(*scalars)
     assert DistillConfig.from_dict(json.loads((run / "config.json").read_text())).vgg_weights == "random"
@@ -93,7 +86,7 @@ def test_shared_moving_average_reproduces_the_authors_bug(tiny_config):
 def run_metrics_from(run_dir):
     from pathlib import Path
 
-    return read_metrics(Path(run_dir) / "metrics.jsonl")
+    return [r for r in read_metrics(Path(run_dir) / "metrics.jsonl") if "train/loss" in r]
 
 
 def test_direct_mode_schedule(tiny_config):
