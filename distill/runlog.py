@@ -160,7 +160,7 @@ def plot_curves(metrics_path: str | Path, out_path: str | Path, title: str | Non
     records = read_metrics(metrics_path)
     if not records:
         return None
-    fig, (ax_cos, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax_cos, ax_loss) = plt.subplots(1, 2, figsize=(11, 5))
     steps, cos = _series(records, "train/cos")
     if steps:
         ax_cos.plot(steps, cos, color="tab:blue", alpha=0.25, lw=0.8)
@@ -178,7 +178,7 @@ def plot_curves(metrics_path: str | Path, out_path: str | Path, title: str | Non
     ax_cos.set_xlabel("step")
     ax_cos.set_ylabel("cosine(g_PGN, g_VGG)")
     ax_cos.grid(alpha=0.3)
-    ax_cos.legend(loc="lower right", fontsize=7)
+    ax_cos.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=7)
     steps, loss = _series(records, "train/loss")
     if steps:
         ax_loss.plot(steps, loss, color="tab:gray", alpha=0.3, lw=0.8)
@@ -191,7 +191,7 @@ def plot_curves(metrics_path: str | Path, out_path: str | Path, title: str | Non
             ax_loss.set_yscale("log")
     ax_loss.set_xlabel("step")
     ax_loss.grid(alpha=0.3)
-    ax_loss.legend(loc="upper right", fontsize=8)
+    ax_loss.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()

@@ -378,9 +378,9 @@ def _train(config: DistillConfig, ctx: dist.DistContext, resume: bool, on_step) 
                 bar.update(1)
                 bar.set_postfix(loss=f"{scalars['train/loss']:.3g}", cos=f"{scalars['train/cos']:.3f}",
                                 val_cos=f"{result.last_validation.get('val/cos', float('nan')):.3f}")
-            if step == start + 1 or step % config.image_every == 0 or step == total:
-                log.image_grid(step, tensors["y"], tensors["y_hat"], tensors["proxy"])
             stopping = dist.any_process(stop.requested(), ctx.device)
+            if step == start + 1 or step % config.image_every == 0 or step == total or stopping:
+                log.image_grid(step, tensors["y"], tensors["y_hat"], tensors["proxy"])
             if step % config.val_every == 0 or step == total or stopping:
                 validate(step)
             if step % config.save_every == 0 or step == total or stopping:
