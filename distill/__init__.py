@@ -10,7 +10,8 @@ The command line is ``pgn-distill`` (:mod:`distill.cli`); several processes run 
 from .autoencoders import SurrogateAutoencoder, build_autoencoders, split_sizes
 from .config import DistillConfig, load_config, save_config
 from .metalosses import MetaLossWeights, gradient_metrics, meta_loss
-from .trainer import Distiller, TrainResult, evaluate_pgn, train
+from .trainer import Distiller, TrainResult, train
+from .validation import evaluate_pgn
 
 __all__ = [
     "DistillConfig",

@@ -16,7 +16,6 @@ from typing import Any
 import click
 
 from pgn.cli import run_cli
-from pgn.errors import PGNError
 
 from .config import LOSS_PRESETS, DistillConfig, load_config
 
@@ -248,7 +247,8 @@ def _check_world_size(kw: dict[str, Any]) -> None:
 
 
 def _run(kw: dict[str, Any]) -> None:
-    from .trainer import evaluate_pgn, train
+    from .trainer import train
+    from .validation import evaluate_pgn
 
     config = build_config(kw)
     if kw["eval_only"]:

@@ -42,6 +42,7 @@ from .autoencoders import MovingAverage, PlateauTracker, build_autoencoders, spl
 from .config import DistillConfig, save_config
 from .data import default_workers, find_images, make_train_loader, validation_images
 from .metalosses import MetaLossWeights, gradient_metrics, meta_loss, teacher_pass
+from .resume import starting_point
 from .runlog import RunLog
 from .validation import ValidationSet, evaluate
 
@@ -321,7 +322,7 @@ def _train(config: DistillConfig, ctx: dist.DistContext, resume: bool, on_step) 
     run_dir = Path(config.run_dir)
     split = find_images(config.data, config.dataset, config.val_fraction)
     distiller = Distiller(config, ctx)
-    start, resumed_from = _initial_state(distiller, config, run_dir, resume, ctx)
+    start, resumed_from = starting_point(distiller, config, run_dir, resume, ctx)
     total = config.total_steps
     say = print if ctx.is_main else (lambda *a, **k: None)
     say(f"pgn-distill: teacher {distiller.teacher.weights}")
@@ -417,50 +418,6 @@ def _save(distiller: Distiller, step: int, split, run_dir: Path, log: RunLog) ->
     return path, plain
 
 
-def _initial_state(distiller: Distiller, config: DistillConfig, run_dir: Path, resume: bool, ctx: dist.DistContext) -> tuple[int, str | None]:
-    """Load whatever the run starts from; returns (first step, description of the source or None)."""
-    existing = dist.broadcast_from_main(ckpt.list_checkpoints(run_dir) if ctx.is_main else None)
-    if not resume and existing:
-        raise PGNError(f"{run_dir} already holds checkpoints (last step {existing[-1][0]}): pass --resume to continue it, or choose another --run-dir")
-    if resume:
-        found = ckpt.latest_training_state(run_dir) if ctx.is_main else None
-        found = dist.broadcast_from_main(found)
-        if found is None:
-            if ctx.is_main:
-                print(f"pgn-distill: no checkpoint in {run_dir} yet: starting a new run")
-        else:
-            path, state = found
-            if state["world_size"] != ctx.world_size and ctx.is_main:
-                print(f"pgn-distill: warning: checkpoint written by {state['world_size']} process(es), now {ctx.world_size}: "
-                      f"autoencoders are reused round-robin and the continuation is not exact")
-            distiller.load_global_state(state)
-            return int(state["step"]), str(path)
-    if config.resume_dir is not None:
-        files = ckpt.authors_resume_files(config.resume_dir, config.resume_epoch, len(distiller.autoencoders))
-        _load_files(distiller, files["pgn"], files["pgn_opt"], files["ae"], files["ae_opt"])
-        return (config.resume_epoch + 1) * config.batches_per_epoch, f"{config.resume_dir} epoch {config.resume_epoch}"
-    n = len(distiller.autoencoders)
-    ae = ckpt.parse_optional_paths(config.ae_checkpoints, n, "--ae-checkpoints")
-    ae_opt = ckpt.parse_optional_paths(config.ae_checkpoints_opt, n, "--ae-checkpoints-opt")
-    if config.pgn_checkpoint or config.pgn_checkpoint_opt or any(ae) or any(ae_opt):
-        _load_files(distiller, config.pgn_checkpoint, config.pgn_checkpoint_opt, ae, ae_opt)
-    start = (config.start_epoch or 0) * config.batches_per_epoch
-    return start, None
-
-
-def _load_files(distiller: Distiller, pgn_file, pgn_opt, ae_files, ae_opt_files) -> None:
-    if pgn_file:
-        ckpt.load_pgn_weights(distiller.model, pgn_file)
-    if pgn_opt:
-        ckpt.load_optimizer_state(distiller.optimizer, pgn_opt, "PGN")
-    for k, path in enumerate(ae_files):
-        if path:
-            ckpt.load_module_weights(distiller.autoencoders[k], path, f"autoencoder {k}")
-    for k, path in enumerate(ae_opt_files):
-        if path:
-            ckpt.load_optimizer_state(distiller.ae_optimizers[k], path, f"autoencoder {k}")
-
-
 class _StopFlag:
     """Set by SIGINT/SIGTERM or when the time limit passes; the loop stops at the next step boundary."""
 
@@ -495,22 +452,3 @@ def _progress(config: DistillConfig, ctx: dist.DistContext, start: int, total: i
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=start, desc="distill", unit="step", dynamic_ncols=True)
-
-
-def evaluate_pgn(config: DistillConfig, checkpoint: str | Path | None = None) -> dict[str, float]:
-    """Held-out metrics of a PGN (``checkpoint``, the run's ``pgn.pt``, or a fresh one) without training.
-
-    The authors' ``--valid-only``; used for before/after comparisons.
-    """
-    config = config.resolved()
-    ctx = dist.DistContext(device=dist.pick_device(config.device, 0))
-    dist.seed_everything(config.seed)
-    model = pgn.build(config.backbone, value_space="imagenet", **config.pgn_overrides()).to(ctx.device)
-    if checkpoint is not None:
-        ckpt.load_pgn_weights(model, checkpoint)
-    teacher = PerceptualLoss(config.teacher, weights=config.vgg_weights, seed=config.teacher_seed, value_space="imagenet").to(ctx.device)
-    split = find_images(config.data, config.dataset, config.val_fraction)
-    images, _ = validation_images(split, config.size, config.val_images, config.min_image_side, seed=config.seed)
-    scores = evaluate(model, teacher, ValidationSet.from_images(images, seed=config.seed), None, ctx.device)
-    scores["teacher"] = str(teacher.weights)
-    return scores

@@ -15,15 +15,21 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+import pgn
 from pgn.images import normalize
 from pgn.model import PGN
 from pgn.perceptual import PerceptualLoss
 
+from . import checkpoints as ckpt
 from .autoencoders import split_sizes
+from .config import DistillConfig
+from .data import find_images, validation_images
+from .distributed import pick_device
 from .metalosses import gradient_metrics, teacher_pass
 
 DEGRADATIONS = ("blur", "noise", "pixelate", "color")
@@ -129,3 +135,22 @@ def _reconstruct(autoencoders, y: torch.Tensor) -> torch.Tensor:
         twin = copy.deepcopy(ae).train()
         parts.append(twin(chunk))
     return torch.cat(parts)
+
+
+def evaluate_pgn(config: DistillConfig, checkpoint: str | Path | None = None) -> dict[str, float]:
+    """Held-out metrics (:func:`evaluate`, without autoencoders) of the PGN in ``checkpoint``, or of the PGN a fresh
+    run with ``config`` would start from; no training. Our ``--eval-only`` (the authors' ``--valid-only``).
+    """
+    config = config.resolved()
+    device = pick_device(config.device, 0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)  # the initialization of a fresh run
+        model = pgn.build(config.backbone, value_space="imagenet", **config.pgn_overrides()).to(device)
+    if checkpoint is not None:
+        ckpt.load_pgn_weights(model, checkpoint)
+    teacher = PerceptualLoss(config.teacher, weights=config.vgg_weights, seed=config.teacher_seed, value_space="imagenet").to(device)
+    split = find_images(config.data, config.dataset, config.val_fraction)
+    images, _ = validation_images(split, config.size, config.val_images, config.min_image_side, seed=config.seed)
+    scores = evaluate(model, teacher, ValidationSet.from_images(images, seed=config.seed), None, device)
+    scores["teacher"] = str(teacher.weights)
+    return scores

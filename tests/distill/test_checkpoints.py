@@ -7,7 +7,8 @@ import pgn
 from distill import checkpoints as ckpt
 from distill import distributed as dist
 from distill.runlog import read_metrics
-from distill.trainer import Distiller, _initial_state, train
+from distill.resume import starting_point
+from distill.trainer import Distiller, train
 from pgn.errors import PGNError
 
 
@@ -122,7 +123,7 @@ def test_authors_files_resume(tiny_config, tmp_path):
         torch.save(ae.state_dict(), d / f"7_ae_{k}.pth")
     cfg2 = tiny_config(resume_dir=str(tmp_path / "authors"), resume_epoch=7, batches_per_epoch=10).resolved()
     target = Distiller(cfg2, dist.DistContext())
-    start, source_name = _initial_state(target, cfg2, tmp_path / "newrun", resume=False, ctx=dist.DistContext())
+    start, source_name = starting_point(target, cfg2, tmp_path / "newrun", resume=False, ctx=dist.DistContext())
     assert start == 80 and "epoch 7" in source_name
     for a, b in zip(source.model.parameters(), target.model.parameters()):
         assert torch.equal(a, b)
@@ -135,12 +136,12 @@ def test_pgn_checkpoint_flag_and_mismatched_head(tiny_config, tmp_path):
     result = train(tiny_config(steps=1))
     cfg = tiny_config(run_dir=str(tmp_path / "b"), pgn_checkpoint=str(result.pgn_path)).resolved()
     d = Distiller(cfg, dist.DistContext())
-    _initial_state(d, cfg, tmp_path / "b", resume=False, ctx=dist.DistContext())
+    starting_point(d, cfg, tmp_path / "b", resume=False, ctx=dist.DistContext())
     assert torch.equal(next(d.model.parameters()).cpu(), pgn.load(result.pgn_path).backbone.state_dict()["layers.0.0.weight"])
     cfg = tiny_config(run_dir=str(tmp_path / "c"), pgn_checkpoint=str(result.pgn_path), grad_scale=0.5).resolved()
     d = Distiller(cfg, dist.DistContext())
     with pytest.raises(PGNError, match="grad_scale"):
-        _initial_state(d, cfg, tmp_path / "c", resume=False, ctx=dist.DistContext())
+        starting_point(d, cfg, tmp_path / "c", resume=False, ctx=dist.DistContext())
 
 
 def test_ae_checkpoint_lists_need_one_entry_per_autoencoder():

@@ -54,9 +54,12 @@ def test_unreadable_images_are_skipped_not_fatal(tmp_path):
         Image.new("RGB", (64, 48), (40 * i, 90, 200)).save(data / f"ok{i}.png")
     (data / "broken.jpg").write_bytes(b"not an image")
     Image.new("RGB", (6, 6)).save(data / "tiny.png")
-    result = invoke(*TINY, "--data", str(data), "--steps", "3", "--run-dir", str(tmp_path / "r"), "--min-image-side", "16", "--workers", "0")
+    # one loader worker process: the skip count must come back from it
+    result = invoke(*TINY, "--data", str(data), "--steps", "3", "--run-dir", str(tmp_path / "r"), "--min-image-side", "16", "--workers", "1")
     assert result.exit_code == 0, result.output
-    assert "folder" in result.output
+    assert "skipping unusable images" in result.output
+    records = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert max(r.get("data/skipped", 0) for r in records) > 0
 
 
 def test_eval_only(tmp_path):
