@@ -18,7 +18,6 @@ from __future__ import annotations
 import random
 import re
 import warnings
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -98,11 +97,7 @@ def training_state_at(run_dir: str | Path, step: int) -> tuple[Path, dict[str, A
 
 def save_plain_pgn(model: PGN, path: str | Path, meta: dict | None = None) -> Path:
     """Save ``model`` with :func:`pgn.save` in the public ``unit`` value space (same weights, [0, 1] I/O)."""
-    model = getattr(model, "module", model)
-    with torch.random.fork_rng(devices=[]):  # building the copy must not draw from the training RNG
-        unit = PGN(replace(model.config, value_space="unit"))
-    unit.load_state_dict(model.state_dict())
-    return save_pgn(unit, path, meta=meta)
+    return save_pgn(getattr(model, "module", model), path, meta=meta, value_space="unit")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -141,16 +136,16 @@ def load_pgn_weights(model: PGN, path: str | Path) -> str:
     The architecture must match (shapes are checked); a head that differs in kind or ``grad_scale`` is an error,
     as in the authors' loader.
     """
-    obj = read_file(path)
-    config, _, head, state, fmt = parse_checkpoint(obj, preset=model.config.preset)
+    parsed = parse_checkpoint(read_file(path), preset=model.config.preset)
+    head = parsed.head
     if head is not None:
         ours = model.config.head
         if head.kind != ours.kind:
             raise PGNError(f"{path} was trained with the {head.kind!r} head but this run uses {ours.kind!r} (set --head)")
         if abs(head.grad_scale - ours.grad_scale) > 1e-12:
             raise PGNError(f"{path} has grad_scale {head.grad_scale} but this run uses {ours.grad_scale} (set --grad-scale)")
-    model.backbone.load_state_dict(match_state_dict(model.backbone.state_dict(), state))
-    return fmt
+    model.backbone.load_state_dict(match_state_dict(model.backbone.state_dict(), parsed.state_dict))
+    return parsed.format
 
 
 def load_module_weights(module: torch.nn.Module, path: str | Path, what: str) -> None:
