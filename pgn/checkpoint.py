@@ -34,6 +34,7 @@ from .backbones import BACKBONES
 from .constants import GRAD_SCALE_RESNET, GRAD_SCALE_UNET, LEGACY_UNET_GRAD_SCALE
 from .errors import PGNError
 from .heads import HeadConfig
+from .images import check_value_space
 from .model import PAPER_BACKBONES, PGN, PGNConfig, apply_overrides, preset_config
 
 FORMAT_NAME = "pgn-toolkit"
@@ -77,6 +78,9 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the permissions open() would
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
@@ -90,13 +94,15 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     return path
 
 
-def save(model: PGN, path: str | Path, *, meta: dict | None = None) -> Path:
+def save(model: PGN, path: str | Path, *, meta: dict | None = None, value_space: str | None = None) -> Path:
     """Save a PGN (config + backbone weights + version) atomically; returns the path.
 
     Args:
-        model: the PGN (an unwrapped module, not DDP or compiled).
+        model: the PGN (DDP- or compile-wrapped modules are unwrapped).
         path: target file, conventionally ``*.pt``.
         meta: extra JSON-like information stored under ``"meta"`` (training step, data, teacher weights, …).
+        value_space: store the config with this value space instead of the model's (the weights are the same
+            in both; e.g. a PGN trained in ``imagenet`` space saved for ``unit``-space users).
     """
     from . import __version__
 
@@ -107,7 +113,7 @@ def save(model: PGN, path: str | Path, *, meta: dict | None = None) -> Path:
     obj = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
-        "config": model.config.to_dict(),
+        "config": dict(model.config.to_dict(), value_space=check_value_space(value_space or model.value_space)),
         "state_dict": {k: v.detach().cpu() for k, v in model.backbone.state_dict().items()},
         "meta": {"pgn_toolkit_version": __version__, "torch_version": str(torch.__version__), **(meta or {})},
     }

@@ -194,3 +194,18 @@ def test_overrides_are_checked_against_the_file(tmp_path):
     v1 = {"state_dict": pgn.build("resnet4").backbone.state_dict(), "params": {"num_blocks": 4}, "version": 1}
     torch.save(v1, tmp_path / "v1.pth")
     assert pgn.load(tmp_path / "v1.pth", preset="resnet4", grad_scale=0.05).config.head.grad_scale == pytest.approx(0.05)
+
+
+def test_save_in_another_value_space_and_permissions(tmp_path):
+    model = pgn.build("resnet4", value_space="imagenet")
+    path = pgn.save(model, tmp_path / "u.pt", value_space="unit")
+    loaded = pgn.load(path)
+    assert loaded.value_space == "unit"
+    x, y = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    torch.testing.assert_close(loaded(x, y), model(pgn.normalize(x), pgn.normalize(y)) / std, rtol=1e-5, atol=1e-10)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (path.stat().st_mode & 0o777) == (0o666 & ~umask)
+    with pytest.raises(pgn.PGNError, match="value_space"):
+        pgn.save(model, tmp_path / "x.pt", value_space="rgb")

@@ -1,0 +1,134 @@
+"""Surrogate generators: the small autoencoders whose outputs ŷ the PGN learns on (paper Fig. 9c, spec §5).
+
+Each process runs one autoencoder per entry of ``ae_depths`` (default depths 0, 1, 2). The per-process batch is
+split into contiguous sub-batches, one per autoencoder; each autoencoder is then updated with Adam on the
+*synthetic* gradient the PGN predicts for its outputs, its grad norm clipped against a moving average, and it is
+re-initialized when its reconstruction L1 stops improving.
+
+Parameter counts (spec §14): depth 0 → 54,019; depth 1 → 111,491; depth 2 → 408,195.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from pgn.backbones.blocks import make_block, make_conv, upsample_bilinear
+from pgn.errors import PGNError
+
+STEM_WIDTH = 128
+
+
+class SurrogateAutoencoder(nn.Module):
+    """Encoder–decoder without skip connections, derived from the PGN UNet (spec §5.1).
+
+    Encoder: Conv7×7(3→128, stride 2, no bias) → BN → ReLU; depth ≥ 1 adds MaxPool(3, 2, 1) → block(128→128);
+    each further depth level adds a stride-2 block doubling the width; then a 1×1 separable conv bottleneck.
+    Decoder: ``depth + 1`` stages of bilinear ×2 (align_corners=True) → 3×3 separable conv, mirroring the encoder
+    widths, then a 1×1 conv to 3 channels with no output activation (outputs live in ImageNet-normalized space).
+
+    Args:
+        depth: 0, 1, 2, … (input size must be a multiple of ``2 ** (depth + 1)``).
+        block_type: encoder block (``doubleblaze`` in the paper; see :func:`pgn.backbones.blocks.make_block`).
+        conv_type: ``sep`` (paper) or ``full``.
+    """
+
+    def __init__(self, depth: int, block_type: str = "doubleblaze", conv_type: str = "sep"):
+        super().__init__()
+        if depth < 0:
+            raise PGNError(f"autoencoder depth must be ≥ 0, got {depth}")
+        self.depth = depth
+        widths = [STEM_WIDTH] + ([STEM_WIDTH] if depth >= 1 else []) + [STEM_WIDTH * 2**j for j in range(1, depth)]
+        encoder: list[nn.Module] = [
+            nn.Conv2d(3, STEM_WIDTH, 7, stride=2, padding=3, bias=False),
+            nn.BatchNorm2d(STEM_WIDTH),
+            nn.ReLU(inplace=True),
+        ]
+        if depth >= 1:
+            encoder += [nn.MaxPool2d(3, stride=2, padding=1), make_block(block_type, STEM_WIDTH, STEM_WIDTH, 1)]
+        for cin, cout in zip(widths[1:-1], widths[2:]):
+            encoder.append(make_block(block_type, cin, cout, 2))
+        deepest = widths[-1]
+        encoder.append(make_conv(conv_type, deepest, deepest, kernel_size=1, padding=0))
+        self.encoder = nn.Sequential(*encoder)
+        decoder: list[nn.Module] = [upsample_bilinear(), make_conv(conv_type, deepest, deepest)]
+        for cin, cout in zip(widths[::-1][:-1], widths[::-1][1:]):
+            decoder += [upsample_bilinear(), make_conv(conv_type, cin, cout)]
+        self.decoder = nn.Sequential(*decoder)
+        self.head = nn.Conv2d(STEM_WIDTH, 3, 1, bias=True)
+
+    @property
+    def size_multiple(self) -> int:
+        """Input height and width must be multiples of this."""
+        return 2 ** (self.depth + 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) normalized images → (N, 3, H, W) reconstructions (unbounded, normalized space)."""
+        return self.head(self.decoder(self.encoder(x)))
+
+    def reset_parameters(self) -> None:
+        """Re-run PyTorch's default initialization of every conv and BatchNorm (incl. running statistics)."""
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.BatchNorm2d)):
+                m.reset_parameters()
+
+
+def build_autoencoders(depths: list[int], block_type: str = "doubleblaze", conv_type: str = "sep") -> nn.ModuleList:
+    """One :class:`SurrogateAutoencoder` per depth, in order (default ``[0, 1, 2]``)."""
+    return nn.ModuleList(SurrogateAutoencoder(d, block_type, conv_type) for d in depths)
+
+
+def split_sizes(batch_size: int, parts: int) -> list[int]:
+    """Contiguous sub-batch sizes, the first ``batch_size % parts`` one larger: 48→16/16/16, 44→15/15/14."""
+    if parts < 1 or batch_size < parts:
+        raise PGNError(f"cannot split a batch of {batch_size} among {parts} autoencoders (need batch ≥ autoencoders)")
+    base, extra = divmod(batch_size, parts)
+    return [base + 1 if k < extra else base for k in range(parts)]
+
+
+@dataclass
+class MovingAverage:
+    """``value ← decay·value + (1 − decay)·x``: the running grad norm that clipping is measured against."""
+
+    value: float
+    decay: float = 0.99
+
+    def update(self, x: float) -> float:
+        """Fold in a new observation; returns the new value."""
+        self.value = self.decay * self.value + (1.0 - self.decay) * float(x)
+        return self.value
+
+
+@dataclass
+class PlateauTracker:
+    """Best reconstruction L1 of one autoencoder and the global sample count when it was reached (spec §5.4)."""
+
+    best_l1: float | None = None
+    best_sample: int = 0
+
+    def observe(self, l1: float, sample: int) -> None:
+        """Record this step's L1; a strict improvement (or the first observation) moves the best."""
+        if self.best_l1 is None or l1 < self.best_l1:
+            self.best_l1, self.best_sample = float(l1), int(sample)
+
+    def reset_probability(self, l1: float, sample: int, patience: int, prob: float, hi_threshold: float) -> float:
+        """Chance to reset now: ``prob`` after ``patience`` samples without improvement, 1 if L1 > threshold."""
+        if self.best_l1 is not None and sample - self.best_sample >= patience:
+            return prob
+        if l1 > hi_threshold:
+            return 1.0
+        return 0.0
+
+    def clear(self) -> None:
+        """Forget the best (after a reset)."""
+        self.best_l1, self.best_sample = None, 0
+
+    def state_dict(self) -> dict:
+        """Plain-data state for checkpoints."""
+        return {"best_l1": self.best_l1, "best_sample": self.best_sample}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Inverse of :meth:`state_dict`."""
+        self.best_l1, self.best_sample = state["best_l1"], int(state["best_sample"])

@@ -1,0 +1,271 @@
+"""The one configuration of a distillation run (a dataclass), its presets, and its JSON round trip.
+
+Defaults reproduce the authors' published recipe (spec §5–7, §11): ResNet-4, 224×224, 48 images per process,
+3 autoencoders of depths 0/1/2, Adam 1e-3 for everything, grad-norm clipping at 5× a moving average started at
+200, meta-loss ``2^26·mean(g_PGN − g_true)² + 0.2·VGG(P, y) + 0.5·L1(P, y)``. Every run writes the resolved
+config to ``<run-dir>/config.json``; ``pgn-distill --config that.json`` runs it again.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from pgn.constants import (
+    META_GRAD_LOSS_SCALE,
+    META_L1_WEIGHT_PAPER,
+    META_L1_WEIGHT_REFERENCE,
+    META_VGG_WEIGHT_PAPER,
+    META_VGG_WEIGHT_REFERENCE,
+)
+from pgn.errors import PGNError
+
+#: Meta-loss weight presets (λ_VGG, λ_L1). ``reference`` = the authors' CLI defaults, used by the published
+#: training command; ``paper`` = Eq. 10 of the paper. They are swapped (spec §13.1).
+LOSS_PRESETS: dict[str, tuple[float, float]] = {
+    "reference": (META_VGG_WEIGHT_REFERENCE, META_L1_WEIGHT_REFERENCE),
+    "paper": (META_VGG_WEIGHT_PAPER, META_L1_WEIGHT_PAPER),
+}
+DATASETS = ("auto", "samples", "folder", "imagenet", "ffhq")
+TEACHERS = ("vgg19", "vgg11")
+OPTIMIZERS = ("adam", "sgd")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class DistillConfig:
+    """Everything a distillation run needs; saved as ``config.json`` in the run directory.
+
+    Model (the student PGN):
+        backbone: a :func:`pgn.list_presets` name (``resnet4``, ``resnet8``, ``unet``, ``resnet4-hybrid``, …).
+        num_blocks, down_channels, up_channels: ResNet overrides (``None`` keeps the preset's).
+        head, grad_scale, beta, out_scale, grad_type: head overrides (``None`` keeps the preset's).
+
+    Teacher:
+        teacher: ``vgg19`` (paper) or ``vgg11``.
+        vgg_weights: ``imagenet`` (torchvision IMAGENET1K_V1, as in the paper), ``random`` (mechanics only), or a
+            state-dict path.
+        teacher_seed: seed of ``random`` teacher weights.
+
+    Data:
+        data: ``samples`` (photographs bundled with scikit-image/scikit-learn) or a path.
+        dataset: ``auto`` (detect the layout), ``samples``, ``folder``, ``imagenet`` or ``ffhq``.
+        size: training crop size (224 in the paper).
+        batch_size: images per process and step (48; the authors' ``--worker-batch-size``).
+        workers: data-loading processes per training process (``None``: 0 for samples, else up to 4).
+        min_image_side: images whose shorter side is smaller are skipped (counted, never a crash).
+        val_images: held-out (ŷ, y) pairs for the validation metrics.
+        val_fraction: share of a plain image folder held out for validation (never trained on).
+
+    Schedule:
+        epochs: end epoch (the published ResNet-4 run: 330); one epoch = ``batches_per_epoch`` steps.
+        batches_per_epoch: 512 as in the paper.
+        steps: total steps; overrides ``epochs`` when set.
+        time_limit_minutes: stop cleanly (with a checkpoint) after this much wall-clock time.
+
+    PGN optimization (spec §7.1):
+        lr, pgn_optimizer (``adam``/``sgd``), pgn_sgd_lr, pgn_grad_norm_avg (initial moving average of the
+        grad norm), pgn_grad_norm_clip_coef (clip at coef × average).
+
+    Meta-loss (spec §6): loss_preset (``reference`` 0.2/0.5 or ``paper`` 0.5/0.2), grad_weight, vgg_weight,
+        l1_weight, mse_gt_weight, mse_gen_weight, grad_loss_scale (2^26). ``None`` weights come from the preset.
+
+    Autoencoders (spec §5): ae_depths (one autoencoder per entry), ae_block_type, ae_conv_type, ae_lr,
+        ae_grad_norm_avg, ae_grad_norm_clip_coef, ae_shared_grad_norm_ma (the authors' shared-average bug),
+        ae_min_samples_before_reset, ae_reset_prob, ae_l1_hi_reset_threshold, warmup_epochs, alternate_gt
+        (direct/hybrid heads only, spec §7.3).
+
+    Initialization (the authors' flags, spec §8.3): start_epoch; resume_dir + resume_epoch (their per-epoch
+        files); pgn_checkpoint, pgn_checkpoint_opt, ae_checkpoints, ae_checkpoints_opt (single files; ``None``
+        entries in the autoencoder lists mean fresh initialization).
+
+    Run: run_dir, seed, device (``auto``/``cpu``/``cuda``), dist_backend (``None``: NCCL on GPUs, gloo on CPU),
+        dist_init_method, log_every, val_every / image_every / save_every (steps; ``None``: once per epoch),
+        keep_checkpoints, tensorboard, progress.
+    """
+
+    # model
+    backbone: str = "resnet4"
+    num_blocks: int | None = None
+    down_channels: list[int] | None = None
+    up_channels: list[int] | None = None
+    head: str | None = None
+    grad_scale: float | None = None
+    beta: float | None = None
+    out_scale: float | None = None
+    grad_type: str | None = None
+    # teacher
+    teacher: str = "vgg19"
+    vgg_weights: str = "imagenet"
+    teacher_seed: int = 0
+    # data
+    data: str = "samples"
+    dataset: str = "auto"
+    size: int = 224
+    batch_size: int = 48
+    workers: int | None = None
+    min_image_side: int = 32
+    val_images: int = 16
+    val_fraction: float = 0.02
+    # schedule
+    epochs: int = 330
+    batches_per_epoch: int = 512
+    steps: int | None = None
+    time_limit_minutes: float | None = None
+    # PGN optimization
+    lr: float = 1e-3
+    pgn_optimizer: str = "adam"
+    pgn_sgd_lr: float = 1.0
+    pgn_grad_norm_avg: float = 200.0
+    pgn_grad_norm_clip_coef: float = 5.0
+    # meta-loss
+    loss_preset: str = "reference"
+    grad_weight: float = 1.0
+    vgg_weight: float | None = None
+    l1_weight: float | None = None
+    mse_gt_weight: float = 0.0
+    mse_gen_weight: float = 0.0
+    grad_loss_scale: float = META_GRAD_LOSS_SCALE
+    # autoencoders
+    ae_depths: list[int] = field(default_factory=lambda: [0, 1, 2])
+    ae_block_type: str = "doubleblaze"
+    ae_conv_type: str = "sep"
+    ae_lr: float = 1e-3
+    ae_grad_norm_avg: float = 200.0
+    ae_grad_norm_clip_coef: float = 5.0
+    ae_shared_grad_norm_ma: bool = False
+    ae_min_samples_before_reset: int = 300_000
+    ae_reset_prob: float = 0.01
+    ae_l1_hi_reset_threshold: float = 1000.0
+    warmup_epochs: int = 0
+    alternate_gt: bool = True
+    # where the run starts from (besides --resume, which is an action, not configuration)
+    start_epoch: int | None = None
+    resume_dir: str | None = None
+    resume_epoch: int | None = None
+    pgn_checkpoint: str | None = None
+    pgn_checkpoint_opt: str | None = None
+    ae_checkpoints: list[str] | None = None
+    ae_checkpoints_opt: list[str] | None = None
+    # run
+    run_dir: str | None = None
+    seed: int = 42
+    device: str = "auto"
+    dist_backend: str | None = None
+    dist_init_method: str = "env://"
+    log_every: int = 1
+    val_every: int | None = None
+    image_every: int | None = None
+    save_every: int | None = None
+    keep_checkpoints: int = 3
+    tensorboard: bool = False
+    progress: bool = True
+
+    # ----------------------------------------------------------------------------------------------------
+    def resolved(self) -> "DistillConfig":
+        """A copy with every ``None`` that has a derived value filled in, validated."""
+        vgg_default, l1_default = LOSS_PRESETS.get(self.loss_preset, (None, None))
+        if vgg_default is None:
+            raise PGNError(f"unknown loss_preset {self.loss_preset!r}: use one of {', '.join(LOSS_PRESETS)}")
+        cfg = replace(
+            self,
+            vgg_weight=vgg_default if self.vgg_weight is None else float(self.vgg_weight),
+            l1_weight=l1_default if self.l1_weight is None else float(self.l1_weight),
+            run_dir=self.run_dir or str(Path("runs") / self.backbone),
+            val_every=self.val_every or self.batches_per_epoch,
+            image_every=self.image_every or self.batches_per_epoch,
+            save_every=self.save_every or self.batches_per_epoch,
+            ae_depths=[int(d) for d in self.ae_depths],
+            down_channels=None if self.down_channels is None else [int(c) for c in self.down_channels],
+            up_channels=None if self.up_channels is None else [int(c) for c in self.up_channels],
+        )
+        cfg.validate()
+        return cfg
+
+    @property
+    def total_steps(self) -> int:
+        """Number of training steps of the whole run."""
+        return int(self.steps) if self.steps is not None else int(self.epochs) * int(self.batches_per_epoch)
+
+    def pgn_overrides(self) -> dict[str, Any]:
+        """Keyword overrides for :func:`pgn.build` (``None`` entries dropped)."""
+        keys = ("num_blocks", "down_channels", "up_channels", "head", "grad_scale", "beta", "out_scale", "grad_type")
+        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+
+    def validate(self) -> None:
+        """Raise a one-line :class:`PGNError` for values that cannot work."""
+        choices = {"dataset": DATASETS, "teacher": TEACHERS, "pgn_optimizer": OPTIMIZERS, "device": DEVICES}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise PGNError(f"unknown {name} {getattr(self, name)!r}: use one of {', '.join(allowed)}")
+        positive = ("size", "batch_size", "batches_per_epoch", "val_images", "log_every", "keep_checkpoints")
+        for name in positive:
+            if int(getattr(self, name)) < 1:
+                raise PGNError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        if self.steps is not None and self.steps < 0 or self.epochs < 0:
+            raise PGNError("steps and epochs must be ≥ 0")
+        if not self.ae_depths:
+            raise PGNError("ae_depths needs at least one autoencoder depth (default 0 1 2)")
+        if any(d < 0 or d > 4 for d in self.ae_depths):
+            raise PGNError(f"autoencoder depths must be between 0 and 4, got {self.ae_depths}")
+        if self.batch_size < len(self.ae_depths):
+            raise PGNError(
+                f"batch_size {self.batch_size} is smaller than the number of autoencoders ({len(self.ae_depths)}): "
+                f"every autoencoder needs at least one image per step"
+            )
+        multiple = 2 ** (max(self.ae_depths) + 1)
+        if self.size % multiple:
+            low = (self.size // multiple) * multiple
+            raise PGNError(
+                f"size {self.size} must be a multiple of {multiple} for autoencoder depth {max(self.ae_depths)}; "
+                f"use {low or multiple} or {low + multiple}"
+            )
+        if not 0.0 < self.val_fraction < 1.0:
+            raise PGNError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if not 0.0 <= self.ae_reset_prob <= 1.0:
+            raise PGNError(f"ae_reset_prob must be in [0, 1], got {self.ae_reset_prob}")
+        if self.val_images < len(self.ae_depths):
+            raise PGNError(f"val_images must be at least the number of autoencoders ({len(self.ae_depths)})")
+        if (self.resume_dir is None) != (self.resume_epoch is None):
+            raise PGNError("--resume-dir and --resume-epoch go together (the authors' files <dir>/<epoch>.pth ...)")
+        if self.min_image_side < 1:
+            raise PGNError(f"min_image_side must be ≥ 1, got {self.min_image_side}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DistillConfig":
+        """Inverse of :meth:`to_dict`; unknown keys are an error that lists the known ones."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise PGNError(f"unknown config key(s) {unknown}; known keys: {', '.join(sorted(names))}")
+        return cls(**d)
+
+
+def save_config(config: DistillConfig, path: str | Path) -> Path:
+    """Write ``config`` as indented JSON (the file ``pgn-distill --config`` reads)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def load_config(path: str | Path) -> DistillConfig:
+    """Read a config written by :func:`save_config` (or by hand: any subset of the keys)."""
+    path = Path(path)
+    if not path.is_file():
+        raise PGNError(f"config file not found: {path}")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise PGNError(f"{path} is not valid JSON: {e.msg} at line {e.lineno}") from None
+    if not isinstance(data, dict):
+        raise PGNError(f"{path} must hold a JSON object of config keys")
+    return DistillConfig.from_dict(data)

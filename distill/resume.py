@@ -1,0 +1,63 @@
+"""Where a run starts: the newest checkpoint (``--resume``), the authors' per-epoch files, single files, or scratch.
+
+Rank 0 looks at the run directory and reads the checkpoint; every rank receives the same answer (a broadcast), so
+a run directory on rank 0's disk is enough, also across machines.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pgn.errors import PGNError
+
+from . import checkpoints as ckpt
+from . import distributed as dist
+from .config import DistillConfig
+
+if TYPE_CHECKING:
+    from .trainer import Distiller
+
+
+def starting_point(distiller: "Distiller", config: DistillConfig, run_dir: Path, resume: bool, ctx: dist.DistContext) -> tuple[int, str | None]:
+    """Load whatever the run starts from; returns (first step, description of the source or None)."""
+    existing = dist.broadcast_from_main(ckpt.list_checkpoints(run_dir) if ctx.is_main else None)
+    if not resume and existing:
+        raise PGNError(f"{run_dir} already holds checkpoints (last step {existing[-1][0]}): pass --resume to continue it, or choose another --run-dir")
+    if resume:
+        found = ckpt.latest_training_state(run_dir) if ctx.is_main else None
+        found = dist.broadcast_from_main(found)
+        if found is None:
+            if ctx.is_main:
+                print(f"pgn-distill: no checkpoint in {run_dir} yet: starting a new run")
+        else:
+            path, state = found
+            if state["world_size"] != ctx.world_size and ctx.is_main:
+                print(f"pgn-distill: warning: checkpoint written by {state['world_size']} process(es), now {ctx.world_size}: "
+                      f"autoencoders are reused round-robin and the continuation is not exact")
+            distiller.load_global_state(state)
+            return int(state["step"]), str(path)
+    if config.resume_dir is not None:
+        files = ckpt.authors_resume_files(config.resume_dir, config.resume_epoch, len(distiller.autoencoders))
+        load_initial_files(distiller, files["pgn"], files["pgn_opt"], files["ae"], files["ae_opt"])
+        return (config.resume_epoch + 1) * config.batches_per_epoch, f"{config.resume_dir} epoch {config.resume_epoch}"
+    n = len(distiller.autoencoders)
+    ae = ckpt.parse_optional_paths(config.ae_checkpoints, n, "--ae-checkpoints")
+    ae_opt = ckpt.parse_optional_paths(config.ae_checkpoints_opt, n, "--ae-checkpoints-opt")
+    if config.pgn_checkpoint or config.pgn_checkpoint_opt or any(ae) or any(ae_opt):
+        load_initial_files(distiller, config.pgn_checkpoint, config.pgn_checkpoint_opt, ae, ae_opt)
+    start = (config.start_epoch or 0) * config.batches_per_epoch
+    return start, None
+
+
+def load_initial_files(distiller: "Distiller", pgn_file, pgn_opt, ae_files, ae_opt_files) -> None:
+    if pgn_file:
+        ckpt.load_pgn_weights(distiller.model, pgn_file)
+    if pgn_opt:
+        ckpt.load_optimizer_state(distiller.optimizer, pgn_opt, "PGN")
+    for k, path in enumerate(ae_files):
+        if path:
+            ckpt.load_module_weights(distiller.autoencoders[k], path, f"autoencoder {k}")
+    for k, path in enumerate(ae_opt_files):
+        if path:
+            ckpt.load_optimizer_state(distiller.ae_optimizers[k], path, f"autoencoder {k}")
