@@ -1,0 +1,47 @@
+"""``pgn-bench`` through click's CliRunner: options, outputs, one-line errors, exit codes."""
+
+import json
+
+from click.testing import CliRunner
+
+from benchmarks.cli import main
+
+TINY = ["--threads", "1", "--repeats", "2", "--warmup", "1", "--quiet"]
+
+
+def test_help_has_examples():
+    out = CliRunner().invoke(main, ["--help"])
+    assert out.exit_code == 0 and "Examples:" in out.output and "--sweep-size" in out.output
+
+
+def test_sweep_writes_json_and_both_plots(tmp_path):
+    args = ["--models", "resnet4", "--runtimes", "torch,coreml", "--sweep-size", "32,64", "--json", str(tmp_path / "b.json"),
+            "--plot", str(tmp_path / "b.png"), *TINY]
+    out = CliRunner().invoke(main, args)
+    assert out.exit_code == 0, out.output
+    data = json.loads((tmp_path / "b.json").read_text())
+    assert data["config"]["sizes"] == [[32, 32], [64, 64]]
+    assert {(r["runtime"], tuple(r["size"])) for r in data["rows"]} == {(rt, s) for rt in ("torch", "coreml") for s in ((32, 32), (64, 64))}
+    assert (tmp_path / "b.png").is_file() and (tmp_path / "b-scaling.png").is_file()
+    assert "coreml" in out.output
+
+
+def test_size_and_sweep_are_exclusive():
+    out = CliRunner().invoke(main, ["--size", "64", "--sweep-size", "32,64"])
+    assert out.exit_code == 2 and "either --size or --sweep-size" in out.output
+
+
+def test_bad_model_is_one_line_and_exit_1():
+    out = CliRunner().invoke(main, ["--models", "resnet5", *TINY])
+    assert out.exit_code == 1
+    assert out.output.strip().startswith("error: unknown model 'resnet5'") and len(out.output.strip().splitlines()) == 1
+
+
+def test_bad_size_is_one_line_and_exit_1():
+    out = CliRunner().invoke(main, ["--models", "unet", "--size", "48", *TINY])
+    assert out.exit_code == 1 and "multiples of 32" in out.output
+
+
+def test_nothing_measurable_is_an_error():
+    out = CliRunner().invoke(main, ["--models", "resnet4", "--runtimes", "tensorrt", "--size", "32", *TINY])
+    assert out.exit_code == 1 and "nothing could be measured" in out.output
