@@ -96,8 +96,17 @@ class MemoryReading:
 # Timers
 
 
-def time_calls(step: Callable[[], object], repeats: int, warmup: int, timer: str = "wall") -> list[float]:
-    """Run ``step`` ``warmup`` times untimed, then ``repeats`` times; return the per-call times in ms.
+@dataclass(frozen=True)
+class CallTimes:
+    """Per-call times in ms: ``wall_ms`` (what is reported) and ``cpu_ms``, the process CPU time of each call
+    summed over its threads (a diagnostic: on a busy machine wall time grows, CPU time much less)."""
+
+    wall_ms: list[float]
+    cpu_ms: list[float]
+
+
+def time_calls(step: Callable[[], object], repeats: int, warmup: int, timer: str = "wall") -> CallTimes:
+    """Run ``step`` ``warmup`` times untimed, then ``repeats`` times timed.
 
     ``timer`` is ``wall`` (``time.perf_counter``; ``step`` must return only when its work is done) or
     ``cuda_events`` (a CUDA event pair around each call, then a synchronize).
@@ -106,27 +115,31 @@ def time_calls(step: Callable[[], object], repeats: int, warmup: int, timer: str
         step()
     if timer == "cuda_events":
         return _time_cuda_events(step, repeats)
-    samples = []
+    wall, cpu = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         step()
-        samples.append((time.perf_counter() - t0) * 1e3)
-    return samples
+        t1, c1 = time.perf_counter(), time.process_time()
+        wall.append((t1 - t0) * 1e3)
+        cpu.append((c1 - c0) * 1e3)
+    return CallTimes(wall, cpu)
 
 
-def _time_cuda_events(step: Callable[[], object], repeats: int) -> list[float]:
+def _time_cuda_events(step: Callable[[], object], repeats: int) -> CallTimes:
     import torch
 
     torch.cuda.synchronize()
-    samples = []
+    wall, cpu = [], []
     for _ in range(repeats):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        c0 = time.process_time()
         start.record()
         step()
         end.record()
         end.synchronize()
-        samples.append(float(start.elapsed_time(end)))
-    return samples
+        cpu.append((time.process_time() - c0) * 1e3)
+        wall.append(float(start.elapsed_time(end)))
+    return CallTimes(wall, cpu)
 
 
 # --------------------------------------------------------------------------------------------------------

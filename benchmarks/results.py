@@ -1,8 +1,9 @@
 """Benchmark rows, the ratios against VGG computed from their raw samples, and the JSON they are saved as.
 
 Ratios: within each (device, size, batch) group, the reference for "× faster" and "× less memory" is the
-**fastest** measured VGG-19 row with uncached target features (likewise VGG-11): the strongest baseline
-measured, whichever runtime it ran on. ``time = median(reference samples) / median(row samples)``,
+**fastest** measured fp32 VGG-19 row with uncached target features (likewise VGG-11): the strongest fp32
+baseline measured, whichever runtime it ran on. Reduced-precision VGG rows (``torch-bf16``) get ratios against
+it too, so a reduced-precision PGN can be compared with a reduced-precision VGG by dividing the two. ``time = median(reference samples) / median(row samples)``,
 ``memory = reference peak / row peak``, and ``macs = reference work MACs / row work MACs`` is the ratio the
 arithmetic alone predicts.
 """
@@ -38,7 +39,8 @@ class Row:
     status: str  #: one of :data:`STATUSES`
     reason: str | None = None
     target_features: str | None = None  #: teachers: ``cached`` or ``recomputed``
-    samples_ms: list[float] = field(default_factory=list)
+    samples_ms: list[float] = field(default_factory=list)  #: raw per-call times (wall clock or CUDA events)
+    cpu_samples_ms: list[float] = field(default_factory=list)  #: process CPU time of each call (all threads)
     timer: str | None = None
     warmup: int | None = None
     time_ms: dict | None = None  #: :class:`benchmarks.measure.TimingStats` as a dict
@@ -74,10 +76,10 @@ def _group_key(row: Row) -> tuple:
 
 
 def reference_rows(rows: list[Row]) -> dict[tuple, dict[str, Row]]:
-    """Per (device, size, batch): the fastest measured uncached VGG-19 and VGG-11 rows."""
+    """Per (device, size, batch): the fastest measured fp32 uncached VGG-19 and VGG-11 rows."""
     refs: dict[tuple, dict[str, Row]] = {}
     for row in rows:
-        if row.ok and row.model in REFERENCES and row.samples_ms:
+        if row.ok and row.model in REFERENCES and row.precision == "fp32" and row.samples_ms:
             group = refs.setdefault(_group_key(row), {})
             best = group.get(row.model)
             if best is None or row.median_ms() < best.median_ms():

@@ -92,11 +92,9 @@ def measure(task: Task) -> dict:
     runner = make_runner(task.model, task.runtime, task.device, inputs, seed=task.seed, weights=task.weights,
                          threads=task.threads, artifact=task.artifact)
     runner.prepare()
-    if runner.warm_before_memory:
-        runner.step()
     memory_fn = {"cpu": measure_cpu_memory, "cuda_torch": measure_cuda_torch_memory, "cuda_device": measure_cuda_device_memory}[runner.memory]
     memory = memory_fn(runner.step, task.memory_calls)
-    samples = time_calls(runner.step, task.repeats, task.warmup, runner.timer)
+    times = time_calls(runner.step, task.repeats, task.warmup, runner.timer)
     accuracy = None
     if not (runner.runtime.name == "torch"):
         y_hat, y = runner.accuracy_inputs()
@@ -105,7 +103,8 @@ def measure(task: Task) -> dict:
         accuracy["inputs"] = "timed pair" if runner.model.is_teacher else "held-out photos (not used for int8 calibration)"
     return {
         "status": "ok",
-        "samples_ms": samples,
+        "samples_ms": times.wall_ms,
+        "cpu_samples_ms": times.cpu_ms,
         "timer": runner.timer,
         "warmup": task.warmup,
         "memory": memory.to_dict(),

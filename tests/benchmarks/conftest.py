@@ -7,10 +7,11 @@ from benchmarks.results import BenchmarkResult, Row, attach_ratios
 TINY = 32
 
 
-def _make_row(model, runtime, samples, memory, *, kind=None, size=(TINY, TINY), work_macs=1_000_000, status="ok", reason=None):
+def _make_row(model, runtime, samples, memory, *, kind=None, size=(TINY, TINY), work_macs=1_000_000, status="ok", reason=None,
+              precision="fp32"):
     """A synthetic measured row (no worker process involved)."""
     kind = kind or ("teacher" if model.startswith("vgg") else "pgn")
-    row = Row(model=model, display=model, kind=kind, runtime=runtime, family=runtime.split("-")[0], precision="fp32", device="cpu",
+    row = Row(model=model, display=model, kind=kind, runtime=runtime, family=runtime.split("-")[0], precision=precision, device="cpu",
               size=list(size), batch=1, status=status, reason=reason, samples_ms=list(samples),
               memory_mb=memory, work_macs=work_macs, params=10, paper_macs=20)
     if status == "ok":
@@ -33,7 +34,8 @@ def synthetic_result():
     for size, scale in (((TINY, TINY), 1.0), ((2 * TINY, 2 * TINY), 4.0)):
         rows += [
             _make_row("vgg19", "torch", [100 * scale, 110 * scale, 90 * scale], 120.0 * scale, size=size, work_macs=30_000_000),
-            _make_row("vgg19", "torch-bf16", [50 * scale, 55 * scale, 60 * scale], 80.0 * scale, size=size, work_macs=30_000_000),
+            _make_row("vgg19", "torch-compile", [50 * scale, 55 * scale, 60 * scale], 80.0 * scale, size=size, work_macs=30_000_000),
+            _make_row("vgg19", "torch-bf16", [20 * scale, 25 * scale], 60.0 * scale, size=size, work_macs=30_000_000, precision="bf16"),
             _make_row("vgg11", "torch", [70 * scale, 80 * scale, 75 * scale], 90.0 * scale, size=size, work_macs=12_000_000),
             _make_row("resnet4", "torch", [10 * scale, 12 * scale, 11 * scale, 30 * scale], 20.0 * scale, size=size, work_macs=10_000_000),
             _make_row("resnet4", "tensorrt", [], None, size=size, status="unavailable", reason="TensorRT needs an NVIDIA GPU"),

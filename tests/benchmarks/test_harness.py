@@ -31,6 +31,7 @@ def test_torch_rows_are_measured_with_raw_samples_and_memory(result):
         row = _row(result, model, "torch")
         assert row.status == "ok", row.reason
         assert len(row.samples_ms) == 3 and all(s > 0 for s in row.samples_ms)
+        assert len(row.cpu_samples_ms) == 3
         assert row.time_ms["median"] == pytest.approx(np.median(row.samples_ms))
         assert row.memory["method"] in ("rss_hwm", "rss_sampled") and row.memory_mb >= 0
         assert row.throughput_per_s == pytest.approx(1000.0 / row.time_ms["median"])

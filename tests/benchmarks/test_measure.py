@@ -25,9 +25,9 @@ def test_stats_need_samples():
 
 def test_time_calls_runs_warmup_then_repeats():
     calls = []
-    samples = time_calls(lambda: calls.append(1), repeats=4, warmup=3)
+    times = time_calls(lambda: calls.append(1), repeats=4, warmup=3)
     assert len(calls) == 7
-    assert len(samples) == 4 and all(s >= 0 for s in samples)
+    assert len(times.wall_ms) == len(times.cpu_ms) == 4 and all(s >= 0 for s in times.wall_ms)
 
 
 def test_cpu_memory_sees_a_large_temporary_allocation():

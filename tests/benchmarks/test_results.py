@@ -9,20 +9,25 @@ from benchmarks.results import SCHEMA, BenchmarkResult, Row, attach_ratios
 
 ROW_KEYS = {
     "model", "display", "kind", "runtime", "family", "precision", "device", "size", "batch", "status", "reason", "target_features",
-    "samples_ms", "timer", "warmup", "time_ms", "throughput_per_s", "memory_mb", "memory", "params", "paper_macs", "work_macs",
+    "samples_ms", "cpu_samples_ms", "timer", "warmup", "time_ms", "throughput_per_s", "memory_mb", "memory", "params", "paper_macs", "work_macs",
     "gflops", "artifact_mb", "accuracy", "runtime_info", "threads", "ratios",
 }
 
 
-def test_ratios_use_the_fastest_vgg19_row_and_medians_of_raw_samples(synthetic_result):
+def test_ratios_use_the_fastest_fp32_vgg19_row_and_medians_of_raw_samples(synthetic_result):
     rows = [r for r in synthetic_result.rows if r.size == [32, 32]]
     pgn_row = next(r for r in rows if r.model == "resnet4" and r.ok)
     ratio = pgn_row.ratios["vgg19"]
-    assert ratio["reference"] == "vgg19/torch-bf16"  # 55 ms median beats 100 ms
+    assert ratio["reference"] == "vgg19/torch-compile"  # 55 ms beats 100 ms; the faster bf16 row is no fp32 reference
     assert ratio["time"] == pytest.approx(np.median([50, 55, 60]) / np.median([10, 12, 11, 30]))
     assert ratio["memory"] == pytest.approx(80.0 / 20.0)
     assert ratio["macs"] == pytest.approx(30 / 10)
     assert pgn_row.ratios["vgg11"]["time"] == pytest.approx(75 / 11.5)
+
+
+def test_reduced_precision_vgg_gets_a_ratio_against_fp32(synthetic_result):
+    bf16 = next(r for r in synthetic_result.rows if r.size == [32, 32] and r.runtime == "torch-bf16")
+    assert bf16.ratios["vgg19"]["time"] == pytest.approx(55 / 22.5)
 
 
 def test_ratios_are_per_size(synthetic_result):
