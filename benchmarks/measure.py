@@ -2,7 +2,8 @@
 
 Protocol (one fresh process per model × runtime × size, see :mod:`benchmarks.worker`):
 
-1. the runner loads its model or artifact (``prepare``); the process's memory now is the *baseline*;
+1. the runner loads its model or artifact (``prepare``); freed heap is returned to the OS (``malloc_trim``) and
+   the process's memory now is the *baseline*;
 2. **memory**: the peak is reset, ``memory_calls`` gradients are computed, and the peak above the baseline is
    read back:
 
@@ -205,9 +206,26 @@ class _RssSampler:
         self.peak = max(self.peak, _rss_bytes())
 
 
+def release_free_heap() -> bool:
+    """Hand memory that is freed but still held by the C allocator back to the OS (glibc ``malloc_trim``).
+
+    Without this, heap left over from loading (a compiler, an exporter) would silently absorb the measured
+    calls' allocations and the peak would read too low. Returns False where glibc is not the allocator.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0)) or True
+    except (OSError, AttributeError):
+        return False
+
+
 def measure_cpu_memory(step: Callable[[], object], calls: int) -> MemoryReading:
     """Peak RSS above the current (model-loaded) RSS while ``step`` runs ``calls`` times (see module docs)."""
     gc.collect()
+    release_free_heap()
     if _can_reset_hwm():
         before = _proc_status()
         _reset_hwm()
