@@ -14,6 +14,8 @@ like the original.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import tempfile
 from pathlib import Path
 
@@ -108,3 +110,29 @@ def quantize_int8(src: str | Path, dst: str | Path, calib_y_hat: np.ndarray, cal
         out.metadata_props.add(key=key, value=value)
     onnx.save(out, str(dst))
     return dst
+
+
+def write_int8_manifest(src: str | Path, dst: str | Path) -> Path:
+    """Write the ``export`` manifest of the quantized model ``dst``, derived from the fp32 model ``src``'s.
+
+    ``export.load_runtime`` reads the manifest beside an artifact (its inputs, outputs and gradient recipe,
+    which quantization does not change). Precision, file name, hash and size are updated and the int8 recipe
+    is recorded; parity is left to the benchmark's accuracy check against fp32 PyTorch.
+    """
+    from export import manifest_path, read_manifest
+
+    src, dst = Path(src), Path(dst)
+    manifest = read_manifest(src)
+    manifest.update(
+        artifact=dst.name,
+        sha256=hashlib.sha256(dst.read_bytes()).hexdigest(),
+        size_mb=round(dst.stat().st_size / 2**20, 3),
+        precision="int8",
+        status="quantized",
+        quantization={"tool": "onnxruntime.quantization.quantize_static", "source": src.name, **INT8_RECIPE,
+                      "quantized_ops": list(QUANTIZED_OPS)},
+        parity={"checked_by": "pgn-bench accuracy check (gradient cosine against fp32 PyTorch)"},
+    )
+    path = manifest_path(dst)
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return path

@@ -145,7 +145,7 @@ def prepare(task: Task) -> dict:
 def _quantize(task: Task) -> dict:
     import numpy as np
 
-    from .quantize import quantize_int8
+    from .quantize import quantize_int8, write_int8_manifest
 
     if task.artifact is None:
         return {"status": "failed", "reason": "int8 quantization needs the fp32 ONNX model"}
@@ -153,6 +153,7 @@ def _quantize(task: Task) -> dict:
     inputs = _load_inputs(task.inputs)
     dst = quantize_int8(src, src.with_name(f"{src.stem}.int8.onnx"),
                         inputs["calib_y_hat"].numpy().astype(np.float32), inputs["calib_y"].numpy().astype(np.float32))
+    write_int8_manifest(src, dst)
     return {"status": "ok", "artifact": str(dst), "artifact_mb": _size_mb(dst), "source": str(src)}
 
 
