@@ -167,7 +167,8 @@ class GradientHead(nn.Module):
         cfg = self.config
         n, _, h, w = y.shape
         if cfg.warp_downscale_by:
-            low = (max(1, round(h / cfg.warp_downscale_by)), max(1, round(w / cfg.warp_downscale_by)))
+            # float() keeps this working under TorchScript tracing, where sizes are traced tensors
+            low = (max(1, round(float(h) / cfg.warp_downscale_by)), max(1, round(float(w) / cfg.warp_downscale_by)))
             z = F.interpolate(z, size=low, mode="bilinear", align_corners=False)
             z = F.interpolate(z, size=(h, w), mode="bilinear", align_corners=False)
         gy, gx = torch.meshgrid(

@@ -1,0 +1,284 @@
+"""The ``manifest.json`` written beside every artifact, and the metadata stored inside artifacts.
+
+A manifest lets a runtime rebuild everything around the graph from the file alone: the model it came from
+(backbone, head, constants), the input/output contract, the precision and the fp16 gradient recipe, the
+exporter and opset, software versions, the artifact's sha256, and the parity results.
+
+The manifest of ``unet-224x224-b1-fp32.onnx`` is ``unet-224x224-b1-fp32.onnx.manifest.json`` in the same folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pgn
+from pgn.constants import IMAGENET_MEAN, IMAGENET_STD
+from pgn.errors import PGNError
+
+from .graph import GradientRecipe
+from .options import ExportOptions
+
+MANIFEST_FORMAT = "pgn-export-manifest"
+MANIFEST_VERSION = 1
+MANIFEST_SUFFIX = ".manifest.json"
+
+FP16_RECIPE = (
+    "fp16 artifacts output the residual r = phi(y_hat_n - P_n) in ImageNet-normalized space instead of the "
+    "gradient, whose values (~1e-7..1e-4) underflow in fp16. Compute on the host, in fp32: "
+    "grad[:, c] = r[:, c] * k * alpha / (3 * H * W) / std[c] (see 'gradient'). For the default MSE heads "
+    "(phi = identity, k = 2) this equals alpha * 2/(3HW) * (y_hat - P) / std[c]**2: the gradient of an MSE "
+    "towards P, so a trainer can also simply minimize alpha * mean((y_hat_n - P_n)**2) with P detached."
+)
+
+
+def manifest_path(artifact: str | Path) -> Path:
+    """Where the manifest of ``artifact`` lives: ``<artifact name>.manifest.json`` beside it."""
+    artifact = Path(artifact)
+    return artifact.with_name(artifact.name + MANIFEST_SUFFIX)
+
+
+def artifact_stem(model: "pgn.PGN", options: ExportOptions) -> str:
+    """File stem naming what an artifact is, e.g. ``unet-224x224-b1-fp32`` or ``resnet4-proxy-224x224-b1-fp16-dynamic``."""
+    cfg = model.config
+    name = cfg.preset or cfg.backbone
+    base = name.split("-")[0]
+    if cfg.head.kind != "constrained" and cfg.head.kind not in name:
+        name = f"{base}-{cfg.head.kind}"
+    h, w = options.size
+    stem = f"{name}-{h}x{w}-b{options.batch}-{options.precision}"
+    return stem + ("-dynamic" if options.dynamic else "")
+
+
+def model_description(model: "pgn.PGN", weights_source: str | None) -> dict[str, Any]:
+    """Backbone, head and constants of ``model`` as plain data."""
+    cfg = model.config
+    if weights_source is None:
+        fmt = getattr(model, "checkpoint_format", None)
+        weights_source = f"loaded from a checkpoint ({fmt})" if fmt else "in-memory model (weights source not recorded)"
+    return {
+        "preset": cfg.preset,
+        "backbone": cfg.backbone,
+        "backbone_params": dict(cfg.backbone_params),
+        "head": cfg.head.to_dict(),
+        "source_value_space": cfg.value_space,
+        "params": sum(p.numel() for p in model.parameters()),
+        "size_multiple": model.size_multiple,
+        "weights": weights_source,
+    }
+
+
+def constants(model: "pgn.PGN") -> dict[str, Any]:
+    """The numbers baked into the graph."""
+    head = model.config.head
+    return {
+        "imagenet_mean": list(IMAGENET_MEAN),
+        "imagenet_std": list(IMAGENET_STD),
+        "alpha": head.alpha,
+        "grad_scale": head.grad_scale,
+        "beta": head.beta,
+        "out_scale": head.out_scale,
+    }
+
+
+def io_description(options: ExportOptions, output_names: tuple[str, ...]) -> dict[str, list[dict]]:
+    """Names, shapes, dtypes and ranges of the graph's inputs and outputs."""
+    shape: list = list(options.shape) if not options.dynamic else ["batch", 3, "height", "width"]
+    inputs = [
+        {"name": "y_hat", "shape": shape, "dtype": "float32", "layout": "NCHW RGB", "range": [0.0, 1.0],
+         "meaning": "the generated image; the gradient is taken with respect to it"},
+        {"name": "y", "shape": shape, "dtype": "float32", "layout": "NCHW RGB", "range": [0.0, 1.0],
+         "meaning": "the target image"},
+    ]
+    meanings = {
+        "proxy": "the proxy target P, in [0, 1] RGB space (the constrained head keeps it within about [-0.05, 1.06])",
+        "grad": "the synthetic perceptual gradient w.r.t. the [0, 1] y_hat",
+        "residual": "phi(y_hat_n - P_n) in ImageNet-normalized space; multiply on the host (see 'gradient')",
+    }
+    outputs = [{"name": n, "shape": shape, "dtype": "float32", "meaning": meanings[n]} for n in output_names]
+    return {"inputs": inputs, "outputs": outputs}
+
+
+def versions() -> dict[str, str | None]:
+    """Versions of the software that made (and checked) the artifact; ``None`` where not installed."""
+    import torch
+
+    found: dict[str, str | None] = {
+        "pgn-toolkit": pgn.__version__,
+        "python": platform.python_version(),
+        "platform": f"{platform.system()} {platform.machine()}",
+        "torch": torch.__version__,
+    }
+    from importlib import metadata
+
+    for dist, key in (
+        ("onnx", "onnx"),
+        ("onnxscript", "onnxscript"),
+        ("onnxruntime-gpu", "onnxruntime"),
+        ("onnxruntime", "onnxruntime"),
+        ("coremltools", "coremltools"),
+        ("tensorrt", "tensorrt"),
+    ):
+        if found.get(key):
+            continue
+        try:
+            found[key] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            found.setdefault(key, None)
+    if not found.get("tensorrt"):
+        found["tensorrt"] = _tensorrt_version()
+    return found
+
+
+def _tensorrt_version() -> str | None:
+    from importlib import metadata
+
+    for dist in ("tensorrt-cu13", "tensorrt-cu12", "tensorrt_cu13", "tensorrt_cu12"):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def sha256_of(path: str | Path) -> str:
+    """sha256 of a file, or of a package folder (relative paths and contents of its files, in sorted order)."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    if path.is_file():
+        files = [(path.name, path)]
+    else:
+        files = sorted((p.relative_to(path).as_posix(), p) for p in path.rglob("*") if p.is_file())
+    for rel, p in files:
+        if path.is_dir():
+            digest.update(rel.encode() + b"\0")
+        with open(p, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def size_mb(path: str | Path) -> float:
+    """Size of a file or folder in MB (10^6 bytes)."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size / 1e6
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 1e6
+
+
+def metadata_strings(model: "pgn.PGN", options: ExportOptions, target: str, output_names: tuple[str, ...]) -> dict[str, str]:
+    """Flat string metadata for an artifact's native slot (ONNX ``metadata_props``, CoreML ``user_defined_metadata``)."""
+    cfg = model.config
+    recipe = GradientRecipe.for_head(cfg.head)
+    h, w = options.size
+    return {
+        "pgn.version": pgn.__version__,
+        "pgn.preset": str(cfg.preset),
+        "pgn.backbone": cfg.backbone,
+        "pgn.backbone_params": json.dumps(cfg.backbone_params, sort_keys=True),
+        "pgn.head": cfg.head.kind,
+        "pgn.head_config": json.dumps(cfg.head.to_dict(), sort_keys=True),
+        "pgn.constants": json.dumps(constants(model), sort_keys=True),
+        "pgn.inputs": "y_hat, y: (N, 3, H, W) float32 RGB in [0, 1]; ImageNet normalization is inside the graph",
+        "pgn.input_range": "[0, 1]",
+        "pgn.outputs": ", ".join(output_names),
+        "pgn.precision": str(options.precision),
+        "pgn.input_shape": "dynamic (batch, 3, height, width)" if options.dynamic else f"{options.batch}x3x{h}x{w}",
+        "pgn.target": target,
+        "pgn.gradient": json.dumps(recipe.to_dict(), sort_keys=True),
+        "pgn.fp16_recipe": FP16_RECIPE if "residual" in output_names else "",
+    }
+
+
+def build_manifest(
+    *,
+    model: "pgn.PGN",
+    options: ExportOptions,
+    target: str,
+    artifact: Path,
+    output_names: tuple[str, ...],
+    exporter: dict[str, Any],
+    target_info: dict[str, Any],
+    parity: dict[str, Any],
+    status: str,
+    weights_source: str | None,
+    shape_range: dict | None,
+) -> dict[str, Any]:
+    """Assemble the manifest of one artifact (written by :func:`write_manifest`)."""
+    recipe = GradientRecipe.for_head(model.config.head)
+    gradient = dict(recipe.to_dict(), output=output_names[1])
+    if output_names[1] == "residual":
+        gradient["recipe"] = FP16_RECIPE
+        if not options.dynamic:
+            gradient["host_scale_at_export_size"] = recipe.scale(*options.size).reshape(3).tolist()
+    else:
+        gradient["recipe"] = "the graph outputs the gradient itself (scale applied in fp32 inside the graph)"
+    return {
+        "format": MANIFEST_FORMAT,
+        "manifest_version": MANIFEST_VERSION,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "target": target,
+        "artifact": artifact.name,
+        "sha256": sha256_of(artifact),
+        "size_mb": round(size_mb(artifact), 3),
+        "status": status,
+        "model": model_description(model, weights_source),
+        "constants": constants(model),
+        **io_description(options, output_names),
+        "precision": options.precision,
+        "dynamic": options.dynamic,
+        "export_size": list(options.size),
+        "export_batch": options.batch,
+        "shape_range": shape_range,
+        "gradient": gradient,
+        "exporter": exporter,
+        "target_info": target_info,
+        "versions": versions(),
+        "parity": parity,
+    }
+
+
+def write_manifest(path: Path, manifest: dict[str, Any]) -> Path:
+    """Write a manifest as indented JSON, atomically (temp file + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(manifest, fh, indent=2, default=_json_default)
+            fh.write("\n")
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_manifest(artifact: str | Path) -> dict[str, Any]:
+    """The manifest beside ``artifact``; a clear error if it is missing or not ours."""
+    path = manifest_path(artifact)
+    if not path.is_file():
+        raise PGNError(f"no manifest beside {artifact} (expected {path.name}): export the artifact with pgn-export, which writes one")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise PGNError(f"cannot read manifest {path}: {e}") from None
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise PGNError(f"{path} is not a pgn-export manifest")
+    return manifest
+
+
+def _json_default(obj):
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item"):
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    raise TypeError(f"not JSON serializable: {type(obj).__name__}")

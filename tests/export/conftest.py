@@ -1,0 +1,19 @@
+"""Fixtures for the export tests: small seeded PGNs at 64×64, fast on a 2-core CPU."""
+
+import pytest
+import torch
+
+from export_helpers import PRESETS, build
+
+
+@pytest.fixture(scope="session")
+def models():
+    """Every paper preset, built once per session."""
+    return {name: build(name) for name in PRESETS}
+
+
+@pytest.fixture
+def pair64():
+    """A (ŷ, y) pair, 1×3×64×64 in [0, 1]."""
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(1, 3, 64, 64, generator=g), torch.rand(1, 3, 64, 64, generator=g)

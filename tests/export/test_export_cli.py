@@ -1,0 +1,90 @@
+"""pgn-export through click's CliRunner: tables, JSON, exit codes and one-line errors."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+import export
+import pgn
+from export.cli import main
+
+from export_helpers import build
+
+
+def _run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_help_has_examples():
+    res = _run("--help")
+    assert res.exit_code == 0
+    assert "Examples:" in res.output and "pgn-export --backbone unet --target coreml" in res.output
+
+
+def test_unet_onnx_with_json_and_random_weights_warning(tmp_path):
+    res = _run("--backbone", "unet", "--target", "onnx", "--size", 64, 64, "--output", tmp_path, "--json", tmp_path / "r.json")
+    assert res.exit_code == 0, res.output
+    assert "RANDOM WEIGHTS" in res.output and "verified" in res.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["weights"].startswith("RANDOM INIT") and report["options"]["size"] == [64, 64]
+    (r,) = report["results"]
+    assert r["status"] == "verified" and r["target"] == "onnx"
+    manifest = json.loads((tmp_path / "unet-64x64-b1-fp32.onnx.manifest.json").read_text())
+    assert manifest["model"]["weights"].startswith("RANDOM INIT")
+
+
+def test_checkpoint_weights_are_exported_and_recorded(tmp_path):
+    model = build("resnet4")
+    ckpt = pgn.save(model, tmp_path / "r4.pt")
+    res = _run("--backbone", "resnet4", "--checkpoint", ckpt, "--target", "onnx", "--size", 32, 32, "--output", tmp_path / "out")
+    assert res.exit_code == 0, res.output
+    assert "RANDOM WEIGHTS" not in res.output
+    artifact = tmp_path / "out" / "resnet4-32x32-b1-fp32.onnx"
+    manifest = export.read_manifest(artifact)
+    assert manifest["model"]["weights"].startswith("checkpoint r4.pt (sha256 ")
+    y_hat, y = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(y_hat, y).numpy()
+    out = export.load_runtime(artifact).run(y_hat, y)
+    np.testing.assert_allclose(out["grad"], ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+
+
+def test_unknown_target_did_you_mean():
+    res = _run("--backbone", "unet", "--target", "onxx")
+    assert res.exit_code == 2
+    assert "Did you mean 'onnx'?" in res.output
+
+
+def test_option_the_format_does_not_take(tmp_path):
+    res = _run("--backbone", "unet", "--target", "coreml", "--opset", 17, "--output", tmp_path)
+    assert res.exit_code == 1
+    err_lines = [l for l in res.output.splitlines() if l.startswith("error:")]
+    assert err_lines == ["error: option opset=17 is not supported by target 'coreml'; it applies to onnx, tensorrt. "
+                         "coreml accepts: size, batch, dynamic, precision, min_size, max_size, max_batch, deployment_target"]
+
+
+def test_size_the_backbone_does_not_allow(tmp_path):
+    res = _run("--backbone", "unet", "--target", "onnx", "--size", 100, 100, "--output", tmp_path)
+    assert res.exit_code == 1
+    assert "error: size 100x100 is not allowed for the unet backbone: height must be a multiple of 32" in res.output
+    assert not list(tmp_path.iterdir())
+
+
+def test_tensorrt_fails_cleanly_here(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    res = _run("--backbone", "unet", "--target", "tensorrt", "--output", tmp_path / "out")
+    assert res.exit_code == 1
+    assert "Traceback" not in res.output
+    assert any(l.startswith("error: TensorRT") for l in res.output.splitlines())
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_missing_checkpoint_and_missing_backbone(tmp_path):
+    res = _run("--checkpoint", tmp_path / "nope.pt", "--target", "onnx")
+    assert res.exit_code == 1 and "error: checkpoint not found" in res.output
+    res = _run("--target", "onnx")
+    assert res.exit_code == 1 and "error: pass a backbone" in res.output

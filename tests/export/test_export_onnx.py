@@ -1,0 +1,155 @@
+"""ONNX export + parity for every preset, dynamic shapes, fp16 accuracy, and the failure path."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import export
+from export.manifest import manifest_path, sha256_of
+
+from export_helpers import PRESETS, build
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def onnx_exports(models, tmp_path_factory):
+    """One verified fp32 ONNX artifact per preset at 64×64."""
+    out = tmp_path_factory.mktemp("onnx")
+    return {name: export.export(models[name], "onnx", output_dir=out, size=SIZE)[0] for name in PRESETS}
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_every_preset_exports_and_verifies(onnx_exports, name):
+    r = onnx_exports[name]
+    assert r.status == "verified", r.reason
+    assert r.artifact.name == f"{name}-64x64-b1-fp32.onnx" and r.artifact.is_file()
+    assert r.manifest_path == manifest_path(r.artifact) and r.manifest_path.is_file()
+    assert r.size_mb > 1 and r.seconds > 0
+    sets = r.parity["sets"]
+    assert set(sets) == {"random", "real"}
+    for m in sets.values():
+        assert m["grad_max_rel"] <= 1e-4 and m["proxy_max_rel"] <= 1e-4
+        assert m["grad_cosine_min"] > 0.99999
+    assert r.parity["runtime"] == "onnxruntime-cpu" and r.parity["runtime_info"]["providers"][0] == "CPUExecutionProvider"
+
+
+@pytest.mark.parametrize("name", ["resnet4", "unet"])
+def test_graph_structure(onnx_exports, name):
+    proto = onnx.load(str(onnx_exports[name].artifact))
+    onnx.checker.check_model(proto, full_check=True)
+    assert [i.name for i in proto.graph.input] == ["y_hat", "y"]
+    assert [o.name for o in proto.graph.output] == ["proxy", "grad"]
+    assert not [n for n in proto.graph.node if n.op_type == "BatchNormalization"]
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert meta["pgn.preset"] == name and meta["pgn.head"] == "constrained" and meta["pgn.precision"] == "fp32"
+    assert json.loads(meta["pgn.constants"])["imagenet_std"] == [0.229, 0.224, 0.225]
+
+
+def test_manifest_describes_the_artifact(onnx_exports, models):
+    r = onnx_exports["unet"]
+    m = json.loads(r.manifest_path.read_text())
+    assert m["status"] == "verified" and m["target"] == "onnx" and m["artifact"] == r.artifact.name
+    assert m["sha256"] == sha256_of(r.artifact)
+    assert m["model"]["backbone"] == "unet" and m["model"]["head"]["grad_scale"] == 0.048
+    assert m["model"]["params"] == sum(p.numel() for p in models["unet"].parameters())
+    assert m["constants"]["alpha"] == pytest.approx(1 / 0.048)
+    assert [i["name"] for i in m["inputs"]] == ["y_hat", "y"] and m["inputs"][0]["shape"] == [1, 3, 64, 64]
+    assert [o["name"] for o in m["outputs"]] == ["proxy", "grad"]
+    assert m["precision"] == "fp32" and m["exporter"]["opset"] >= 17 and "dynamo" in m["exporter"]["name"]
+    assert m["exporter"]["batchnorm_folded"] is True
+    for key in ("torch", "onnx", "onnxruntime", "coremltools", "tensorrt"):
+        assert key in m["versions"]
+    assert m["parity"]["passed"] is True
+
+
+def test_load_runtime_gives_the_models_numbers(onnx_exports, models, pair64):
+    rt = export.load_runtime(onnx_exports["resnet6"].artifact, threads=1)
+    assert rt.name == "onnxruntime-cpu" and rt.info["intra_op_threads"] == 1
+    y_hat, y = pair64
+    out = rt.run(y_hat.numpy(), y)  # numpy and torch inputs both work
+    with torch.no_grad():
+        ref = models["resnet6"].outputs(y_hat, y)
+    np.testing.assert_allclose(out["grad"], ref.grad.numpy(), rtol=0, atol=1e-5 * float(ref.grad.abs().max()))
+    np.testing.assert_allclose(out["proxy"], ref.proxy.numpy(), rtol=0, atol=1e-5)
+    assert rt.prepare(y_hat, y)() is not None
+
+
+def test_runtime_rejects_wrong_shapes(onnx_exports):
+    rt = export.load_runtime(onnx_exports["resnet4"].artifact)
+    with pytest.raises(export.errors.PGNError, match=r"takes inputs of shape \(1, 3, 64, 64\)"):
+        rt.run(np.zeros((1, 3, 32, 32), np.float32), np.zeros((1, 3, 32, 32), np.float32))
+    with pytest.raises(export.errors.PGNError, match="same shape"):
+        rt.run(np.zeros((1, 3, 64, 64), np.float32), np.zeros((2, 3, 64, 64), np.float32))
+
+
+def test_cuda_runtime_is_a_clear_error_without_a_gpu(onnx_exports):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(export.RuntimeUnavailable, match="CUDA"):
+        export.load_runtime(onnx_exports["resnet4"].artifact, device="cuda")
+
+
+def test_dynamic_export_runs_at_other_shapes(tmp_path):
+    model = build("unet")
+    r = export.export(model, "onnx", output_dir=tmp_path, size=SIZE, dynamic=True)[0]
+    assert r.status == "verified", r.reason
+    assert r.artifact.name == "unet-64x64-b1-fp32-dynamic.onnx"
+    assert set(r.parity["sets"]) == {"random", "real", "random-96x96"}
+    proto = onnx.load(str(r.artifact))
+    dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", 3, "height", "width"]
+    rt = export.load_runtime(r.artifact)
+    y_hat, y = torch.rand(3, 3, 128, 96), torch.rand(3, 3, 128, 96)
+    out = rt.run(y_hat, y)
+    with torch.no_grad():
+        ref = model.outputs(y_hat, y)
+    np.testing.assert_allclose(out["grad"], ref.grad.numpy(), rtol=0, atol=1e-5 * float(ref.grad.abs().max()))
+    with pytest.raises(export.errors.PGNError, match="multiples of 32"):
+        rt.run(torch.rand(1, 3, 80, 64), torch.rand(1, 3, 80, 64))
+
+
+@pytest.mark.parametrize("head", ["direct", "constrained"])
+def test_fp16_onnx_gradient_is_accurate(tmp_path, head):
+    model = build("resnet4", head=head)
+    r = export.export(model, "onnx", output_dir=tmp_path, size=SIZE, precision="fp16")[0]
+    assert r.status == "verified", r.reason
+    proto = onnx.load(str(r.artifact))
+    assert [o.name for o in proto.graph.output] == ["proxy", "residual"]
+    assert {i.type.tensor_type.elem_type for i in proto.graph.input} == {onnx.TensorProto.FLOAT}
+    assert {t.data_type for t in proto.graph.initializer if len(t.dims) == 4 and t.dims[0] > 3} == {onnx.TensorProto.FLOAT16}
+    assert r.parity["tolerance"]["min_grad_cosine"] == 0.999
+    for m in r.parity["sets"].values():
+        assert m["grad_cosine_min"] >= 0.999
+    manifest = json.loads(r.manifest_path.read_text())
+    assert manifest["gradient"]["output"] == "residual" and "host" in manifest["gradient"]["recipe"]
+    assert r.size_mb < 0.6 * (sum(p.numel() for p in model.parameters()) * 4 / 1e6)  # half-size weights
+    # the runtime applies the host-side scale: its "grad" is the gradient
+    y_hat, y = torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64)
+    out = export.load_runtime(r.artifact).run(y_hat, y)
+    with torch.no_grad():
+        ref = model(y_hat, y).numpy()
+    cos = float((out["grad"].ravel() @ ref.ravel()) / np.linalg.norm(out["grad"]) / np.linalg.norm(ref))
+    assert cos >= 0.999
+
+
+def test_legacy_exporter(tmp_path):
+    r = export.export(build("resnet4"), "onnx", output_dir=tmp_path, size=SIZE, legacy_exporter=True, opset=17)[0]
+    assert r.status == "verified", r.reason
+    m = json.loads(r.manifest_path.read_text())
+    assert m["exporter"]["opset"] == 17 and "legacy" in m["exporter"]["name"]
+
+
+def test_parity_failure_fails_the_export_and_leaves_nothing(tmp_path, monkeypatch):
+    from export import verify
+
+    strict = verify.Tolerance("fp32", max_rel_grad=0.0, max_rel_proxy=0.0, min_grad_cosine=None)
+    monkeypatch.setattr(verify.Tolerance, "for_precision", classmethod(lambda cls, p: strict))
+    r = export.export(build("resnet4"), "onnx", output_dir=tmp_path, size=SIZE)[0]
+    assert r.status == "failed" and r.artifact is None and r.manifest_path is None
+    assert r.reason.startswith("parity failed: random: grad rel error")
+    assert r.parity["passed"] is False and r.parity["sets"]["random"]["grad_max_rel"] > 0
+    assert list(tmp_path.iterdir()) == []
