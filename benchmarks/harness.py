@@ -67,6 +67,9 @@ def _base_row(model: str, runtime: str, config: BenchmarkConfig, size: tuple[int
 def _fill_measurement(row: Row, result: dict) -> None:
     row.samples_ms = [float(x) for x in result["samples_ms"]]
     row.cpu_samples_ms = [float(x) for x in result.get("cpu_samples_ms", [])]
+    if row.cpu_samples_ms and row.device == "cpu":
+        threads = (result.get("threads") or {}).get("torch_num_threads") or 1
+        row.cpu_utilization = sum(row.cpu_samples_ms) / (sum(row.samples_ms) * threads)
     stats = TimingStats.from_samples(row.samples_ms)
     row.time_ms = stats.to_dict()
     row.timer, row.warmup = result.get("timer"), result.get("warmup")

@@ -3,6 +3,9 @@
 Table columns, per size:
 
 * ``ms``: median time of one gradient call (the whole batch); ``p10–p90`` its spread over the timed calls;
+* ``cpu``: CPU time of the timed calls ÷ (wall time × threads). Near 100 % the threads had the cores to
+  themselves (ONNX Runtime's spinning threads count as busy); far lower, another process took them and the
+  times are inflated: re-run on an idle machine;
 * ``MB``: peak working memory above the loaded model (see :mod:`benchmarks.measure`);
 * ``×VGG-19``: how many times faster than the reference VGG-19 row (the fastest uncached VGG-19 measured),
   with the ratio of executed MACs in brackets: what arithmetic alone predicts;
@@ -52,6 +55,10 @@ def _cos_cells(row: Row) -> tuple[str, str]:
     return f"{row.accuracy['grad_cosine_min']:.5f}", ("" if proxy is None else f"{proxy:.3f}")
 
 
+def _utilization_cell(row: Row) -> str:
+    return "—" if row.cpu_utilization is None else f"{100 * row.cpu_utilization:.0f}%"
+
+
 def _human(n: int | None, unit: str) -> str:
     if n is None:
         return "—"
@@ -94,14 +101,14 @@ def render_table(result: BenchmarkResult, console=None) -> None:
                  f"{env.get('threads')} threads · batch {cfg['batch']} · {size[0]}×{size[1]} · median of {n} calls after "
                  f"{cfg.get('effective_warmup')} warm-up")
         table = Table(title=title, title_justify="left")
-        for col, justify in (("model", "left"), ("runtime", "left"), ("ms", "right"), ("p10–p90", "right"), ("MB", "right"),
+        for col, justify in (("model", "left"), ("runtime", "left"), ("ms", "right"), ("p10–p90", "right"), ("cpu", "right"), ("MB", "right"),
                              ("×VGG-19 (MACs)", "right"), ("mem ×", "right"), ("×VGG-11", "right"), ("GFLOP/s", "right"),
                              ("params", "right"), ("MACs", "right"), ("cos g", "right"), ("cos P̃", "right")):
             table.add_column(col, justify=justify)
         for r in ok:
             t = r.time_ms
             table.add_row(
-                r.display, r.runtime, f"{t['median']:.1f}", f"{t['p10']:.0f}–{t['p90']:.0f}", _fmt(r.memory_mb, ".1f"),
+                r.display, r.runtime, f"{t['median']:.1f}", f"{t['p10']:.0f}–{t['p90']:.0f}", _utilization_cell(r), _fmt(r.memory_mb, ".1f"),
                 _ratio_cell(r, "vgg19", with_macs=True), _memory_ratio_cell(r), _ratio_cell(r, "vgg11"), _fmt(r.gflops, ".0f"),
                 _human(r.params, "params"), _human(r.paper_macs, "macs"), *_cos_cells(r),
             )

@@ -41,6 +41,7 @@ class Row:
     target_features: str | None = None  #: teachers: ``cached`` or ``recomputed``
     samples_ms: list[float] = field(default_factory=list)  #: raw per-call times (wall clock or CUDA events)
     cpu_samples_ms: list[float] = field(default_factory=list)  #: process CPU time of each call (all threads)
+    cpu_utilization: float | None = None  #: Σ CPU time / (Σ wall time × threads): ≈ 1 on an idle machine
     timer: str | None = None
     warmup: int | None = None
     time_ms: dict | None = None  #: :class:`benchmarks.measure.TimingStats` as a dict

@@ -9,7 +9,7 @@ from benchmarks import BenchmarkConfig, run_benchmark
 from benchmarks.report import plot_scaling, plot_time_memory, render_table
 
 MODELS = ("vgg19", "vgg11-cached", "resnet4")
-RUNTIMES = ("torch", "onnxruntime", "tensorrt")
+RUNTIMES = ("torch", "onnxruntime", "onnxruntime-int8", "tensorrt")
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def test_torch_rows_are_measured_with_raw_samples_and_memory(result):
         row = _row(result, model, "torch")
         assert row.status == "ok", row.reason
         assert len(row.samples_ms) == 3 and all(s > 0 for s in row.samples_ms)
-        assert len(row.cpu_samples_ms) == 3
+        assert len(row.cpu_samples_ms) == 3 and 0 < row.cpu_utilization
         assert row.time_ms["median"] == pytest.approx(np.median(row.samples_ms))
         assert row.memory["method"] in ("rss_hwm", "rss_sampled") and row.memory_mb >= 0
         assert row.throughput_per_s == pytest.approx(1000.0 / row.time_ms["median"])
@@ -46,8 +46,24 @@ def test_rows_that_cannot_run_say_why(result):
     assert trt.status == "unavailable" and "NVIDIA GPU" in trt.reason
     vgg_ort = _row(result, "vgg19", "onnxruntime")
     assert vgg_ort.status == "not-applicable" and "autograd" in vgg_ort.reason
-    ort_row = _row(result, "resnet4", "onnxruntime")
-    assert ort_row.status == "ok" or ort_row.reason  # measured once the export package is there, else a reason
+    for runtime in ("onnxruntime", "onnxruntime-int8"):
+        row = _row(result, "resnet4", runtime)
+        assert row.status == "ok" or row.reason  # measured where onnxruntime and the export package exist, else a reason
+
+
+def test_exported_rows_run_the_artifact_and_check_accuracy(result):
+    from benchmarks.runtimes import export_package_unavailable
+
+    if export_package_unavailable():
+        pytest.skip(export_package_unavailable())
+    fp32, int8 = _row(result, "resnet4", "onnxruntime"), _row(result, "resnet4", "onnxruntime-int8")
+    assert fp32.status == "ok", fp32.reason
+    assert int8.status == "ok", int8.reason
+    assert fp32.runtime_info["providers"][0] == "CPUExecutionProvider"
+    assert fp32.artifact_mb > 0 and int8.artifact_mb > 0
+    assert fp32.accuracy["grad_cosine_min"] > 0.9999  # same fp32 network
+    assert int8.accuracy["grad_cosine_min"] > 0.99 and int8.accuracy["grad_rel_error_max"] > 0
+    assert int8.runtime_info["precision"] == "int8"
 
 
 def test_ratios_against_vgg19_come_from_the_raw_samples(result):

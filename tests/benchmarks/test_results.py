@@ -9,7 +9,7 @@ from benchmarks.results import SCHEMA, BenchmarkResult, Row, attach_ratios
 
 ROW_KEYS = {
     "model", "display", "kind", "runtime", "family", "precision", "device", "size", "batch", "status", "reason", "target_features",
-    "samples_ms", "cpu_samples_ms", "timer", "warmup", "time_ms", "throughput_per_s", "memory_mb", "memory", "params", "paper_macs", "work_macs",
+    "samples_ms", "cpu_samples_ms", "cpu_utilization", "timer", "warmup", "time_ms", "throughput_per_s", "memory_mb", "memory", "params", "paper_macs", "work_macs",
     "gflops", "artifact_mb", "accuracy", "runtime_info", "threads", "ratios",
 }
 
