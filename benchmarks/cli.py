@@ -51,8 +51,11 @@ def _sizes(value: str | None) -> tuple[int, ...] | None:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE", help="Write every row, raw sample and the environment here.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
               help="Write the time/memory plot (PNG); with --sweep-size also FILE-scaling.png.")
+@click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="Also write the tables as Markdown (with the exact command line).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def main(device, runtimes, models, batch, size, sweep_size, repeats, warmup, threads, weights, seed, timeout, json_path, plot_path, quiet):
+def main(device, runtimes, models, batch, size, sweep_size, repeats, warmup, threads, weights, seed, timeout, json_path, plot_path,
+         markdown_path, quiet):
     """Time and peak memory of one gradient: PGN forward vs VGG-19/VGG-11 forward + backward.
 
     Each measurement runs in its own process. VGG: forward on ŷ (and on y, or with cached target features
@@ -71,16 +74,25 @@ def main(device, runtimes, models, batch, size, sweep_size, repeats, warmup, thr
     sizes = _sizes(sweep_size) or ((size,) if size is not None else None)
     options = {"device": device, "runtimes": _csv(runtimes), "models": _csv(models), "batch": batch, "sizes": sizes, "repeats": repeats,
                "warmup": warmup, "threads": threads, "weights": weights, "seed": seed, "timeout": timeout}
-    run_cli(lambda: _run({k: v for k, v in options.items() if v is not None}, json_path, plot_path, not quiet))
+    outputs = {"json_path": json_path, "plot_path": plot_path, "markdown_path": markdown_path}
+    run_cli(lambda: _run({k: v for k, v in options.items() if v is not None}, **outputs, progress=not quiet))
 
 
-def _run(options: dict, json_path: Path | None, plot_path: Path | None, progress: bool) -> None:
+def _run(options: dict, *, json_path: Path | None, plot_path: Path | None, markdown_path: Path | None, progress: bool) -> None:
+    import shlex
+    import sys
+
     from .config import BenchmarkConfig
     from .harness import run_benchmark
-    from .report import plot_scaling, plot_time_memory, render_table, scaling_plot_path
+    from .report import plot_scaling, plot_time_memory, render_markdown, render_table, scaling_plot_path
 
     result = run_benchmark(BenchmarkConfig(**options), progress=progress)
+    result.config["command"] = shlex.join(["pgn-bench", *sys.argv[1:]])
     render_table(result)
+    if markdown_path is not None:
+        markdown_path.parent.mkdir(parents=True, exist_ok=True)
+        markdown_path.write_text(f"`{result.config['command']}`\n\n{render_markdown(result)}")
+        click.echo(f"wrote {markdown_path}")
     if json_path is not None:
         click.echo(f"wrote {result.write_json(json_path)}")
     if plot_path is not None:

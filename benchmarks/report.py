@@ -86,40 +86,75 @@ def summarize_skips(rows: list[Row]) -> list[tuple[str, str, str]]:
     return out
 
 
+TABLE_COLUMNS = ("model", "runtime", "ms", "p10–p90", "cpu", "MB", "×VGG-19 (MACs)", "mem ×", "×VGG-11", "GFLOP/s",
+                 "params", "MACs", "cos g", "cos P̃")
+
+
+def table_cells(row: Row) -> list[str]:
+    """The cells of one measured row, in :data:`TABLE_COLUMNS` order."""
+    t = row.time_ms
+    return [
+        row.display, row.runtime, f"{t['median']:.1f}", f"{t['p10']:.0f}–{t['p90']:.0f}", _utilization_cell(row),
+        _fmt(row.memory_mb, ".1f"), _ratio_cell(row, "vgg19", with_macs=True), _memory_ratio_cell(row), _ratio_cell(row, "vgg11"),
+        _fmt(row.gflops, ".0f"), _human(row.params, "params"), _human(row.paper_macs, "macs"), *_cos_cells(row),
+    ]
+
+
+def table_title(result: BenchmarkResult, size: tuple[int, int]) -> str:
+    """One line naming the device, threads, batch, size and the number of timed calls."""
+    cfg, env = result.config, result.environment
+    ok = [r for r in result.rows if r.ok and tuple(r.size) == size]
+    n = ok[0].time_ms["n"] if ok else cfg.get("repeats")
+    where = env.get("cpu") if cfg["device"] == "cpu" else (env.get("gpu") or {}).get("name")
+    return (f"pgn-bench: {cfg['device']} · {where} · {env.get('threads')} threads · batch {cfg['batch']} · {size[0]}×{size[1]} · "
+            f"median of {n} calls after {cfg.get('effective_warmup')} warm-up")
+
+
+def footnotes(result: BenchmarkResult, size: tuple[int, int]) -> list[str]:
+    """Lines under a table: runtimes that did not run and why, and what the weights were."""
+    rows = [r for r in result.rows if tuple(r.size) == size]
+    lines = [f"{runtime} ({models}) — {reason}" for runtime, models, reason in summarize_skips(rows)]
+    if any(r.status == "not-applicable" for r in rows):
+        lines.append(NOT_APPLICABLE_NOTE)
+    cfg, env = result.config, result.environment
+    weights = "seeded random PGN weights" if not cfg.get("weights") else f"PGN weights: {cfg['weights']}"
+    lines.append(f"VGG: random weights (timing and memory do not depend on them); {weights}. "
+                 f"Load average {env.get('load_average_start')} → {env.get('load_average_end')}.")
+    return lines
+
+
+def render_markdown(result: BenchmarkResult) -> str:
+    """The same tables as :func:`render_table`, as Markdown (for RESULTS.md and reports)."""
+    out = []
+    for size in sizes_in(result):
+        out.append(f"**{table_title(result, size)}**\n")
+        out.append("| " + " | ".join(TABLE_COLUMNS) + " |")
+        out.append("|" + "|".join("---" if i < 2 else "---:" for i in range(len(TABLE_COLUMNS))) + "|")
+        for r in result.rows:
+            if r.ok and tuple(r.size) == size:
+                out.append("| " + " | ".join(table_cells(r)) + " |")
+        out.append("")
+        out += [f"- {line}" for line in footnotes(result, size)]
+        out.append("")
+    return "\n".join(out)
+
+
 def render_table(result: BenchmarkResult, console=None) -> None:
     """Print one table per size, then a line per runtime that did not run and why."""
     from rich.console import Console
     from rich.table import Table
 
     console = console or Console(width=None if sys.stdout.isatty() else 180)
-    cfg, env = result.config, result.environment
     for size in sizes_in(result):
-        rows = [r for r in result.rows if tuple(r.size) == size]
-        ok = [r for r in rows if r.ok]
-        n = ok[0].time_ms["n"] if ok else cfg.get("repeats")
-        title = (f"pgn-bench: {cfg['device']} · {env.get('cpu') if cfg['device'] == 'cpu' else (env.get('gpu') or {}).get('name')} · "
-                 f"{env.get('threads')} threads · batch {cfg['batch']} · {size[0]}×{size[1]} · median of {n} calls after "
-                 f"{cfg.get('effective_warmup')} warm-up")
-        table = Table(title=title, title_justify="left")
-        for col, justify in (("model", "left"), ("runtime", "left"), ("ms", "right"), ("p10–p90", "right"), ("cpu", "right"), ("MB", "right"),
-                             ("×VGG-19 (MACs)", "right"), ("mem ×", "right"), ("×VGG-11", "right"), ("GFLOP/s", "right"),
-                             ("params", "right"), ("MACs", "right"), ("cos g", "right"), ("cos P̃", "right")):
-            table.add_column(col, justify=justify)
-        for r in ok:
-            t = r.time_ms
-            table.add_row(
-                r.display, r.runtime, f"{t['median']:.1f}", f"{t['p10']:.0f}–{t['p90']:.0f}", _utilization_cell(r), _fmt(r.memory_mb, ".1f"),
-                _ratio_cell(r, "vgg19", with_macs=True), _memory_ratio_cell(r), _ratio_cell(r, "vgg11"), _fmt(r.gflops, ".0f"),
-                _human(r.params, "params"), _human(r.paper_macs, "macs"), *_cos_cells(r),
-            )
+        table = Table(title=table_title(result, size), title_justify="left")
+        for i, col in enumerate(TABLE_COLUMNS):
+            table.add_column(col, justify="left" if i < 2 else "right")
+        for r in result.rows:
+            if r.ok and tuple(r.size) == size:
+                table.add_row(*table_cells(r))
         console.print(table)
-        for runtime, models, reason in summarize_skips(rows):
-            console.print(f"  [bold]{runtime}[/bold] ({models}) — {reason}", highlight=False)
-        if any(r.status == "not-applicable" for r in rows):
-            console.print(f"  {NOT_APPLICABLE_NOTE}", highlight=False)
-    weights = "seeded random PGN weights" if not cfg.get("weights") else f"PGN weights: {cfg['weights']}"
-    console.print(f"  VGG: random weights (timing and memory do not depend on them); {weights}. "
-                  f"Load average {env.get('load_average_start')} → {env.get('load_average_end')}.", highlight=False)
+        for line in footnotes(result, size):
+            console.print(f"  {line}", highlight=False, markup=False)
 
 
 # --------------------------------------------------------------------------------------------------------
