@@ -53,9 +53,11 @@ def _sizes(value: str | None) -> tuple[int, ...] | None:
               help="Write the time/memory plot (PNG); with --sweep-size also FILE-scaling.png.")
 @click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
               help="Also write the tables as Markdown (with the exact command line).")
+@click.option("--from-json", "from_json", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="FILE",
+              help="Measure nothing: re-render a saved run's table, Markdown and plots (ratios recomputed from its raw samples).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def main(device, runtimes, models, batch, size, sweep_size, repeats, warmup, threads, weights, seed, timeout, json_path, plot_path,
-         markdown_path, quiet):
+         markdown_path, from_json, quiet):
     """Time and peak memory of one gradient: PGN forward vs VGG-19/VGG-11 forward + backward.
 
     Each measurement runs in its own process. VGG: forward on ŷ (and on y, or with cached target features
@@ -68,6 +70,7 @@ def main(device, runtimes, models, batch, size, sweep_size, repeats, warmup, thr
       pgn-bench --models vgg19,resnet4,unet --runtimes torch,onnxruntime --repeats 20 --json bench.json --plot bench.png
       pgn-bench --device cuda --batch 8
       pgn-bench --sweep-size 128,224,256,512 --models vgg19,resnet4,unet --runtimes torch --plot sweep.png
+      pgn-bench --from-json bench.json --markdown bench.md --plot bench.png
     """
     if size is not None and sweep_size is not None:
         raise click.UsageError("give either --size or --sweep-size, not both")
@@ -75,10 +78,27 @@ def main(device, runtimes, models, batch, size, sweep_size, repeats, warmup, thr
     options = {"device": device, "runtimes": _csv(runtimes), "models": _csv(models), "batch": batch, "sizes": sizes, "repeats": repeats,
                "warmup": warmup, "threads": threads, "weights": weights, "seed": seed, "timeout": timeout}
     outputs = {"json_path": json_path, "plot_path": plot_path, "markdown_path": markdown_path}
-    run_cli(lambda: _run({k: v for k, v in options.items() if v is not None}, **outputs, progress=not quiet))
+    run_cli(lambda: _run({k: v for k, v in options.items() if v is not None}, **outputs, from_json=from_json, progress=not quiet))
 
 
-def _run(options: dict, *, json_path: Path | None, plot_path: Path | None, markdown_path: Path | None, progress: bool) -> None:
+def _load(from_json: Path):
+    import json
+
+    from pgn.errors import PGNError
+
+    from .results import BenchmarkResult, attach_ratios
+
+    try:
+        data = json.loads(from_json.read_text())
+    except (OSError, ValueError) as e:
+        raise PGNError(f"cannot read {from_json}: {e}") from None
+    result = BenchmarkResult.from_dict(data)
+    attach_ratios(result.rows)
+    return result
+
+
+def _run(options: dict, *, json_path: Path | None, plot_path: Path | None, markdown_path: Path | None, from_json: Path | None,
+         progress: bool) -> None:
     import shlex
     import sys
 
@@ -86,12 +106,16 @@ def _run(options: dict, *, json_path: Path | None, plot_path: Path | None, markd
     from .harness import run_benchmark
     from .report import plot_scaling, plot_time_memory, render_markdown, render_table, scaling_plot_path
 
-    result = run_benchmark(BenchmarkConfig(**options), progress=progress)
-    result.config["command"] = shlex.join(["pgn-bench", *sys.argv[1:]])
+    if from_json is not None:
+        result = _load(from_json)
+    else:
+        result = run_benchmark(BenchmarkConfig(**options), progress=progress)
+        result.config["command"] = shlex.join(["pgn-bench", *sys.argv[1:]])
     render_table(result)
     if markdown_path is not None:
         markdown_path.parent.mkdir(parents=True, exist_ok=True)
-        markdown_path.write_text(f"`{result.config['command']}`\n\n{render_markdown(result)}")
+        command = result.config.get("command", "(run from Python)")
+        markdown_path.write_text(f"`{command}`\n\n{render_markdown(result)}")
         click.echo(f"wrote {markdown_path}")
     if json_path is not None:
         click.echo(f"wrote {result.write_json(json_path)}")

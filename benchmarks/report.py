@@ -7,9 +7,10 @@ Table columns, per size:
   themselves (ONNX Runtime's spinning threads count as busy); far lower, another process took them and the
   times are inflated: re-run on an idle machine;
 * ``MB``: peak working memory above the loaded model (see :mod:`benchmarks.measure`);
-* ``×VGG-19``: how many times faster than the reference VGG-19 row (the fastest uncached VGG-19 measured),
-  with the ratio of executed MACs in brackets: what arithmetic alone predicts;
-* ``mem ×``: how many times less memory than that VGG-19 row; ``×VGG-11``: faster than the VGG-11 reference;
+* ``×VGG-19``: how many times faster than the reference VGG-19 row (the fastest fp32 uncached VGG-19
+  measured), with the ratio of executed MACs in brackets: what arithmetic alone predicts;
+* ``mem ×``: how many times less memory than the leanest fp32 uncached VGG-19 row; ``×VGG-11``: faster than
+  the VGG-11 reference;
 * ``GFLOP/s``: 2 × executed MACs / median time;
 * ``params``, ``MACs``: the paper's Table 6 (VGG: conv layers to relu5_1, MACs of 3 forward passes on 2 images);
 * ``cos g``: gradient cosine similarity to fp32 PyTorch (worst sample; every runtime but fp32 eager PyTorch,

@@ -1,12 +1,12 @@
 """Benchmark rows, the ratios against VGG computed from their raw samples, and the JSON they are saved as.
 
-Ratios: within each (device, size, batch) group, the reference for "× faster" and "× less memory" is the
-**fastest** measured fp32 VGG-19 row with uncached target features (likewise VGG-11): the strongest fp32
-baseline measured, whichever runtime it ran on. Reduced-precision VGG rows (``torch-bf16``) get ratios against
-it too, so a reduced-precision PGN can be compared with a reduced-precision VGG by dividing the two. ``time = median(reference samples) / median(row samples)``,
-``memory = reference peak / row peak``, and ``macs = reference work MACs / row work MACs`` is the ratio the
-arithmetic alone predicts.
-"""
+Ratios are taken against the strongest fp32 baseline measured, per metric: within each (device, size, batch)
+group, "× faster" is against the **fastest** fp32 VGG-19 row with uncached target features and "× less memory"
+against the **leanest** one (likewise VGG-11), whichever runtimes they ran on. ``time = median(reference
+samples) / median(row samples)``, ``memory = reference peak / row peak``, and ``macs = reference work MACs /
+row work MACs`` is the ratio the arithmetic alone predicts. Reduced-precision VGG rows (``torch-bf16``) get
+ratios against the fp32 reference too, so a reduced-precision PGN can be compared with a reduced-precision VGG
+by dividing the two."""
 
 from __future__ import annotations
 
@@ -76,29 +76,40 @@ def _group_key(row: Row) -> tuple:
     return (row.device, tuple(row.size), row.batch)
 
 
-def reference_rows(rows: list[Row]) -> dict[tuple, dict[str, Row]]:
-    """Per (device, size, batch): the fastest measured fp32 uncached VGG-19 and VGG-11 rows."""
+def reference_rows(rows: list[Row], metric: str = "time") -> dict[tuple, dict[str, Row]]:
+    """Per (device, size, batch): the fp32 uncached VGG-19 and VGG-11 rows that are fastest (``metric="time"``)
+    or use the least memory (``metric="memory"``)."""
+    def key(row: Row) -> float:
+        return row.median_ms() if metric == "time" else row.memory_mb
+
     refs: dict[tuple, dict[str, Row]] = {}
     for row in rows:
-        if row.ok and row.model in REFERENCES and row.precision == "fp32" and row.samples_ms:
-            group = refs.setdefault(_group_key(row), {})
-            best = group.get(row.model)
-            if best is None or row.median_ms() < best.median_ms():
-                group[row.model] = row
+        if not (row.ok and row.model in REFERENCES and row.precision == "fp32" and row.samples_ms):
+            continue
+        if metric == "memory" and row.memory_mb is None:
+            continue
+        group = refs.setdefault(_group_key(row), {})
+        best = group.get(row.model)
+        if best is None or key(row) < key(best):
+            group[row.model] = row
     return refs
 
 
 def attach_ratios(rows: list[Row]) -> list[Row]:
     """Fill ``row.ratios`` of every measured row against the VGG references (see module docs); returns ``rows``."""
-    refs = reference_rows(rows)
+    time_refs, memory_refs = reference_rows(rows, "time"), reference_rows(rows, "memory")
     for row in rows:
         row.ratios = {}
         if not row.ok or not row.samples_ms:
             continue
-        for name, ref in refs.get(_group_key(row), {}).items():
-            ratio = {"reference": f"{ref.model}/{ref.runtime}", "time": ref.median_ms() / row.median_ms(), "memory": None, "macs": None}
-            if ref.memory_mb is not None and row.memory_mb is not None and row.memory_mb >= MIN_MEMORY_MB:
-                ratio["memory"] = ref.memory_mb / row.memory_mb
+        group = _group_key(row)
+        for name, ref in time_refs.get(group, {}).items():
+            ratio = {"reference": f"{ref.model}/{ref.runtime}", "time": ref.median_ms() / row.median_ms(),
+                     "memory_reference": None, "memory": None, "macs": None}
+            mem_ref = memory_refs.get(group, {}).get(name)
+            if mem_ref is not None and row.memory_mb is not None and row.memory_mb >= MIN_MEMORY_MB:
+                ratio["memory_reference"] = f"{mem_ref.model}/{mem_ref.runtime}"
+                ratio["memory"] = mem_ref.memory_mb / row.memory_mb
             if ref.work_macs and row.work_macs:
                 ratio["macs"] = ref.work_macs / row.work_macs
             row.ratios[name] = ratio

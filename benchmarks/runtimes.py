@@ -8,6 +8,8 @@ torch-compile      cpu, cuda  fp32      ``torch.compile`` (inductor); compile ti
 torch-bf16         cpu, cuda  bf16      PyTorch eager under ``torch.autocast(dtype=bfloat16)``
 torch-fp16         cuda       fp16      PyTorch eager under ``torch.autocast(dtype=float16)``
 onnxruntime        cpu, cuda  fp32      ``export`` ONNX artifact, ONNX Runtime CPU / CUDA execution provider
+onnxruntime-dw     cpu, cuda  fp32      as onnxruntime, with the UNet's one-output-per-group convs rewritten
+                                        exactly as depthwise conv + group sum before export (benchmarks.rewrite)
 onnxruntime-int8   cpu        int8      the ONNX artifact statically quantized (QDQ, per-channel weights)
 tensorrt           cuda       fp32      ``export`` TensorRT engine
 tensorrt-fp16      cuda       fp16      ``export`` TensorRT engine built with fp16 kernels
@@ -43,6 +45,7 @@ class RuntimeSpec:
         precision: arithmetic precision of the timed computation.
         export_target: the ``export`` package target its artifact comes from (None for PyTorch runtimes).
         description: one line for tables and help.
+        rewrite: apply :func:`benchmarks.rewrite.rewrite_grouped_convs` to the model before exporting.
     """
 
     name: str
@@ -51,6 +54,7 @@ class RuntimeSpec:
     precision: str
     export_target: str | None
     description: str
+    rewrite: bool = False
 
     @property
     def runs_teachers(self) -> bool:
@@ -66,6 +70,8 @@ RUNTIMES: dict[str, RuntimeSpec] = {
         RuntimeSpec("torch-bf16", "torch", ("cpu", "cuda"), "bf16", None, "PyTorch eager under autocast bfloat16"),
         RuntimeSpec("torch-fp16", "torch", ("cuda",), "fp16", None, "PyTorch eager under autocast float16"),
         RuntimeSpec("onnxruntime", "onnxruntime", ("cpu", "cuda"), "fp32", "onnx", "ONNX Runtime (CPU / CUDA execution provider)"),
+        RuntimeSpec("onnxruntime-dw", "onnxruntime", ("cpu", "cuda"), "fp32", "onnx",
+                    "ONNX Runtime, grouped convs rewritten as depthwise + group sum (exact)", rewrite=True),
         RuntimeSpec("onnxruntime-int8", "onnxruntime", ("cpu",), "int8", "onnx", "ONNX Runtime CPU, static int8 quantization (QDQ)"),
         RuntimeSpec("tensorrt", "tensorrt", ("cuda",), "fp32", "tensorrt", "TensorRT engine"),
         RuntimeSpec("tensorrt-fp16", "tensorrt", ("cuda",), "fp16", "tensorrt", "TensorRT engine with fp16 kernels"),
@@ -109,6 +115,13 @@ def check_runnable(runtime: RuntimeSpec, device: str, model: ModelSpec) -> Skip 
     """None if ``model`` can be measured on ``runtime`` and ``device`` here, else a :class:`Skip` saying why."""
     if model.is_teacher and not runtime.runs_teachers:
         return Skip("not-applicable", "a VGG gradient needs autograd (forward + backward): only the torch runtimes compute it")
+    if runtime.rewrite and not model.is_teacher:
+        import pgn
+
+        from .rewrite import rewritable_count
+
+        if rewritable_count(pgn.build(model.net)) == 0:
+            return Skip("not-applicable", "nothing to rewrite: no grouped convolution with one output per group (same graph as onnxruntime)")
     reason = runtime_unavailable(runtime, device)
     return Skip("unavailable", reason) if reason else None
 

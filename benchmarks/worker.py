@@ -126,8 +126,13 @@ def prepare(task: Task) -> dict:
     from .models import build_pgn
 
     h, w = task.size
-    root = Path(task.artifact_dir) / f"{task.model}-{h}x{w}-b{task.batch}-{runtime.export_target}-{runtime.precision}"
+    variant = "-dw" if runtime.rewrite else ""
+    root = Path(task.artifact_dir) / f"{task.model}-{h}x{w}-b{task.batch}-{runtime.export_target}-{runtime.precision}{variant}"
     model = build_pgn(task.model, task.seed, task.weights)
+    if runtime.rewrite:
+        from .rewrite import rewrite_grouped_convs
+
+        model = rewrite_grouped_convs(model)
     results = export(model, runtime.export_target, output_dir=root, size=(h, w), batch=task.batch, dynamic=False,
                      precision=runtime.precision)
     chosen = next((r for r in results if r.status == "verified"), None) or (results[0] if results else None)

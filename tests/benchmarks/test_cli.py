@@ -26,6 +26,8 @@ def test_sweep_writes_json_and_both_plots(tmp_path):
     assert {(r["runtime"], tuple(r["size"])) for r in data["rows"]} == {(rt, s) for rt in ("torch", "coreml") for s in ((32, 32), (64, 64))}
     assert (tmp_path / "b.png").is_file() and (tmp_path / "b-scaling.png").is_file()
     assert "coreml" in out.output
+    again = CliRunner().invoke(main, ["--from-json", str(tmp_path / "b.json"), "--plot", str(tmp_path / "c.png")])
+    assert again.exit_code == 0 and "ResNet-4" in again.output and (tmp_path / "c-scaling.png").is_file()
     markdown = (tmp_path / "b.md").read_text()
     assert markdown.count("| ResNet-4 | torch |") == 2 and "coreml" in markdown and "32×32" in markdown and "64×64" in markdown
 

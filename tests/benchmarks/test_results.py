@@ -20,6 +20,7 @@ def test_ratios_use_the_fastest_fp32_vgg19_row_and_medians_of_raw_samples(synthe
     ratio = pgn_row.ratios["vgg19"]
     assert ratio["reference"] == "vgg19/torch-compile"  # 55 ms beats 100 ms; the faster bf16 row is no fp32 reference
     assert ratio["time"] == pytest.approx(np.median([50, 55, 60]) / np.median([10, 12, 11, 30]))
+    assert ratio["memory_reference"] == "vgg19/torch-compile"  # 80 MB is leaner than 120 MB
     assert ratio["memory"] == pytest.approx(80.0 / 20.0)
     assert ratio["macs"] == pytest.approx(30 / 10)
     assert pgn_row.ratios["vgg11"]["time"] == pytest.approx(75 / 11.5)
@@ -28,6 +29,14 @@ def test_ratios_use_the_fastest_fp32_vgg19_row_and_medians_of_raw_samples(synthe
 def test_reduced_precision_vgg_gets_a_ratio_against_fp32(synthetic_result):
     bf16 = next(r for r in synthetic_result.rows if r.size == [32, 32] and r.runtime == "torch-bf16")
     assert bf16.ratios["vgg19"]["time"] == pytest.approx(55 / 22.5)
+
+
+def test_time_and_memory_references_can_differ(make_row):
+    rows = attach_ratios([make_row("vgg19", "torch", [10.0], 300.0), make_row("vgg19", "torch-compile", [12.0], 150.0),
+                          make_row("unet", "onnxruntime", [2.0], 50.0)])
+    ratio = rows[2].ratios["vgg19"]
+    assert ratio["reference"] == "vgg19/torch" and ratio["time"] == pytest.approx(5.0)
+    assert ratio["memory_reference"] == "vgg19/torch-compile" and ratio["memory"] == pytest.approx(3.0)
 
 
 def test_ratios_are_per_size(synthetic_result):
@@ -58,7 +67,7 @@ def test_json_schema_is_stable(tmp_path, synthetic_result):
     assert data["schema"] == SCHEMA
     for row in data["rows"]:
         assert set(row) == ROW_KEYS
-    assert set(data["rows"][0]["ratios"]["vgg19"]) == {"reference", "time", "memory", "macs"}
+    assert set(data["rows"][0]["ratios"]["vgg19"]) == {"reference", "time", "memory_reference", "memory", "macs"}
     again = BenchmarkResult.from_dict(data)
     assert [r.to_dict() for r in again.rows] == data["rows"]
 
