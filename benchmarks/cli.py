@@ -1,0 +1,133 @@
+"""``pgn-bench``: time and memory of a PGN gradient against VGG forward + backward, on every runtime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pgn.cli import run_cli
+
+from .models import DEFAULT_MODELS
+from .runtimes import DEFAULT_RUNTIMES, RUNTIMES
+
+
+def _csv(value: str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    items = tuple(v.strip() for v in value.split(",") if v.strip())
+    if not items:
+        raise click.BadParameter("give at least one comma-separated name")
+    return items
+
+
+def _sizes(value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        sizes = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of sizes, e.g. 128,224,256,512") from None
+    if not sizes or min(sizes) < 16:
+        raise click.BadParameter("sizes must be integers ≥ 16, e.g. 128,224,256,512")
+    return sizes
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True, help="Where to compute.")
+@click.option("--runtimes", metavar="LIST",
+              help=f"Comma-separated runtimes: {', '.join(RUNTIMES)}. Default on cpu: {','.join(DEFAULT_RUNTIMES['cpu'])}; "
+                   f"on cuda: {','.join(DEFAULT_RUNTIMES['cuda'])}.")
+@click.option("--models", metavar="LIST", help=f"Comma-separated models (default: {','.join(DEFAULT_MODELS)}); any PGN preset works.")
+@click.option("--batch", type=click.IntRange(1), default=1, show_default=True, help="Image pairs per gradient call.")
+@click.option("--size", type=click.IntRange(16), help="Square input size (default 224).")
+@click.option("--sweep-size", metavar="LIST", help="Comma-separated sizes for a resolution sweep, e.g. 128,224,256,512.")
+@click.option("--repeats", type=click.IntRange(1), default=10, show_default=True, help="Timed calls per measurement.")
+@click.option("--warmup", type=click.IntRange(0), help="Untimed calls first (default 2 on cpu, 10 on cuda).")
+@click.option("--threads", type=click.IntRange(1), help="Intra-op threads of every runtime (default: all usable cores).")
+@click.option("--weights", metavar="paper|DIR", help="PGN weights: the authors' released checkpoints or a folder of <model>.pt (default: seeded random init).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
+@click.option("--timeout", type=click.FloatRange(1), default=900, show_default=True, help="Seconds one measurement may take.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE", help="Write every row, raw sample and the environment here.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="Write the time/memory plot (PNG); with --sweep-size also FILE-scaling.png.")
+@click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="Also write the tables as Markdown (with the exact command line).")
+@click.option("--from-json", "from_json", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="FILE",
+              help="Measure nothing: re-render a saved run's table, Markdown and plots (ratios recomputed from its raw samples).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def main(device, runtimes, models, batch, size, sweep_size, repeats, warmup, threads, weights, seed, timeout, json_path, plot_path,
+         markdown_path, from_json, quiet):
+    """Time and peak memory of one gradient: PGN forward vs VGG-19/VGG-11 forward + backward.
+
+    Each measurement runs in its own process. VGG: forward on ŷ (and on y, or with cached target features
+    for the -cached models), backward to the input only. PGNs: one forward. A runtime that cannot run here is
+    a row that says why. The default run (no options) takes a few minutes on a 2-core CPU.
+
+    \b
+    Examples:
+      pgn-bench
+      pgn-bench --models vgg19,resnet4,unet --runtimes torch,onnxruntime --repeats 20 --json bench.json --plot bench.png
+      pgn-bench --device cuda --batch 8
+      pgn-bench --sweep-size 128,224,256,512 --models vgg19,resnet4,unet --runtimes torch --plot sweep.png
+      pgn-bench --from-json bench.json --markdown bench.md --plot bench.png
+    """
+    if size is not None and sweep_size is not None:
+        raise click.UsageError("give either --size or --sweep-size, not both")
+    sizes = _sizes(sweep_size) or ((size,) if size is not None else None)
+    options = {"device": device, "runtimes": _csv(runtimes), "models": _csv(models), "batch": batch, "sizes": sizes, "repeats": repeats,
+               "warmup": warmup, "threads": threads, "weights": weights, "seed": seed, "timeout": timeout}
+    outputs = {"json_path": json_path, "plot_path": plot_path, "markdown_path": markdown_path}
+    run_cli(lambda: _run({k: v for k, v in options.items() if v is not None}, **outputs, from_json=from_json, progress=not quiet))
+
+
+def _load(from_json: Path):
+    import json
+
+    from pgn.errors import PGNError
+
+    from .results import BenchmarkResult, attach_ratios
+
+    try:
+        data = json.loads(from_json.read_text())
+    except (OSError, ValueError) as e:
+        raise PGNError(f"cannot read {from_json}: {e}") from None
+    result = BenchmarkResult.from_dict(data)
+    attach_ratios(result.rows)
+    return result
+
+
+def _run(options: dict, *, json_path: Path | None, plot_path: Path | None, markdown_path: Path | None, from_json: Path | None,
+         progress: bool) -> None:
+    import shlex
+    import sys
+
+    from .config import BenchmarkConfig
+    from .harness import run_benchmark
+    from .report import plot_scaling, plot_time_memory, render_markdown, render_table, scaling_plot_path
+
+    if from_json is not None:
+        result = _load(from_json)
+    else:
+        result = run_benchmark(BenchmarkConfig(**options), progress=progress)
+        result.config["command"] = shlex.join(["pgn-bench", *sys.argv[1:]])
+    render_table(result)
+    if markdown_path is not None:
+        markdown_path.parent.mkdir(parents=True, exist_ok=True)
+        command = result.config.get("command", "(run from Python)")
+        markdown_path.write_text(f"`{command}`\n\n{render_markdown(result)}")
+        click.echo(f"wrote {markdown_path}")
+    if json_path is not None:
+        click.echo(f"wrote {result.write_json(json_path)}")
+    if plot_path is not None:
+        click.echo(f"wrote {plot_time_memory(result, plot_path)}")
+        if len(result.config["sizes"]) > 1:
+            click.echo(f"wrote {plot_scaling(result, scaling_plot_path(plot_path))}")
+    if not any(r.ok for r in result.rows):
+        from pgn.errors import PGNError
+
+        raise PGNError("nothing could be measured: every row above says why")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""What one ``pgn-bench`` run measures: a validated, frozen configuration."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from pgn.errors import PGNError
+from pgn.images import nearest_valid_size
+
+from .models import DEFAULT_MODELS, resolve_model, size_multiple
+from .runtimes import DEFAULT_RUNTIMES, resolve_runtime
+
+DEVICES = ("cpu", "cuda")
+DEFAULT_SIZE = 224
+#: Untimed calls before timing: a CPU run settles after one or two; a GPU needs clocks up and autotuning done.
+DEFAULT_WARMUP = {"cpu": 2, "cuda": 10}
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    """A benchmark run.
+
+    Args:
+        device: ``cpu`` or ``cuda``.
+        runtimes: runtime names (:data:`benchmarks.runtimes.RUNTIMES`); None: the device's defaults.
+        models: model names (:mod:`benchmarks.models`); default VGG-19/11 (with and without cached target
+            features) and the paper's four PGNs.
+        batch: image pairs per gradient call.
+        sizes: square sizes or (H, W) pairs; more than one is a resolution sweep.
+        repeats: timed calls per measurement.
+        warmup: untimed calls before timing; None: 2 on the CPU, 10 on CUDA.
+        threads: intra-op threads of every runtime; None: all usable cores.
+        memory_calls: calls inside the peak-memory measurement.
+        seed: seed of the random PGN and VGG weights (timing and memory do not depend on weight values).
+        weights: PGN weights: None (seeded random init), ``paper`` (the authors' released checkpoints, from
+            the local cache) or a directory holding ``<model>.pt`` / ``<model>.pth`` files.
+        timeout: seconds one worker process may take before its row is marked failed.
+    """
+
+    device: str = "cpu"
+    runtimes: tuple[str, ...] | None = None
+    models: tuple[str, ...] = DEFAULT_MODELS
+    batch: int = 1
+    sizes: tuple[tuple[int, int], ...] = ((DEFAULT_SIZE, DEFAULT_SIZE),)
+    repeats: int = 10
+    warmup: int | None = None
+    threads: int | None = None
+    memory_calls: int = 2
+    seed: int = 0
+    weights: str | None = None
+    timeout: float = 900.0
+    resolved_weights: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self):
+        if self.device not in DEVICES:
+            raise PGNError(f"unknown device {self.device!r}: use cpu or cuda")
+        runtimes = tuple(self.runtimes) if self.runtimes is not None else DEFAULT_RUNTIMES[self.device]
+        for name in runtimes:
+            resolve_runtime(name)
+        if not runtimes:
+            raise PGNError("no runtimes given")
+        models = tuple(self.models)
+        if not models:
+            raise PGNError("no models given")
+        specs = [resolve_model(m) for m in models]
+        sizes = tuple((s, s) if isinstance(s, int) else (int(s[0]), int(s[1])) for s in self.sizes)
+        if not sizes:
+            raise PGNError("no sizes given")
+        for value, what in ((self.batch, "batch"), (self.repeats, "repeats"), (self.memory_calls, "memory_calls")):
+            if int(value) < 1:
+                raise PGNError(f"{what} must be ≥ 1, got {value}")
+        if self.warmup is not None and self.warmup < 0:
+            raise PGNError(f"warmup must be ≥ 0, got {self.warmup}")
+        if self.threads is not None and self.threads < 1:
+            raise PGNError(f"threads must be ≥ 1, got {self.threads}")
+        for spec in specs:
+            multiple = size_multiple(spec)
+            for h, w in sizes:
+                if h < multiple or w < multiple or h % multiple or w % multiple:
+                    raise PGNError(
+                        f"size {h}x{w} does not fit {spec.name}: height and width must be multiples of {multiple} "
+                        f"(nearest: {nearest_valid_size(h, multiple)})"
+                    )
+        object.__setattr__(self, "runtimes", tuple(dict.fromkeys(runtimes)))
+        object.__setattr__(self, "models", tuple(dict.fromkeys(models)))
+        object.__setattr__(self, "sizes", tuple(dict.fromkeys(sizes)))
+        object.__setattr__(self, "resolved_weights", {s.name: self._weights_for(s.name) for s in specs if not s.is_teacher})
+
+    def _weights_for(self, name: str) -> str | None:
+        if self.weights is None:
+            return None
+        if self.weights == "paper":
+            from pgn.checkpoint import paper_checkpoint_path
+
+            return str(paper_checkpoint_path(name))  # a one-line error naming the file and its URL if missing
+        folder = Path(self.weights)
+        if not folder.is_dir():
+            raise PGNError(f"--weights must be 'paper' or a directory of <model>.pt files; {folder} is not a directory")
+        for suffix in (".pt", ".pth"):
+            if (folder / f"{name}{suffix}").is_file():
+                return str(folder / f"{name}{suffix}")
+        raise PGNError(f"no checkpoint for {name} in {folder}: expected {name}.pt or {name}.pth")
+
+    @property
+    def effective_warmup(self) -> int:
+        """Untimed calls actually used."""
+        return DEFAULT_WARMUP[self.device] if self.warmup is None else self.warmup
+
+    @property
+    def effective_threads(self) -> int:
+        """Intra-op threads actually used."""
+        return self.threads if self.threads is not None else usable_cores()
+
+    def to_dict(self) -> dict:
+        """JSON-friendly dict, with the effective warm-up and thread count."""
+        d = asdict(self)
+        d["sizes"] = [list(s) for s in self.sizes]
+        d["effective_warmup"] = self.effective_warmup
+        d["effective_threads"] = self.effective_threads
+        return d

@@ -1,0 +1,202 @@
+"""The runtimes ``pgn-bench`` knows, as data, and why one cannot run here.
+
+================== ========== ========= ===============================================================
+runtime            devices    precision what runs
+================== ========== ========= ===============================================================
+torch              cpu, cuda  fp32      PyTorch eager (VGG: forward + input-only backward; PGN: forward)
+torch-compile      cpu, cuda  fp32      ``torch.compile`` (inductor); compile time excluded
+torch-bf16         cpu, cuda  bf16      PyTorch eager under ``torch.autocast(dtype=bfloat16)``
+torch-fp16         cuda       fp16      PyTorch eager under ``torch.autocast(dtype=float16)``
+onnxruntime        cpu, cuda  fp32      ``export`` ONNX artifact, ONNX Runtime CPU / CUDA execution provider
+onnxruntime-dw     cpu, cuda  fp32      as onnxruntime, with the UNet's one-output-per-group convs rewritten
+                                        exactly as depthwise conv + group sum before export (benchmarks.rewrite)
+onnxruntime-int8   cpu        int8      the ONNX artifact statically quantized (QDQ, per-channel weights)
+tensorrt           cuda       fp32      ``export`` TensorRT engine
+tensorrt-fp16      cuda       fp16      ``export`` TensorRT engine built with fp16 kernels
+coreml             cpu        fp16      ``export`` Core ML ML program; runs only on macOS
+================== ========== ========= ===============================================================
+
+Only the PyTorch runtimes can compute a VGG gradient (it needs autograd); the exported runtimes run PGN
+forwards. Everything here is cheap to call in the parent process: no model is built and no CUDA context is
+created.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import platform
+import shutil
+from dataclasses import dataclass
+
+from pgn.errors import PGNError
+
+from .models import ModelSpec
+
+
+@dataclass(frozen=True)
+class RuntimeSpec:
+    """One row of the runtimes table.
+
+    Args:
+        name: the ``--runtimes`` name.
+        family: ``torch``, ``onnxruntime``, ``tensorrt`` or ``coreml``.
+        devices: the ``--device`` values it runs on.
+        precision: arithmetic precision of the timed computation.
+        export_target: the ``export`` package target its artifact comes from (None for PyTorch runtimes).
+        description: one line for tables and help.
+        rewrite: apply :func:`benchmarks.rewrite.rewrite_grouped_convs` to the model before exporting.
+    """
+
+    name: str
+    family: str
+    devices: tuple[str, ...]
+    precision: str
+    export_target: str | None
+    description: str
+    rewrite: bool = False
+
+    @property
+    def runs_teachers(self) -> bool:
+        """Can it compute a VGG gradient (forward + backward)? Only PyTorch can."""
+        return self.family == "torch"
+
+
+RUNTIMES: dict[str, RuntimeSpec] = {
+    r.name: r
+    for r in (
+        RuntimeSpec("torch", "torch", ("cpu", "cuda"), "fp32", None, "PyTorch eager"),
+        RuntimeSpec("torch-compile", "torch", ("cpu", "cuda"), "fp32", None, "torch.compile (inductor), compile time excluded"),
+        RuntimeSpec("torch-bf16", "torch", ("cpu", "cuda"), "bf16", None, "PyTorch eager under autocast bfloat16"),
+        RuntimeSpec("torch-fp16", "torch", ("cuda",), "fp16", None, "PyTorch eager under autocast float16"),
+        RuntimeSpec("onnxruntime", "onnxruntime", ("cpu", "cuda"), "fp32", "onnx", "ONNX Runtime (CPU / CUDA execution provider)"),
+        RuntimeSpec("onnxruntime-dw", "onnxruntime", ("cpu", "cuda"), "fp32", "onnx",
+                    "ONNX Runtime, grouped convs rewritten as depthwise + group sum (exact)", rewrite=True),
+        RuntimeSpec("onnxruntime-int8", "onnxruntime", ("cpu",), "int8", "onnx", "ONNX Runtime CPU, static int8 quantization (QDQ)"),
+        RuntimeSpec("tensorrt", "tensorrt", ("cuda",), "fp32", "tensorrt", "TensorRT engine"),
+        RuntimeSpec("tensorrt-fp16", "tensorrt", ("cuda",), "fp16", "tensorrt", "TensorRT engine with fp16 kernels"),
+        RuntimeSpec("coreml", "coreml", ("cpu",), "fp16", "coreml", "Core ML ML program (macOS)"),
+    )
+}
+
+#: What a plain ``pgn-bench --device D`` runs. Runtimes that cannot run here become rows that say why.
+DEFAULT_RUNTIMES: dict[str, tuple[str, ...]] = {
+    "cpu": ("torch", "torch-bf16", "onnxruntime", "onnxruntime-int8", "tensorrt", "coreml"),
+    "cuda": ("torch", "torch-compile", "torch-fp16", "onnxruntime", "tensorrt", "tensorrt-fp16"),
+}
+
+_WRONG_DEVICE = {
+    "torch-fp16": "float16 autocast is a GPU path; on the CPU use torch-bf16",
+    "onnxruntime-int8": "the int8 QDQ model runs on the CPU execution provider; use --device cpu",
+    "tensorrt": "TensorRT needs an NVIDIA GPU: run with --device cuda",
+    "tensorrt-fp16": "TensorRT needs an NVIDIA GPU: run with --device cuda",
+    "coreml": "Core ML runs on Apple hardware, not CUDA: run with --device cpu on macOS",
+}
+
+
+def resolve_runtime(name: str) -> RuntimeSpec:
+    """The :class:`RuntimeSpec` named ``name``; a one-line error with close matches otherwise."""
+    if name in RUNTIMES:
+        return RUNTIMES[name]
+    close = difflib.get_close_matches(name, list(RUNTIMES), n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise PGNError(f"unknown runtime {name!r}.{hint} Available: {', '.join(RUNTIMES)}")
+
+
+@dataclass(frozen=True)
+class Skip:
+    """Why a (model, runtime) pair is not measured: ``unavailable`` here, or ``not-applicable`` anywhere."""
+
+    status: str
+    reason: str
+
+
+def check_runnable(runtime: RuntimeSpec, device: str, model: ModelSpec) -> Skip | None:
+    """None if ``model`` can be measured on ``runtime`` and ``device`` here, else a :class:`Skip` saying why."""
+    if model.is_teacher and not runtime.runs_teachers:
+        return Skip("not-applicable", "a VGG gradient needs autograd (forward + backward): only the torch runtimes compute it")
+    if runtime.rewrite and not model.is_teacher:
+        import pgn
+
+        from .rewrite import rewritable_count
+
+        if rewritable_count(pgn.build(model.net)) == 0:
+            return Skip("not-applicable", "nothing to rewrite: no grouped convolution with one output per group (same graph as onnxruntime)")
+    reason = runtime_unavailable(runtime, device)
+    return Skip("unavailable", reason) if reason else None
+
+
+def runtime_unavailable(runtime: RuntimeSpec, device: str) -> str | None:
+    """Why ``runtime`` cannot run on ``device`` on this machine (missing package, OS, GPU), or None."""
+    if device not in runtime.devices:
+        return _WRONG_DEVICE.get(runtime.name, f"{runtime.name} does not run on {device}")
+    if device == "cuda":
+        reason = _cuda_unavailable()
+        if reason:
+            return reason
+    if runtime.family == "torch":
+        return _torch_unavailable(runtime, device)
+    reason = None
+    if runtime.family == "onnxruntime":
+        reason = _onnxruntime_unavailable(runtime, device)
+    elif runtime.family == "tensorrt" and importlib.util.find_spec("tensorrt") is None:
+        reason = 'the tensorrt Python package is not installed: pip install "pgn-toolkit[tensorrt]" (needs an NVIDIA GPU)'
+    elif runtime.family == "coreml":
+        if platform.system() != "Darwin":
+            reason = f"Core ML models run only on macOS (this is {platform.system()}); pgn-export can still write the artifact here"
+        elif importlib.util.find_spec("coremltools") is None:
+            reason = "coremltools is not installed: pip install coremltools"
+    return reason or export_package_unavailable()
+
+
+def export_package_unavailable() -> str | None:
+    """Why the ``export`` package cannot be used, or None when ``export``, ``load_runtime`` import."""
+    try:
+        from export import export, load_runtime  # noqa: F401
+    except ImportError as e:
+        return f"export package not available ({e})"
+    return None
+
+
+def _cuda_unavailable() -> str | None:
+    import torch
+
+    if not torch.cuda.is_available():
+        build = torch.version.cuda or "none"
+        return f"no CUDA GPU is visible to PyTorch (torch {torch.__version__}, CUDA build {build})"
+    return None
+
+
+def _torch_unavailable(runtime: RuntimeSpec, device: str) -> str | None:
+    import torch
+
+    if runtime.name == "torch-compile" and device == "cpu":
+        if not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
+            return "torch.compile on the CPU needs a C++ compiler (c++, g++ or clang++) on PATH"
+    if runtime.name == "torch-bf16" and device == "cuda" and not torch.cuda.is_bf16_supported():
+        return "this GPU has no bfloat16 support; use torch-fp16"
+    return None
+
+
+def _onnxruntime_unavailable(runtime: RuntimeSpec, device: str) -> str | None:
+    if importlib.util.find_spec("onnxruntime") is None:
+        return "onnxruntime is not installed: pip install onnxruntime (CPU) or onnxruntime-gpu (CUDA)"
+    import onnxruntime as ort
+
+    wanted = "CUDAExecutionProvider" if device == "cuda" else "CPUExecutionProvider"
+    available = ort.get_available_providers()
+    if wanted not in available:
+        return f"ONNX Runtime has no {wanted} here (available: {', '.join(available)}); for CUDA install onnxruntime-gpu"
+    if runtime.precision == "int8" and importlib.util.find_spec("onnxruntime.quantization") is None:
+        return "onnxruntime.quantization is missing from this onnxruntime build"
+    return None
+
+
+def bf16_native() -> bool:
+    """True when this CPU has native bfloat16 arithmetic for oneDNN (AVX512-BF16 or AMX)."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False

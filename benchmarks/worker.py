@@ -1,0 +1,194 @@
+"""The worker process: one measurement (or one artifact export) per process, so runtimes cannot disturb each other.
+
+The parent (:mod:`benchmarks.harness`) writes a :class:`Task` as JSON and runs::
+
+    python -m benchmarks.worker TASK.json RESULT.json
+
+``prepare`` tasks export (and for int8, quantize) the artifact an exported runtime needs; ``measure`` tasks load
+the model or artifact, read peak memory, time the calls and check accuracy (:mod:`benchmarks.measure`). The
+result file always exists afterwards unless the process died: ``{"status": "ok" | "failed" | "skipped", ...}``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+MODES = ("prepare", "measure")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One unit of work for a worker process (JSON round-trips through :meth:`to_dict` / :meth:`from_dict`).
+
+    Args:
+        mode: ``prepare`` (export an artifact) or ``measure``.
+        model, runtime, device: what to run where (see :mod:`benchmarks.models`, :mod:`benchmarks.runtimes`).
+        size: (H, W). batch: images per gradient call.
+        inputs: the input file (:func:`benchmarks.models.make_input_file`).
+        repeats, warmup: timed and untimed calls. memory_calls: calls inside the memory measurement.
+        threads: intra-op threads, None for the library default.
+        seed: seed of the random weights. weights: a PGN checkpoint instead.
+        artifact: exported file to measure. artifact_dir: where ``prepare`` writes.
+    """
+
+    mode: str
+    model: str
+    runtime: str
+    device: str
+    size: tuple[int, int]
+    batch: int
+    inputs: str
+    repeats: int = 10
+    warmup: int = 2
+    memory_calls: int = 2
+    threads: int | None = None
+    seed: int = 0
+    weights: str | None = None
+    artifact: str | None = None
+    artifact_dir: str | None = None
+
+    def to_dict(self) -> dict:
+        """JSON-friendly dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Task":
+        """Inverse of :meth:`to_dict`."""
+        d = dict(d)
+        d["size"] = tuple(d["size"])
+        return cls(**d)
+
+
+def _configure_threads(threads: int | None) -> None:
+    import torch
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
+def _load_inputs(path: str) -> dict:
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def measure(task: Task) -> dict:
+    """Load, read memory, time, and check accuracy of one model on one runtime; returns the result dict."""
+    from .measure import (
+        measure_cpu_memory,
+        measure_cuda_device_memory,
+        measure_cuda_torch_memory,
+        thread_environment,
+        time_calls,
+    )
+    from .runners import compare_outputs, make_runner, reference_outputs
+
+    inputs = _load_inputs(task.inputs)
+    runner = make_runner(task.model, task.runtime, task.device, inputs, seed=task.seed, weights=task.weights,
+                         threads=task.threads, artifact=task.artifact)
+    runner.prepare()
+    memory_fn = {"cpu": measure_cpu_memory, "cuda_torch": measure_cuda_torch_memory, "cuda_device": measure_cuda_device_memory}[runner.memory]
+    memory = memory_fn(runner.step, task.memory_calls)
+    times = time_calls(runner.step, task.repeats, task.warmup, runner.timer)
+    accuracy = None
+    if not (runner.runtime.name == "torch"):
+        y_hat, y = runner.accuracy_inputs()
+        accuracy = compare_outputs(reference_outputs(runner, y_hat, y), runner.run(y_hat, y))
+        accuracy["reference"] = f"torch fp32 eager on {task.device}"
+        accuracy["inputs"] = "timed pair" if runner.model.is_teacher else "held-out photos (not used for int8 calibration)"
+    return {
+        "status": "ok",
+        "samples_ms": times.wall_ms,
+        "cpu_samples_ms": times.cpu_ms,
+        "timer": runner.timer,
+        "warmup": task.warmup,
+        "memory": memory.to_dict(),
+        "accuracy": accuracy,
+        "runtime_info": runner.info(),
+        "threads": thread_environment(),
+    }
+
+
+def prepare(task: Task) -> dict:
+    """Export the artifact ``task.runtime`` needs; for int8, quantize the fp32 ONNX model ``task.artifact``."""
+    from .runtimes import resolve_runtime
+
+    runtime = resolve_runtime(task.runtime)
+    if runtime.precision == "int8":
+        return _quantize(task)
+    from export import export
+
+    from .models import build_pgn
+
+    h, w = task.size
+    variant = "-dw" if runtime.rewrite else ""
+    root = Path(task.artifact_dir) / f"{task.model}-{h}x{w}-b{task.batch}-{runtime.export_target}-{runtime.precision}{variant}"
+    model = build_pgn(task.model, task.seed, task.weights)
+    if runtime.rewrite:
+        from .rewrite import rewrite_grouped_convs
+
+        model = rewrite_grouped_convs(model)
+    results = export(model, runtime.export_target, output_dir=root, size=(h, w), batch=task.batch, dynamic=False,
+                     precision=runtime.precision)
+    chosen = next((r for r in results if r.status == "verified"), None) or (results[0] if results else None)
+    if chosen is None:
+        return {"status": "failed", "reason": f"export to {runtime.export_target} returned no result"}
+    if chosen.status == "failed" or chosen.artifact is None:
+        return {"status": "failed", "reason": f"export failed: {chosen.reason}"}
+    artifact = Path(chosen.artifact)
+    info = {"export_status": chosen.status, "export_reason": chosen.reason, "artifact_mb": _size_mb(artifact)}
+    if chosen.status != "verified":
+        return {"status": "skipped", "reason": f"exported but not runnable here: {chosen.reason}", **info}
+    return {"status": "ok", "artifact": str(artifact), **info}
+
+
+def _quantize(task: Task) -> dict:
+    import numpy as np
+
+    from .quantize import quantize_int8, write_int8_manifest
+
+    if task.artifact is None:
+        return {"status": "failed", "reason": "int8 quantization needs the fp32 ONNX model"}
+    src = Path(task.artifact)
+    inputs = _load_inputs(task.inputs)
+    dst = quantize_int8(src, src.with_name(f"{src.stem}.int8.onnx"),
+                        inputs["calib_y_hat"].numpy().astype(np.float32), inputs["calib_y"].numpy().astype(np.float32))
+    write_int8_manifest(src, dst)
+    return {"status": "ok", "artifact": str(dst), "artifact_mb": _size_mb(dst), "source": str(src)}
+
+
+def _size_mb(path: Path) -> float:
+    """Size of a file, or of a directory's files (Core ML packages), in MiB."""
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20
+    return path.stat().st_size / 2**20
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{e.__class__.__name__}: {text[0] if text else ''}".strip().rstrip(":")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: ``python -m benchmarks.worker TASK.json RESULT.json``."""
+    argv = sys.argv[1:] if argv is None else argv
+    task_path, result_path = Path(argv[0]), Path(argv[1])
+    task = Task.from_dict(json.loads(task_path.read_text()))
+    _configure_threads(task.threads)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result = measure(task) if task.mode == "measure" else prepare(task)
+    except Exception as e:  # the parent turns this into a row that says what failed
+        result = {"status": "failed", "reason": _one_line(e), "traceback": traceback.format_exc()}
+    result_path.write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""``pgn-bench`` through click's CliRunner: options, outputs, one-line errors, exit codes."""
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from benchmarks.cli import main
+
+TINY = ["--threads", "1", "--repeats", "2", "--warmup", "1", "--quiet"]
+
+
+def test_help_has_examples():
+    out = CliRunner().invoke(main, ["--help"])
+    assert out.exit_code == 0 and "Examples:" in out.output and "--sweep-size" in out.output
+
+
+def test_sweep_writes_json_and_both_plots(tmp_path):
+    args = ["--models", "resnet4", "--runtimes", "torch,coreml", "--sweep-size", "32,64", "--json", str(tmp_path / "b.json"),
+            "--plot", str(tmp_path / "b.png"), "--markdown", str(tmp_path / "b.md"), *TINY]
+    out = CliRunner().invoke(main, args)
+    assert out.exit_code == 0, out.output
+    data = json.loads((tmp_path / "b.json").read_text())
+    assert data["config"]["sizes"] == [[32, 32], [64, 64]]
+    assert {(r["runtime"], tuple(r["size"])) for r in data["rows"]} == {(rt, s) for rt in ("torch", "coreml") for s in ((32, 32), (64, 64))}
+    assert (tmp_path / "b.png").is_file() and (tmp_path / "b-scaling.png").is_file()
+    assert "coreml" in out.output
+    again = CliRunner().invoke(main, ["--from-json", str(tmp_path / "b.json"), "--plot", str(tmp_path / "c.png")])
+    assert again.exit_code == 0 and "ResNet-4" in again.output and (tmp_path / "c-scaling.png").is_file()
+    markdown = (tmp_path / "b.md").read_text()
+    assert markdown.count("| ResNet-4 | torch |") == 2 and "coreml" in markdown and "32×32" in markdown and "64×64" in markdown
+
+
+def test_size_and_sweep_are_exclusive():
+    out = CliRunner().invoke(main, ["--size", "64", "--sweep-size", "32,64"])
+    assert out.exit_code == 2 and "either --size or --sweep-size" in out.output
+
+
+def test_bad_model_is_one_line_and_exit_1():
+    out = CliRunner().invoke(main, ["--models", "resnet5", *TINY])
+    assert out.exit_code == 1
+    assert out.output.strip().startswith("error: unknown model 'resnet5'") and len(out.output.strip().splitlines()) == 1
+
+
+def test_bad_size_is_one_line_and_exit_1():
+    out = CliRunner().invoke(main, ["--models", "unet", "--size", "48", *TINY])
+    assert out.exit_code == 1 and "multiples of 32" in out.output
+
+
+def test_nothing_measurable_is_an_error():
+    out = CliRunner().invoke(main, ["--models", "resnet4", "--runtimes", "tensorrt", "--size", "32", *TINY])
+    assert out.exit_code == 1 and "nothing could be measured" in out.output
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_without_a_gpu_is_rows_with_reasons_and_exit_1():
+    out = CliRunner().invoke(main, ["--device", "cuda", "--models", "resnet4", "--runtimes", "torch,onnxruntime,tensorrt", "--size", "32", *TINY])
+    assert out.exit_code == 1
+    assert "no CUDA GPU" in out.output and "nothing could be measured" in out.output

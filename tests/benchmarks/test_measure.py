@@ -1,0 +1,47 @@
+"""The measuring machinery: statistics from raw samples, the call protocol, and the memory readings."""
+
+import numpy as np
+import pytest
+
+from benchmarks.measure import MemoryReading, TimingStats, measure_cpu_memory, time_calls
+
+
+def test_stats_from_samples_match_numpy():
+    samples = [5.0, 1.0, 3.0, 2.0, 4.0, 100.0]
+    s = TimingStats.from_samples(samples)
+    assert s.n == 6
+    assert s.median == pytest.approx(np.median(samples))
+    assert s.p10 == pytest.approx(np.percentile(samples, 10))
+    assert s.p90 == pytest.approx(np.percentile(samples, 90))
+    assert s.iqr == pytest.approx(np.percentile(samples, 75) - np.percentile(samples, 25))
+    assert s.min == 1.0 and s.max == 100.0
+    assert set(s.to_dict()) == {"n", "median", "mean", "std", "min", "max", "p10", "p25", "p75", "p90", "iqr"}
+
+
+def test_stats_need_samples():
+    with pytest.raises(ValueError):
+        TimingStats.from_samples([])
+
+
+def test_time_calls_runs_warmup_then_repeats():
+    calls = []
+    times = time_calls(lambda: calls.append(1), repeats=4, warmup=3)
+    assert len(calls) == 7
+    assert len(times.wall_ms) == len(times.cpu_ms) == 4 and all(s >= 0 for s in times.wall_ms)
+
+
+def test_cpu_memory_sees_a_large_temporary_allocation():
+    def allocate_64mb():
+        a = np.ones(64 * 2**20 // 8, dtype=np.float64)  # touched pages, freed on return
+        return float(a[-1])
+
+    reading = measure_cpu_memory(allocate_64mb, calls=2)
+    assert isinstance(reading, MemoryReading)
+    assert reading.method in ("rss_hwm", "rss_sampled")
+    assert reading.peak_mb >= 48  # the sampled fallback may miss a little, never most of it
+    assert reading.baseline_mb > 0
+
+
+def test_cpu_memory_of_a_step_that_allocates_nothing_is_small():
+    reading = measure_cpu_memory(lambda: None, calls=2)
+    assert reading.peak_mb < 8

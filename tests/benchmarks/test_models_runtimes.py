@@ -1,0 +1,94 @@
+"""Model and runtime names, costs, inputs, configuration errors, and the reasons a runtime cannot run."""
+
+import platform
+
+import pytest
+import torch
+
+from benchmarks import runtimes as rt_mod
+from benchmarks.config import BenchmarkConfig
+from benchmarks.models import make_inputs, model_cost, resolve_model
+from benchmarks.runtimes import RUNTIMES, check_runnable, resolve_runtime
+from pgn.errors import PGNError
+
+
+def test_model_names_resolve():
+    assert resolve_model("vgg19").is_teacher and not resolve_model("vgg19").cached_target
+    assert resolve_model("vgg11-cached").cached_target
+    assert resolve_model("vgg19-cached").target_features == "cached"
+    assert resolve_model("unet").kind == "pgn" and resolve_model("unet").target_features is None
+    with pytest.raises(PGNError, match="resnet4"):
+        resolve_model("resnet5")
+
+
+def test_work_macs_follow_the_arithmetic_of_the_issue():
+    vgg = model_cost("vgg19", (224, 224), 1)
+    cached = model_cost("vgg19-cached", (224, 224), 1)
+    assert vgg.work_macs / 1e9 == pytest.approx(3 * 18.12, abs=0.1)  # forward on ŷ and y + input-only backward
+    assert cached.work_macs / 1e9 == pytest.approx(2 * 18.12, abs=0.1)
+    assert vgg.paper_macs / 1e9 == pytest.approx(108.84, abs=0.01)  # Table 6 convention
+    assert model_cost("resnet4", (224, 224), 1).work_macs / 1e9 == pytest.approx(19.68, abs=0.01)
+    assert model_cost("unet", (224, 224), 1).work_macs / 1e9 == pytest.approx(1.94, abs=0.01)
+    assert model_cost("resnet4", (224, 224), 8).work_macs == 8 * model_cost("resnet4", (224, 224), 1).work_macs
+
+
+def test_inputs_are_images_and_y_hat_is_degraded():
+    y_hat, y = make_inputs(3, (32, 48))
+    assert y_hat.shape == y.shape == (3, 3, 32, 48)
+    assert float(y.min()) >= 0 and float(y.max()) <= 1 and float(y_hat.min()) >= 0 and float(y_hat.max()) <= 1
+    assert not torch.equal(y_hat, y)
+    again = make_inputs(3, (32, 48))
+    assert torch.equal(again[0], y_hat)  # seeded
+
+
+def test_runtime_names_resolve_with_a_hint():
+    assert resolve_runtime("onnxruntime-int8").precision == "int8"
+    with pytest.raises(PGNError, match="onnxruntime"):
+        resolve_runtime("onnxruntim")
+
+
+def test_vgg_on_an_exported_runtime_is_not_applicable():
+    skip = check_runnable(RUNTIMES["onnxruntime"], "cpu", resolve_model("vgg19"))
+    assert skip.status == "not-applicable" and "autograd" in skip.reason
+
+
+def test_tensorrt_on_cpu_says_it_needs_a_gpu():
+    skip = check_runnable(RUNTIMES["tensorrt"], "cpu", resolve_model("resnet4"))
+    assert skip.status == "unavailable" and "--device cuda" in skip.reason
+
+
+@pytest.mark.skipif(platform.system() == "Darwin", reason="Core ML runs on macOS")
+def test_coreml_off_macos_says_why():
+    skip = check_runnable(RUNTIMES["coreml"], "cpu", resolve_model("unet"))
+    assert skip.status == "unavailable" and "macOS" in skip.reason
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_without_a_gpu_says_why():
+    skip = check_runnable(RUNTIMES["torch"], "cuda", resolve_model("resnet4"))
+    assert skip.status == "unavailable" and "CUDA" in skip.reason
+
+
+def test_missing_export_package_is_a_reason(monkeypatch):
+    monkeypatch.setattr(rt_mod, "export_package_unavailable", lambda: "export package not available (test)")
+    skip = check_runnable(RUNTIMES["onnxruntime"], "cpu", resolve_model("resnet4"))
+    assert skip.status == "unavailable" and "export package not available" in skip.reason
+
+
+def test_torch_on_cpu_runs():
+    assert check_runnable(RUNTIMES["torch"], "cpu", resolve_model("vgg19")) is None
+
+
+def test_config_validates_sizes_names_and_counts():
+    with pytest.raises(PGNError, match="multiples of 32"):
+        BenchmarkConfig(models=("unet",), sizes=(48,))
+    with pytest.raises(PGNError, match="unknown runtime"):
+        BenchmarkConfig(runtimes=("tensorflow",))
+    with pytest.raises(PGNError, match="repeats"):
+        BenchmarkConfig(repeats=0)
+    with pytest.raises(PGNError, match="directory"):
+        BenchmarkConfig(models=("resnet4",), weights="/nonexistent/folder")
+    cfg = BenchmarkConfig(models=("resnet4", "resnet4"), sizes=(32, (32, 64)))
+    assert cfg.models == ("resnet4",) and cfg.sizes == ((32, 32), (32, 64))
+    assert cfg.runtimes == rt_mod.DEFAULT_RUNTIMES["cpu"]
+    assert cfg.to_dict()["effective_warmup"] == 2
