@@ -24,7 +24,13 @@ def test_unet_rewrite_keeps_the_gradient_and_the_original():
     assert rewritable_count(fast) == 0 and rewritable_count(unet) >= 1  # the original is untouched
     y_hat, y = make_inputs(1, (64, 64))
     with torch.no_grad():
-        torch.testing.assert_close(fast(y_hat, y), unet(y_hat, y), rtol=1e-4, atol=1e-9)
+        for name, ours, reference in (
+            ("gradient", fast(y_hat, y), unet(y_hat, y)),
+            ("proxy", fast.proxy(y_hat, y), unet.proxy(y_hat, y)),
+        ):
+            # float rounding differs (the sums are reassociated): compare against the tensor's own scale
+            relative = ((ours - reference).norm() / reference.norm()).item()
+            assert relative < 1e-5, f"{name}: relative error {relative:.2e}"
 
 
 def test_rewrite_runtime_is_not_applicable_without_grouped_convs():
