@@ -1,6 +1,5 @@
 """int8 quantization of an fp32 ONNX PGN: it runs in ONNX Runtime and stays close to the fp32 gradient."""
 
-import numpy as np
 import pytest
 import torch
 
