@@ -131,6 +131,7 @@ def measure_one(model: str, runtime: str, size: tuple[int, int], config: Benchma
     result = run_task(task, workdir, config.effective_threads, config.timeout)
     if result["status"] != "ok":
         row.status, row.reason = result["status"], result.get("reason")
+        row.accuracy = result.get("accuracy")
         return row
     _fill_measurement(row, result)
     return row

@@ -62,3 +62,16 @@ def test_compare_outputs_identical_and_opposite():
     assert same["grad_cosine_min"] == pytest.approx(1.0) and same["grad_rel_error_max"] == pytest.approx(0.0)
     flipped = compare_outputs({"grad": g}, {"grad": -g})
     assert flipped["grad_cosine_min"] == pytest.approx(-1.0)
+
+
+def test_an_fp32_artifact_that_disagrees_with_pytorch_fails_its_row():
+    from benchmarks.runtimes import RUNTIMES
+    from benchmarks.worker import FP32_ARTIFACT_MIN_COSINE, _broken_artifact_reason
+
+    bad, good = {"grad_cosine_min": 0.5}, {"grad_cosine_min": FP32_ARTIFACT_MIN_COSINE + 1e-4}
+    reason = _broken_artifact_reason(RUNTIMES["onnxruntime"], bad)
+    assert reason is not None and "0.5000" in reason and "pgn-export" in reason
+    assert _broken_artifact_reason(RUNTIMES["onnxruntime"], good) is None
+    # reduced precision and PyTorch rows report their cosine in the table instead
+    assert _broken_artifact_reason(RUNTIMES["onnxruntime-int8"], bad) is None
+    assert _broken_artifact_reason(RUNTIMES["torch-bf16"], bad) is None
