@@ -129,6 +129,12 @@ class PGN(nn.Module):
         return f"preset={self.config.preset!r}, head={self.config.head.kind!r}, value_space={self.value_space!r}"
 
 
+def nonfinite_tensors(module: nn.Module) -> list[str]:
+    """Names of the parameters and buffers of ``module`` that hold NaN or infinite values (floating point only)."""
+    named = list(module.named_parameters()) + list(module.named_buffers())
+    return [name for name, t in named if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
 # --------------------------------------------------------------------------------------------------------
 # Presets: a registry of named configs (torchvision/timm style, duplicates raise)
 
