@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ import torch
 from torch import nn
 
 from .authors import authors_names
-from .backbones import BACKBONES, backbone_config
+from .backbones import BACKBONES, UNetConfig, backbone_config
 from .constants import GRAD_SCALE_RESNET, GRAD_SCALE_UNET, LEGACY_UNET_GRAD_SCALE
 from .errors import PGNError
 from .files import as_path, atomic_save, check_plain, read_file
@@ -181,7 +182,7 @@ class ParsedCheckpoint:
     format: str  #: ``pgn-toolkit``, ``authors-v2``, ``authors-v1`` or ``authors-v0``
     backbone: str
     backbone_params: dict
-    head: HeadConfig | None  #: None where the file does not store the head (authors' version 1)
+    head: HeadConfig | None  #: None where the file does not store the head (authors' version 1, plain state dicts)
     state_dict: dict
     value_space: str = "unit"
     preset: str | None = None
@@ -197,25 +198,42 @@ def _backbone_keys(kind: str, params: dict) -> tuple[list[str], dict[str, str]] 
     return list(backbone.state_dict()), authors_names(backbone)
 
 
-def _infer_backbone(file_params: dict, state: dict, preset: str | None) -> tuple[str, dict]:
+#: Backbone type → the names of its configuration fields (except ``out_channels``, which the head decides).
+_BACKBONE_FIELDS = {kind: {f.name for f in fields(cfg)} - {"out_channels"} for kind, (_, cfg) in BACKBONES.items()}
+
+#: The first conv weight of a residual block: ours (``layers.3.body.0.weight``) or the authors' (``model.7.conv_block.0.weight``).
+_RESIDUAL_BLOCK_WEIGHT = re.compile(r"^(layers\.\d+\.body|model\.\d+\.conv_block)\.0\.weight$")
+
+
+def _infer_backbone(file_params: dict, state: dict, preset: str | None, overrides: dict | None = None) -> tuple[str, dict]:
     """Backbone type and parameters of an authors' version-0/1 file (or a plain state dict), which may store few.
 
     Candidates, the first whose parameter names (ours or the authors') the file's tensors carry exactly wins: the
-    file's stored parameters on top of the preset's, of each backbone type's defaults, then of each paper
-    backbone. Without a match the preset decides (loading then names the misfit); without a preset, an error.
+    file's stored parameters on top of the preset's with the caller's backbone ``overrides``, of each backbone
+    type's defaults (with the overrides that apply to it), of each paper backbone,
+    then of a ResNet with as many residual blocks as the file holds. Without a match the preset decides (loading
+    then names the misfit); without a preset, an error.
     """
+    overrides = overrides or {}
+
+    def applicable(kind: str) -> dict:
+        return {k: v for k, v in overrides.items() if k in _BACKBONE_FIELDS[kind]}
+
     candidates: list[tuple[str, dict]] = []
     if preset is not None:
         base = preset_config(preset)
-        candidates.append((base.backbone, base.backbone_params))
-    candidates += [(kind, {}) for kind in BACKBONES]
+        candidates.append((base.backbone, dict(base.backbone_params, **applicable(base.backbone))))
+    candidates += [(kind, applicable(kind)) for kind in BACKBONES]
     candidates += [(kind, params) for kind, params, _ in PAPER_BACKBONES.values()]
+    tensors = tensors_of(state)
+    blocks = {key.split(".")[1] for key in tensors if _RESIDUAL_BLOCK_WEIGHT.match(key)}
+    if blocks:
+        candidates.append(("resnet", {"num_blocks": len(blocks)}))
 
     def merged(kind: str, base_params: dict) -> dict:
         params = {k: v for k, v in base_params.items() if k != "out_channels"}
         return dict(params, **_authors_backbone_params(kind, file_params, quiet=True))
 
-    tensors = tensors_of(state)
     for kind, base_params in candidates:
         params = merged(kind, base_params)
         keys = _backbone_keys(kind, params)
@@ -230,8 +248,12 @@ def _infer_backbone(file_params: dict, state: dict, preset: str | None) -> tuple
     )
 
 
-def parse_checkpoint(obj: Any, *, preset: str | None = None) -> ParsedCheckpoint:
-    """Read the configuration and weights out of a loaded checkpoint in any supported format."""
+def parse_checkpoint(obj: Any, *, preset: str | None = None, backbone_overrides: dict | None = None) -> ParsedCheckpoint:
+    """Read the configuration and weights out of a loaded checkpoint in any supported format.
+
+    ``preset`` and ``backbone_overrides`` (e.g. ``{"num_blocks": 5}``) only help with files that do not store
+    their backbone parameters (the authors' versions 0/1, plain state dicts); they are checked, not applied.
+    """
     if not isinstance(obj, dict):
         raise PGNError(f"not a PGN checkpoint: expected a dict, found {type(obj).__name__}")
     if obj.get("format") == FORMAT_NAME:
@@ -258,7 +280,7 @@ def parse_checkpoint(obj: Any, *, preset: str | None = None) -> ParsedCheckpoint
         if "state_dict" not in obj:
             raise PGNError("broken authors' version-1 checkpoint: no state_dict")
         stored = dict(obj.get("params", {}))
-        kind, params = _infer_backbone(stored, obj["state_dict"], preset)
+        kind, params = _infer_backbone(stored, obj["state_dict"], preset, backbone_overrides)
         _authors_backbone_params(kind, stored)  # reports parameters we do not know
         return ParsedCheckpoint("authors-v1", kind, params, None, obj["state_dict"])
     if version is None and "state_dict" not in obj and "config" not in obj:
@@ -267,7 +289,7 @@ def parse_checkpoint(obj: Any, *, preset: str | None = None) -> ParsedCheckpoint
             raise PGNError("not a PGN checkpoint: no tensors found")
         stored = {k: v for k, v in obj.items() if not isinstance(v, torch.Tensor)}
         grad_scale = stored.pop("grad_scale", None)
-        kind, params = _infer_backbone(stored, state, preset)
+        kind, params = _infer_backbone(stored, state, preset, backbone_overrides)
         _authors_backbone_params(kind, stored)  # reports parameters we do not know
         head = None
         if grad_scale is not None:
@@ -276,7 +298,7 @@ def parse_checkpoint(obj: Any, *, preset: str | None = None) -> ParsedCheckpoint
                 logger.warning("pgn: legacy UNet checkpoint: grad_scale 1e-3 (batch-mean era) rewritten to 0.048")
                 grad_scale = GRAD_SCALE_UNET
             head = HeadConfig(grad_scale=grad_scale)
-        return ParsedCheckpoint("authors-v0", kind, params, head or _default_head(kind), state)
+        return ParsedCheckpoint("authors-v0", kind, params, head, state)
     if "state_dict" in obj:
         raise PGNError("checkpoint has a state_dict but no usable config: load it with pgn.load(path, preset=...) or re-save with pgn.save")
     raise PGNError(f"unrecognized checkpoint layout (keys: {sorted(map(str, obj))[:8]})")
@@ -310,12 +332,14 @@ def load(
     is refused).
     """
     path = as_path(path)
-    ck = parse_checkpoint(read_file(path, map_location), preset=preset)
+    all_backbone_fields = set().union(*_BACKBONE_FIELDS.values())
+    asked = {k: v for k, v in overrides.items() if k in all_backbone_fields and v is not None}
+    ck = parse_checkpoint(read_file(path, map_location), preset=preset, backbone_overrides=asked)
     base = preset_config(preset) if preset else None
     head = ck.head or (base.head if base else _default_head(ck.backbone))
     config = PGNConfig(ck.backbone, ck.backbone_params, head, ck.value_space, preset or ck.preset)
 
-    backbone_keys = set(BACKBONES[ck.backbone][1].__dataclass_fields__) - {"out_channels"}
+    backbone_keys = _BACKBONE_FIELDS[ck.backbone]
     backbone_kw = {k: v for k, v in overrides.items() if k in backbone_keys and v is not None}
     other_kw = {k: v for k, v in overrides.items() if k not in backbone_keys and v is not None}
     want = apply_overrides(base or config, **backbone_kw)
@@ -334,7 +358,11 @@ def load(
 
 def load_backbone_state(backbone: nn.Module, state_dict: dict, where: str | Path) -> None:
     """Fill ``backbone`` from a checkpoint's state dict (our names or the authors'); warn about NaN/inf weights."""
-    backbone.load_state_dict(match_state_dict(backbone.state_dict(), state_dict, authors=authors_names(backbone)))
+    try:
+        matched = match_state_dict(backbone.state_dict(), state_dict, authors=authors_names(backbone))
+    except PGNError as e:
+        raise PGNError(f"{where}: {e}") from None
+    backbone.load_state_dict(matched)
     bad = nonfinite_tensors(backbone)
     if bad:
         shown = ", ".join(bad[:4]) + (f" (+{len(bad) - 4} more)" if len(bad) > 4 else "")
@@ -373,4 +401,4 @@ def _describe(config: PGNConfig) -> str:
     return f"unet(down={p['down_channels']}, up={p['up_channels']}, block={p['block_type']}{extras})"
 
 
-_UNET_DEFAULTS = {f.name: f.default for f in fields(BACKBONES["unet"][1])}
+_UNET_DEFAULTS = {f.name: f.default for f in fields(UNetConfig)}

@@ -131,8 +131,12 @@ class PGN(nn.Module):
 
 def nonfinite_tensors(module: nn.Module) -> list[str]:
     """Names of the parameters and buffers of ``module`` that hold NaN or infinite values (floating point only)."""
-    named = list(module.named_parameters()) + list(module.named_buffers())
-    return [name for name, t in named if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    named = [(n, t) for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_floating_point()]
+    with torch.no_grad():
+        sums = [t.sum().double() for _, t in named]  # a NaN or inf makes its tensor's sum non-finite: one quick pass
+        if not named or bool(torch.isfinite(torch.stack(sums)).all()):
+            return []
+        return [name for (name, t), total in zip(named, sums) if not bool(torch.isfinite(total)) and not bool(torch.isfinite(t).all())]
 
 
 # --------------------------------------------------------------------------------------------------------
