@@ -12,6 +12,7 @@ import io
 import json
 import os
 import pickle
+import re
 import tempfile
 from collections import OrderedDict
 from pathlib import Path
@@ -126,8 +127,8 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     umask = os.umask(0)
     os.umask(umask)
     try:
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the permissions open() would
         with os.fdopen(fd, "wb") as f:
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the permissions open() would
             writer = _RecordingWriter(f)
             torch.save(obj, writer)
             f.flush()
@@ -161,10 +162,12 @@ def _not_a_torch_file(path: Path) -> str | None:
         return "it is neither a zip archive nor a pickle (foreign or random bytes)"
     if text.lstrip()[:1] in ("{", "["):
         try:
-            json.loads(path.read_text(encoding="utf-8"))
-            return "it is JSON text"
+            if path.stat().st_size < 2**24:
+                json.loads(path.read_text(encoding="utf-8"))
+                return "it is JSON text"
         except (ValueError, UnicodeDecodeError):
-            return "it looks like JSON text"
+            pass
+        return "it looks like JSON text"
     return "it is a text file"
 
 
@@ -178,8 +181,8 @@ def _unreadable(path: Path, e: BaseException) -> str:
         return f"{path} is not a torch checkpoint: {not_torch}"
     text = str(e)
     if isinstance(e, pickle.UnpicklingError) and "GLOBAL" in text:
-        culprit = next((w for w in text.split() if "." in w and w[0].isalpha() and w[-1].isalnum()), "")
-        named = f" ({culprit})" if culprit else ""
+        culprit = re.search(r"GLOBAL ([\w.]+)", text)
+        named = f" ({culprit.group(1)})" if culprit else ""
         return (
             f"refusing to load {path}: it contains Python objects beyond tensors and plain data{named}, which could "
             f"run code; re-save it as a state dict or a pgn-toolkit checkpoint"

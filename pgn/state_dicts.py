@@ -86,7 +86,7 @@ def match_state_dict(
             return _renamed(target, source, names)
         if len(have & wanted) > len(have) / 2:  # this naming, but not this architecture
             raise PGNError(
-                f"checkpoint uses {naming} parameter names but does not fit this backbone: missing "
+                f"checkpoint uses {naming} parameter names but does not fit this network: missing "
                 f"{_preview(sorted(wanted - have)) or 'nothing'}; unexpected {_preview(sorted(have - wanted)) or 'nothing'} "
                 f"(it was saved for a different architecture: check the preset and backbone options)"
             )
@@ -102,7 +102,7 @@ def _renamed(target: dict[str, torch.Tensor], source: dict[str, torch.Tensor], n
             continue
         if _shape(source[theirs]) != _shape(ours):
             what = theirs if theirs == key else f"{theirs} (our {key})"
-            raise PGNError(f"checkpoint tensor {what} has shape {_shape(source[theirs])}, this backbone needs {_shape(ours)}: it was saved for a different architecture")
+            raise PGNError(f"checkpoint tensor {what} has shape {_shape(source[theirs])}, this network needs {_shape(ours)}: it was saved for a different architecture")
         out[key] = source[theirs]
     return out
 
