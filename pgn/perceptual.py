@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from .errors import PGNError
+from .files import read_file
 from .images import check_images, check_value_space, to_imagenet
 
 #: VGG feature configs up to and including relu5_1 ("M" marks a pooling layer), as in torchvision.
@@ -171,8 +172,6 @@ def load_teacher_weights(features: nn.Sequential, net: str, weights: str | os.Pa
         path = Path(weights)
         if not path.is_file():
             raise PGNError(f"VGG weights file not found: {path} (use 'imagenet', 'random' or a state-dict path)")
-        from .checkpoint import read_file
-
         sd = read_file(path)
         if not isinstance(sd, dict):
             raise PGNError(f"{path} is not a VGG state dict")
