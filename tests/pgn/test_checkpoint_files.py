@@ -110,6 +110,16 @@ def test_cuda_map_location_without_cuda(tmp_path, monkeypatch):
         pgn.load(good, map_location="gpu")
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_map_location_with_cuda(tmp_path):
+    model = pgn.build("resnet4")
+    loaded = pgn.load(pgn.save(model, tmp_path / "good.pt"), map_location="cuda")
+    assert next(loaded.parameters()).is_cuda
+    with pytest.raises(pgn.PGNError, match="CUDA device"):
+        pgn.load(tmp_path / "good.pt", map_location=f"cuda:{torch.cuda.device_count()}")
+
+
 def test_gpu_tensors_in_a_file_without_cuda(tmp_path, monkeypatch):
     """A file saved on a GPU, read with map_location=None on a machine without CUDA."""
     good = pgn.save(pgn.build("resnet4"), tmp_path / "good.pt")
