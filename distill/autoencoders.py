@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from pgn.authors import BLOCK_PARTS, CONV_PARTS, unit_names
 from pgn.backbones.blocks import make_block, make_conv, upsample_bilinear
 from pgn.errors import PGNError
 
@@ -40,6 +41,7 @@ class SurrogateAutoencoder(nn.Module):
         if depth < 0:
             raise PGNError(f"autoencoder depth must be ≥ 0, got {depth}")
         self.depth = depth
+        self.block_type, self.conv_type = block_type, conv_type
         widths = [STEM_WIDTH] + ([STEM_WIDTH] if depth >= 1 else []) + [STEM_WIDTH * 2**j for j in range(1, depth)]
         encoder: list[nn.Module] = [
             nn.Conv2d(3, STEM_WIDTH, 7, stride=2, padding=3, bias=False),
@@ -67,6 +69,25 @@ class SurrogateAutoencoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) normalized images → (N, 3, H, W) reconstructions (unbounded, normalized space)."""
         return self.head(self.decoder(self.encoder(x)))
+
+    def authors_module_names(self) -> dict[str, str]:
+        """Our module names → those of the authors' autoencoder, whose checkpoints (``e_ae_k.pth``) load by name.
+
+        Theirs is one flat ``nn.Sequential`` called ``model``: the stem (conv, norm, ReLU) as ``model.0``, then
+        ``model.1`` = max-pool → block, one entry per further block, the bottleneck conv, and alternating
+        upsample / conv entries ending with the 1×1 head (``model.{3·depth + 4}``).
+        """
+        block, conv = BLOCK_PARTS[self.block_type], CONV_PARTS[self.conv_type]
+        d = self.depth
+        names = {"encoder.0": "model.0.0", "encoder.1": "model.0.1", "head": f"model.{3 * d + 4}"}
+        if d >= 1:
+            names.update(unit_names("encoder.4", "model.1.1", block))  # ours: encoder.3 is the max-pool
+        for level in range(2, d + 1):
+            names.update(unit_names(f"encoder.{level + 3}", f"model.{level}", block))
+        names.update(unit_names(f"encoder.{len(self.encoder) - 1}", f"model.{d + 1}", conv))
+        for k in range(d + 1):  # our decoder: upsample, conv, upsample, conv, …
+            names.update(unit_names(f"decoder.{2 * k + 1}", f"model.{d + 3 + 2 * k}", conv))
+        return names
 
     def reset_parameters(self) -> None:
         """Re-run PyTorch's default initialization of every conv and BatchNorm (incl. running statistics)."""

@@ -24,10 +24,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from pgn.checkpoint import atomic_save, match_state_dict, parse_checkpoint, read_file
+from pgn.authors import key_names
+from pgn.checkpoint import atomic_save, load_backbone_state, parse_checkpoint, read_file
 from pgn.checkpoint import save as save_pgn
 from pgn.errors import PGNError
 from pgn.model import PGN
+from pgn.state_dicts import match_state_dict
+
+from .autoencoders import SurrogateAutoencoder
 
 STATE_FORMAT = "pgn-distill-state"
 STATE_VERSION = 1
@@ -144,18 +148,19 @@ def load_pgn_weights(model: PGN, path: str | Path) -> str:
             raise PGNError(f"{path} was trained with the {head.kind!r} head but this run uses {ours.kind!r} (set --head)")
         if abs(head.grad_scale - ours.grad_scale) > 1e-12:
             raise PGNError(f"{path} has grad_scale {head.grad_scale} but this run uses {ours.grad_scale} (set --grad-scale)")
-    model.backbone.load_state_dict(match_state_dict(model.backbone.state_dict(), parsed.state_dict))
+    load_backbone_state(model.backbone, parsed.state_dict, path)
     return parsed.format
 
 
 def load_module_weights(module: torch.nn.Module, path: str | Path, what: str) -> None:
-    """Load a plain state dict (ours or the authors', matched by architecture) into ``module``."""
+    """Load a plain state dict into ``module``: our parameter names, or the authors' for an autoencoder."""
     sd = read_file(path)
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict):
         raise PGNError(f"{path} is not a state dict for the {what}")
-    module.load_state_dict(match_state_dict(module.state_dict(), sd))
+    authors = key_names(module, module.authors_module_names()) if isinstance(module, SurrogateAutoencoder) else None
+    module.load_state_dict(match_state_dict(module.state_dict(), sd, authors=authors))
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, path_or_state: str | Path | dict, what: str) -> None:

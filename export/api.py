@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import pgn
 from pgn.errors import PGNError
+from pgn.model import nonfinite_tensors
 
 from .errors import RuntimeUnavailable
 from .formats import Format, resolve_targets
@@ -108,7 +109,7 @@ def export(
 
     Raises:
         PGNError: bad arguments (unknown target with a "did you mean", an option the format does not take, a
-            size the backbone does not allow), before anything is written.
+            size the backbone does not allow) or NaN/infinite weights, before anything is written.
         RuntimeUnavailable: a single target whose converter/runtime is missing here (e.g. TensorRT).
 
     Example::
@@ -119,6 +120,9 @@ def export(
     """
     if not isinstance(model, pgn.PGN):
         raise PGNError(f"export needs a pgn.PGN model, got {type(model).__name__}")
+    nonfinite = nonfinite_tensors(model)
+    if nonfinite:
+        raise PGNError(f"the model has NaN or infinite weights in {len(nonfinite)} tensor(s) ({', '.join(nonfinite[:3])}): refusing to export it; load or train finite weights")
     formats = resolve_targets(target)
     base = ExportOptions.from_kwargs(
         size=size, batch=batch, dynamic=dynamic, precision=precision, opset=opset,

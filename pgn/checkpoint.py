@@ -4,7 +4,7 @@ Our format is a dict ``{"format": "pgn-toolkit", "format_version": 1, "config": 
 "state_dict": backbone state dict, "meta": {...}}``, written atomically (temp file + rename) and read with
 ``torch.load(weights_only=True)``, so a checkpoint can never run code.
 
-The authors' files (spec §8.2) hold only the backbone's state dict plus its constructor arguments:
+The authors' files hold only the backbone's state dict plus its constructor arguments:
 
 * version 2: ``state_dict``, ``backbone_type``, ``backbone_params``, ``backbone_to_grad_type``,
   ``backbone_to_grad_params``, ``version``;
@@ -12,30 +12,36 @@ The authors' files (spec §8.2) hold only the backbone's state dict plus its con
 * version 0: a flat dict of tensors (the state dict) and backbone parameters, plus ``grad_scale``; a UNet whose
   stored grad_scale is exactly 1e-3 gets 0.048 (the authors' legacy rule).
 
-Their parameter names may differ from ours, so weights are matched by name where names agree and otherwise
-module by module in order, every tensor's shape checked; anything that does not fit is a clear error.
+Weights are matched by name: ours, or the authors' through the explicit map in :mod:`pgn.authors`. Only a file
+in neither naming falls back to matching modules by shape, and only where no two modules share shapes
+(:mod:`pgn.state_dicts`); anything that does not fit is a one-line error. Version-0/1 files that do not store
+every backbone parameter take the rest from ``preset=`` or from the paper backbone whose names they match.
 """
 
 from __future__ import annotations
 
-import io
+import logging
 import os
-import pickle
-import tempfile
-import warnings
-from collections import OrderedDict
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
-from .backbones import BACKBONES
+from .authors import authors_names
+from .backbones import BACKBONES, UNetConfig, backbone_config
 from .constants import GRAD_SCALE_RESNET, GRAD_SCALE_UNET, LEGACY_UNET_GRAD_SCALE
 from .errors import PGNError
+from .files import as_path, atomic_save, check_plain, read_file
 from .heads import HeadConfig
 from .images import check_value_space
-from .model import PAPER_BACKBONES, PGN, PGNConfig, apply_overrides, preset_config
+from .model import PAPER_BACKBONES, PGN, PGNConfig, apply_overrides, nonfinite_tensors, preset_config
+from .state_dicts import match_state_dict, names_fit, tensors_of
+
+#: User-facing notices (legacy values rewritten, NaN weights, …): one line each on stderr unless logging is set up.
+logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "pgn-toolkit"
 FORMAT_VERSION = 1
@@ -73,36 +79,20 @@ def paper_checkpoint_path(preset: str) -> Path:
 # Writing
 
 
-def atomic_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file in the target folder, then rename: readers never see a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the permissions open() would
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def save(model: PGN, path: str | Path, *, meta: dict | None = None, value_space: str | None = None) -> Path:
     """Save a PGN (config + backbone weights + version) atomically; returns the path.
 
     Args:
         model: the PGN (DDP- or compile-wrapped modules are unwrapped).
         path: target file, conventionally ``*.pt``.
-        meta: extra JSON-like information stored under ``"meta"`` (training step, data, teacher weights, …).
+        meta: extra JSON-like information stored under ``"meta"`` (training step, data, teacher weights, …):
+            plain values and tensors only, so that the weights-only :func:`load` can read the file back.
         value_space: store the config with this value space instead of the model's (the weights are the same
             in both; e.g. a PGN trained in ``imagenet`` space saved for ``unit``-space users).
+
+    Raises:
+        PGNError: not a PGN, a ``meta`` entry that could not be read back (named), or a path that cannot be
+            written (a folder, a read-only place, a full disk).
     """
     from . import __version__
 
@@ -110,6 +100,10 @@ def save(model: PGN, path: str | Path, *, meta: dict | None = None, value_space:
     model = getattr(model, "_orig_mod", model)
     if not isinstance(model, PGN):
         raise PGNError(f"save() expects a pgn.PGN, got {type(model).__name__}")
+    path = as_path(path)
+    if meta is not None and not isinstance(meta, dict):
+        raise PGNError(f"meta must be a dict, got {type(meta).__name__}")
+    check_plain(meta or {}, "meta")
     obj = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -121,95 +115,7 @@ def save(model: PGN, path: str | Path, *, meta: dict | None = None, value_space:
 
 
 # --------------------------------------------------------------------------------------------------------
-# Reading
-
-
-def read_file(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
-    """``torch.load(weights_only=True)`` with one-line errors for missing, truncated or unsafe files."""
-    path = Path(path)
-    if not path.is_file():
-        raise PGNError(f"checkpoint not found: {path}")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        if "weights only" in str(e).lower() or "weights_only" in str(e):
-            raise PGNError(
-                f"refusing to load {path}: it contains Python objects beyond tensors and plain data, which could "
-                f"run code; re-save it as a state dict or a pgn-toolkit checkpoint"
-            ) from None
-        raise PGNError(f"{path} is not a valid checkpoint ({first or 'unpickling failed'}); is the file complete?") from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError, io.UnsupportedOperation) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
-        raise PGNError(f"{path} is not a readable checkpoint (truncated or corrupted? {first[:160]})") from None
-
-
-def _strip_prefix(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    for prefix in ("module.", "_orig_mod.", "backbone."):
-        if sd and all(k.startswith(prefix) for k in sd):
-            sd = {k[len(prefix) :]: v for k, v in sd.items()}
-    return sd
-
-
-def _modules(sd: dict[str, torch.Tensor]) -> "OrderedDict[str, list[tuple[str, tuple]]]":
-    groups: OrderedDict[str, list[tuple[str, tuple]]] = OrderedDict()
-    for key, value in sd.items():
-        prefix, _, leaf = key.rpartition(".")
-        if leaf == "num_batches_tracked":
-            continue
-        groups.setdefault(prefix, []).append((leaf, tuple(value.shape)))
-    return groups
-
-
-def match_state_dict(target: dict[str, torch.Tensor], source: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename ``source`` tensors to the keys of ``target``, checking every shape.
-
-    Exact key matches are used when the key sets agree. Otherwise modules are paired in order, each with the
-    first unused module of the other file whose parameter names and shapes are identical (so the authors'
-    naming never matters, only the architecture). Raises :class:`PGNError` naming the first module that fits
-    nowhere.
-    """
-    source = _strip_prefix({k: v for k, v in source.items() if isinstance(v, torch.Tensor)})
-    core = lambda sd: {k for k in sd if not k.endswith("num_batches_tracked")}  # noqa: E731
-    if core(source) == core(target):
-        for k in core(target):
-            if tuple(source[k].shape) != tuple(target[k].shape):
-                raise PGNError(f"checkpoint tensor {k} has shape {tuple(source[k].shape)}, expected {tuple(target[k].shape)}")
-        return {k: source.get(k, target[k]) for k in target}
-
-    ours, theirs = _modules(target), _modules(source)
-    n_ours = sum(len(v) for v in ours.values())
-    n_theirs = sum(len(v) for v in theirs.values())
-    if n_ours != n_theirs:
-        raise PGNError(
-            f"checkpoint has {n_theirs} weight tensors but this architecture has {n_ours}: it was saved for a "
-            f"different backbone (check the preset, e.g. the number of residual blocks)"
-        )
-    used: set[str] = set()
-    pairs: dict[str, str] = {}
-    their_items = list(theirs.items())
-    for prefix, sig in ours.items():
-        for tprefix, tsig in their_items:
-            if tprefix not in used and [s for _, s in tsig] == [s for _, s in sig]:
-                used.add(tprefix)
-                pairs[prefix] = tprefix
-                break
-        else:
-            shapes = ", ".join(f"{leaf}{list(s)}" for leaf, s in sig)
-            raise PGNError(f"checkpoint has no module matching {prefix or 'root'} ({shapes}): it was saved for a different architecture")
-    out: dict[str, torch.Tensor] = {}
-    for key, value in target.items():
-        prefix, _, leaf = key.rpartition(".")
-        their_prefix = pairs.get(prefix)
-        their_key = f"{their_prefix}.{leaf}" if their_prefix else leaf
-        if leaf == "num_batches_tracked":
-            out[key] = source.get(their_key, value)
-            continue
-        ours_leaves = [lf for lf, _ in ours[prefix]]
-        their_leaf = theirs[their_prefix][ours_leaves.index(leaf)][0]
-        out[key] = source[f"{their_prefix}.{their_leaf}" if their_prefix else their_leaf]
-    return out
-
+# Reading: our format and the authors' versions 0, 1, 2
 
 _AUTHORS_RESNET_KEYS = {"down_channels": "down_channels", "up_channels": "up_channels", "num_blocks": "num_blocks", "output_nc": "out_channels"}
 _AUTHORS_UNET_KEYS = {
@@ -223,14 +129,15 @@ _AUTHORS_UNET_KEYS = {
 }
 
 
-def _authors_backbone_params(kind: str, params: dict) -> dict:
+def _authors_backbone_params(kind: str, params: dict, *, quiet: bool = False) -> dict:
+    """The authors' backbone constructor arguments in our names (``out_channels`` is the head's business)."""
     names = _AUTHORS_RESNET_KEYS if kind == "resnet" else _AUTHORS_UNET_KEYS
     out = {}
     for key, value in params.items():
         if key in names:
             out[names[key]] = list(value) if isinstance(value, (tuple, list)) else value
-        else:
-            warnings.warn(f"ignoring unknown {kind} backbone parameter {key!r} in the authors' checkpoint", stacklevel=3)
+        elif not quiet:
+            logger.warning(f"pgn: ignoring unknown {kind} backbone parameter {key!r} in the authors' checkpoint")
     out.pop("out_channels", None)  # decided by the head
     return out
 
@@ -275,30 +182,78 @@ class ParsedCheckpoint:
     format: str  #: ``pgn-toolkit``, ``authors-v2``, ``authors-v1`` or ``authors-v0``
     backbone: str
     backbone_params: dict
-    head: HeadConfig | None  #: None where the file does not store the head (authors' version 1)
+    head: HeadConfig | None  #: None where the file does not store the head (authors' version 1, plain state dicts)
     state_dict: dict
     value_space: str = "unit"
     preset: str | None = None
 
 
-def _guess_backbone(params: dict, state: dict[str, torch.Tensor], preset: str | None) -> str:
-    """The backbone type of an authors' version-0/1 file: from the preset, the parameter names, or the shapes."""
+def _backbone_keys(kind: str, params: dict) -> tuple[list[str], dict[str, str]] | None:
+    """State-dict keys (ours, and ours → the authors') of backbone ``kind`` built with ``params``; None if invalid."""
+    try:
+        with torch.device("meta"):  # names only: no memory, no initialization
+            backbone = BACKBONES[kind][0](backbone_config(kind, params))
+    except (PGNError, TypeError, ValueError):
+        return None
+    return list(backbone.state_dict()), authors_names(backbone)
+
+
+#: Backbone type → the names of its configuration fields (except ``out_channels``, which the head decides).
+_BACKBONE_FIELDS = {kind: {f.name for f in fields(cfg)} - {"out_channels"} for kind, (_, cfg) in BACKBONES.items()}
+
+#: The first conv weight of a residual block: ours (``layers.3.body.0.weight``) or the authors' (``model.7.conv_block.0.weight``).
+_RESIDUAL_BLOCK_WEIGHT = re.compile(r"^(layers\.\d+\.body|model\.\d+\.conv_block)\.0\.weight$")
+
+
+def _infer_backbone(file_params: dict, state: dict, preset: str | None, overrides: dict | None = None) -> tuple[str, dict]:
+    """Backbone type and parameters of an authors' version-0/1 file (or a plain state dict), which may store few.
+
+    Candidates, the first whose parameter names (ours or the authors') the file's tensors carry exactly wins: the
+    file's stored parameters on top of the preset's with the caller's backbone ``overrides``, of each backbone
+    type's defaults (with the overrides that apply to it), of each paper backbone,
+    then of a ResNet with as many residual blocks as the file holds. Without a match the preset decides (loading
+    then names the misfit); without a preset, an error.
+    """
+    overrides = overrides or {}
+
+    def applicable(kind: str) -> dict:
+        return {k: v for k, v in overrides.items() if k in _BACKBONE_FIELDS[kind]}
+
+    candidates: list[tuple[str, dict]] = []
     if preset is not None:
-        return preset_config(preset).backbone
-    if any(k in params for k in ("block_type", "conv_type", "norm_type", "predict_value")):
-        return "unet"
-    for kind, p, _ in PAPER_BACKBONES.values():
-        model = PGN(PGNConfig(kind, dict(p)))
-        try:
-            match_state_dict(model.backbone.state_dict(), state)
-            return kind
-        except PGNError:
-            continue
-    raise PGNError("cannot tell which backbone this checkpoint holds: pass preset= (e.g. 'resnet4' or 'unet')")
+        base = preset_config(preset)
+        candidates.append((base.backbone, dict(base.backbone_params, **applicable(base.backbone))))
+    candidates += [(kind, applicable(kind)) for kind in BACKBONES]
+    candidates += [(kind, params) for kind, params, _ in PAPER_BACKBONES.values()]
+    tensors = tensors_of(state)
+    blocks = {key.split(".")[1] for key in tensors if _RESIDUAL_BLOCK_WEIGHT.match(key)}
+    if blocks:
+        candidates.append(("resnet", {"num_blocks": len(blocks)}))
+
+    def merged(kind: str, base_params: dict) -> dict:
+        params = {k: v for k, v in base_params.items() if k != "out_channels"}
+        return dict(params, **_authors_backbone_params(kind, file_params, quiet=True))
+
+    for kind, base_params in candidates:
+        params = merged(kind, base_params)
+        keys = _backbone_keys(kind, params)
+        if keys is not None and names_fit(keys[0], tensors, keys[1]):
+            return kind, params
+    if preset is not None:
+        kind, base_params = candidates[0]
+        return kind, merged(kind, base_params)
+    raise PGNError(
+        "cannot tell which backbone this checkpoint holds (its tensor names fit no preset): pass preset= "
+        "(e.g. 'resnet4' or 'unet') and any non-default backbone options"
+    )
 
 
-def parse_checkpoint(obj: Any, *, preset: str | None = None) -> ParsedCheckpoint:
-    """Read the configuration and weights out of a loaded checkpoint in any supported format."""
+def parse_checkpoint(obj: Any, *, preset: str | None = None, backbone_overrides: dict | None = None) -> ParsedCheckpoint:
+    """Read the configuration and weights out of a loaded checkpoint in any supported format.
+
+    ``preset`` and ``backbone_overrides`` (e.g. ``{"num_blocks": 5}``) only help with files that do not store
+    their backbone parameters (the authors' versions 0/1, plain state dicts); they are checked, not applied.
+    """
     if not isinstance(obj, dict):
         raise PGNError(f"not a PGN checkpoint: expected a dict, found {type(obj).__name__}")
     if obj.get("format") == FORMAT_NAME:
@@ -324,24 +279,26 @@ def parse_checkpoint(obj: Any, *, preset: str | None = None) -> ParsedCheckpoint
     if version == 1:
         if "state_dict" not in obj:
             raise PGNError("broken authors' version-1 checkpoint: no state_dict")
-        params = dict(obj.get("params", {}))
-        kind = _guess_backbone(params, obj["state_dict"], preset)
-        return ParsedCheckpoint("authors-v1", kind, _authors_backbone_params(kind, params), None, obj["state_dict"])
+        stored = dict(obj.get("params", {}))
+        kind, params = _infer_backbone(stored, obj["state_dict"], preset, backbone_overrides)
+        _authors_backbone_params(kind, stored)  # reports parameters we do not know
+        return ParsedCheckpoint("authors-v1", kind, params, None, obj["state_dict"])
     if version is None and "state_dict" not in obj and "config" not in obj:
         state = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
         if not state:
             raise PGNError("not a PGN checkpoint: no tensors found")
-        params = {k: v for k, v in obj.items() if not isinstance(v, torch.Tensor)}
-        grad_scale = params.pop("grad_scale", None)
-        kind = _guess_backbone(params, state, preset)
+        stored = {k: v for k, v in obj.items() if not isinstance(v, torch.Tensor)}
+        grad_scale = stored.pop("grad_scale", None)
+        kind, params = _infer_backbone(stored, state, preset, backbone_overrides)
+        _authors_backbone_params(kind, stored)  # reports parameters we do not know
         head = None
         if grad_scale is not None:
             grad_scale = float(grad_scale)
             if kind == "unet" and grad_scale == LEGACY_UNET_GRAD_SCALE:
-                warnings.warn("legacy UNet checkpoint: grad_scale 1e-3 (batch-mean era) rewritten to 0.048", stacklevel=3)
+                logger.warning("pgn: legacy UNet checkpoint: grad_scale 1e-3 (batch-mean era) rewritten to 0.048")
                 grad_scale = GRAD_SCALE_UNET
             head = HeadConfig(grad_scale=grad_scale)
-        return ParsedCheckpoint("authors-v0", kind, _authors_backbone_params(kind, params), head or _default_head(kind), state)
+        return ParsedCheckpoint("authors-v0", kind, params, head, state)
     if "state_dict" in obj:
         raise PGNError("checkpoint has a state_dict but no usable config: load it with pgn.load(path, preset=...) or re-save with pgn.save")
     raise PGNError(f"unrecognized checkpoint layout (keys: {sorted(map(str, obj))[:8]})")
@@ -364,18 +321,25 @@ def load(
 
     Args:
         path: the checkpoint file.
-        preset: expected preset (e.g. ``"resnet4"``); for the authors' version-1 files it also supplies the head.
-        map_location: device for the loaded tensors.
+        preset: expected preset (e.g. ``"resnet4"``); for the authors' version-1 files it also supplies the head,
+            and for files that store few or no backbone parameters (plain state dicts) the missing ones.
+        map_location: device for the loaded tensors (a device this machine lacks is a clear error).
         ignore_grad_scale_mismatch: let a ``grad_scale`` override win over the checkpoint's, with a warning
             (the authors' ``--pgn-ignore-grad-scale-mismatch``).
         **overrides: as in :func:`pgn.build` (``value_space``, ``grad_scale``, ``num_blocks``, …).
+
+    Weights with NaN or infinite values load, with a one-line warning naming the tensors (exporting such a model
+    is refused).
     """
-    ck = parse_checkpoint(read_file(path, map_location), preset=preset)
+    path = as_path(path)
+    all_backbone_fields = set().union(*_BACKBONE_FIELDS.values())
+    asked = {k: v for k, v in overrides.items() if k in all_backbone_fields and v is not None}
+    ck = parse_checkpoint(read_file(path, map_location), preset=preset, backbone_overrides=asked)
     base = preset_config(preset) if preset else None
     head = ck.head or (base.head if base else _default_head(ck.backbone))
     config = PGNConfig(ck.backbone, ck.backbone_params, head, ck.value_space, preset or ck.preset)
 
-    backbone_keys = set(BACKBONES[ck.backbone][1].__dataclass_fields__) - {"out_channels"}
+    backbone_keys = _BACKBONE_FIELDS[ck.backbone]
     backbone_kw = {k: v for k, v in overrides.items() if k in backbone_keys and v is not None}
     other_kw = {k: v for k, v in overrides.items() if k not in backbone_keys and v is not None}
     want = apply_overrides(base or config, **backbone_kw)
@@ -387,9 +351,22 @@ def load(
 
     config = apply_overrides(config, **_checked_head_overrides(config, other_kw, ck.head is not None, ignore_grad_scale_mismatch, path))
     model = PGN(config)
-    model.backbone.load_state_dict(match_state_dict(model.backbone.state_dict(), ck.state_dict))
+    load_backbone_state(model.backbone, ck.state_dict, path)
     model.checkpoint_format = ck.format
     return model.to(map_location).eval()
+
+
+def load_backbone_state(backbone: nn.Module, state_dict: dict, where: str | Path) -> None:
+    """Fill ``backbone`` from a checkpoint's state dict (our names or the authors'); warn about NaN/inf weights."""
+    try:
+        matched = match_state_dict(backbone.state_dict(), state_dict, authors=authors_names(backbone))
+    except PGNError as e:
+        raise PGNError(f"{where}: {e}") from None
+    backbone.load_state_dict(matched)
+    bad = nonfinite_tensors(backbone)
+    if bad:
+        shown = ", ".join(bad[:4]) + (f" (+{len(bad) - 4} more)" if len(bad) > 4 else "")
+        logger.warning(f"pgn: {where} has NaN or infinite values in {len(bad)} tensor(s): {shown}; the model's outputs will not be finite")
 
 
 def _backbone_key(config: PGNConfig) -> tuple:
@@ -410,7 +387,7 @@ def _checked_head_overrides(config: PGNConfig, overrides: dict, stored: bool, ig
                     f"grad_scale {value} differs from the checkpoint's {config.head.grad_scale} ({path}); pass "
                     f"ignore_grad_scale_mismatch=True to use yours"
                 )
-            warnings.warn(f"using grad_scale {value} instead of the checkpoint's {config.head.grad_scale}", stacklevel=3)
+            logger.warning(f"pgn: using grad_scale {value} instead of the checkpoint's {config.head.grad_scale} ({path})")
             continue
         raise PGNError(f"{path} stores {key}={current[key]!r}; it cannot be changed to {value!r} for these weights")
     return overrides
@@ -420,4 +397,8 @@ def _describe(config: PGNConfig) -> str:
     p = config.backbone_params
     if config.backbone == "resnet":
         return f"resnet(num_blocks={p['num_blocks']}, down={p['down_channels']}, up={p['up_channels']})"
-    return f"unet(down={p['down_channels']}, up={p['up_channels']}, block={p['block_type']})"
+    extras = "".join(f", {k}={p[k]}" for k in ("conv_type", "norm_type", "predict_value", "top_channels") if p[k] != _UNET_DEFAULTS[k])
+    return f"unet(down={p['down_channels']}, up={p['up_channels']}, block={p['block_type']}{extras})"
+
+
+_UNET_DEFAULTS = {f.name: f.default for f in fields(UNetConfig)}

@@ -129,6 +129,16 @@ class PGN(nn.Module):
         return f"preset={self.config.preset!r}, head={self.config.head.kind!r}, value_space={self.value_space!r}"
 
 
+def nonfinite_tensors(module: nn.Module) -> list[str]:
+    """Names of the parameters and buffers of ``module`` that hold NaN or infinite values (floating point only)."""
+    named = [(n, t) for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_floating_point()]
+    with torch.no_grad():
+        sums = [t.sum().double() for _, t in named]  # a NaN or inf makes its tensor's sum non-finite: one quick pass
+        if not named or bool(torch.isfinite(torch.stack(sums)).all()):
+            return []
+        return [name for (name, t), total in zip(named, sums) if not bool(torch.isfinite(total)) and not bool(torch.isfinite(t).all())]
+
+
 # --------------------------------------------------------------------------------------------------------
 # Presets: a registry of named configs (torchvision/timm style, duplicates raise)
 

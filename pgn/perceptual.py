@@ -15,6 +15,7 @@ Weight sources:
 
 from __future__ import annotations
 
+import numbers
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ import torch
 from torch import nn
 
 from .errors import PGNError
+from .files import read_file
 from .images import check_images, check_value_space, to_imagenet
 
 #: VGG feature configs up to and including relu5_1 ("M" marks a pooling layer), as in torchvision.
@@ -38,6 +40,8 @@ VGG_TAPS = {
               "relu4_1", "relu4_2", "relu4_3", "relu4_4", "relu5_1"],
     "vgg11": ["relu1_1", "relu2_1", "relu3_1", "relu3_2", "relu4_1", "relu4_2", "relu5_1"],
 }
+#: Display names.
+VGG_NAMES = {"vgg19": "VGG-19", "vgg11": "VGG-11"}
 REDUCTIONS = ("sum", "mean", "none")
 
 
@@ -55,7 +59,7 @@ class TeacherWeights:
         return self.source != "random"
 
     def __str__(self) -> str:
-        name = {"vgg19": "VGG-19", "vgg11": "VGG-11"}[self.net]
+        name = VGG_NAMES[self.net]
         warn = "" if self.pretrained else " — UNTRAINED: results show the mechanics only"
         return f"{name} ({self.detail}){warn}"
 
@@ -91,21 +95,50 @@ def imagenet_weights_path(net: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
 
 
-def _features_state_dict(sd: dict, net: str, where: str) -> dict[str, torch.Tensor]:
+def _feature_tensors(sd: dict) -> dict[str, torch.Tensor]:
+    """The ``features`` tensors of a torchvision VGG state dict (full or features-only), keyed ``"<index>.<leaf>"``."""
     if "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
-    keep = VGG_MODULES[net]
     out = {}
     for key, value in sd.items():
-        if not isinstance(value, torch.Tensor):
-            continue
         k = key[len("features."):] if key.startswith("features.") else key
-        idx = k.split(".")[0]
-        if idx.isdigit() and int(idx) < keep:
+        if isinstance(value, torch.Tensor) and k.split(".")[0].isdigit():
             out[k] = value
+    return out
+
+
+def _features_state_dict(sd: dict, net: str, where: str) -> dict[str, torch.Tensor]:
+    out = {k: v for k, v in _feature_tensors(sd).items() if int(k.split(".")[0]) < VGG_MODULES[net]}
     if not out:
         raise PGNError(f"{where} holds no VGG feature weights (expected keys like 'features.0.weight' or '0.weight')")
     return out
+
+
+def _conv_indices(net: str) -> list[int]:
+    """Indices of the conv layers of ``net``'s ``features`` up to relu5_1 (torchvision numbering)."""
+    out, index = [], 0
+    for v in VGG_CONFIGS[net]:
+        if v != "M":
+            out.append(index)
+        index += 1 if v == "M" else 2  # pooling: one module; conv: conv + ReLU
+    return out
+
+
+def _misfit(features: nn.Sequential, sd: dict, net: str) -> str:
+    """Why the state dict ``sd`` does not load into ``features`` of ``net``: the other VGG, or the tensors that differ."""
+    tensors = _feature_tensors(sd)
+    convs = sorted(int(k.split(".")[0]) for k, v in tensors.items() if k.endswith(".weight") and v.dim() == 4)
+    for other in VGG_CONFIGS:
+        if other != net and [i for i in convs if i < VGG_MODULES[other]] == _conv_indices(other):
+            return (f"this is a {VGG_NAMES[other]} state dict ({len(convs)} conv layers), not {VGG_NAMES[net]}: "
+                    f"pass net={other!r} or a {VGG_NAMES[net]} file")
+    want = features.state_dict()
+    have = _features_state_dict(sd, net, "")
+    missing, unexpected = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+    wrong = [f"{k} {tuple(have[k].shape)} instead of {tuple(want[k].shape)}" for k in want if k in have and have[k].shape != want[k].shape]
+    parts = [f"missing {', '.join(missing[:3])}" if missing else "", f"unexpected {', '.join(unexpected[:3])}" if unexpected else "",
+             f"shape of {', '.join(wrong[:2])}" if wrong else ""]
+    return "; ".join(p for p in parts if p) or "its tensors do not fit"
 
 
 def load_teacher_weights(features: nn.Sequential, net: str, weights: str | os.PathLike, seed: int, download: bool) -> TeacherWeights:
@@ -139,17 +172,14 @@ def load_teacher_weights(features: nn.Sequential, net: str, weights: str | os.Pa
         path = Path(weights)
         if not path.is_file():
             raise PGNError(f"VGG weights file not found: {path} (use 'imagenet', 'random' or a state-dict path)")
-        from .checkpoint import read_file
-
         sd = read_file(path)
         if not isinstance(sd, dict):
             raise PGNError(f"{path} is not a VGG state dict")
         detail = f"file {path.name}"
-    sd = _features_state_dict(sd, net, str(path))
     try:
-        features.load_state_dict(sd, strict=True)
-    except RuntimeError as e:
-        raise PGNError(f"{path} does not fit {net} up to relu5_1: {str(e).splitlines()[0]}") from None
+        features.load_state_dict(_features_state_dict(sd, net, str(path)), strict=True)
+    except RuntimeError:
+        raise PGNError(f"{path} does not fit {net} up to relu5_1: {_misfit(features, sd, net)}") from None
     return TeacherWeights(net, "imagenet" if weights == "imagenet" else "file", detail)
 
 
@@ -183,6 +213,8 @@ class PerceptualLoss(nn.Module):
         download: bool = True,
     ):
         super().__init__()
+        if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
+            raise PGNError(f"seed must be an integer (it seeds weights='random'), got {seed!r}")
         if reduction not in REDUCTIONS:
             raise PGNError(f"unknown reduction {reduction!r}: use one of {', '.join(REDUCTIONS)}")
         self.net = net

@@ -1,25 +1,20 @@
-"""Checkpoints: our format and synthetic files in each of the authors' formats (spec §8.2)."""
+"""Checkpoints: our format and synthetic files in each of the authors' formats."""
 
+import logging
 import os
-import warnings
 
 import pytest
 import torch
 
 import pgn
-from pgn.checkpoint import match_state_dict
+from pgn.authors import authors_names
+from pgn.state_dicts import match_state_dict
 
 
-def _foreign_names(sd):
-    """Rename every module to a different scheme, same order (as another codebase would name it)."""
-    prefixes = []
-    out = {}
-    for key, value in sd.items():
-        prefix, _, leaf = key.rpartition(".")
-        if prefix not in prefixes:
-            prefixes.append(prefix)
-        out[f"net.layer{prefixes.index(prefix)}.{leaf}"] = value.clone()
-    return out
+def _authors_names(model):
+    """The backbone's state dict under the authors' parameter names, as their files hold it."""
+    names = authors_names(model.backbone)
+    return {names[k]: v.clone() for k, v in model.backbone.state_dict().items()}
 
 
 def _randomize_bn(model):
@@ -52,7 +47,7 @@ def test_round_trip(tmp_path):
 def test_authors_v2(tmp_path):
     model = _randomize_bn(pgn.build("resnet6"))
     ckpt = {
-        "state_dict": _foreign_names(model.backbone.state_dict()),
+        "state_dict": _authors_names(model),
         "backbone_type": "resnet",
         "backbone_params": {"down_channels": (64, 128), "up_channels": (64,), "num_blocks": 6, "output_nc": 3},
         "backbone_to_grad_type": "proxy",
@@ -101,36 +96,38 @@ def test_authors_v1_head_from_preset(tmp_path):
     _outputs_equal(model, pgn.load(tmp_path / "v1.pth"))
 
 
-def test_authors_v0_unet_legacy_grad_scale(tmp_path):
+def test_authors_v0_unet_legacy_grad_scale(tmp_path, caplog):
     model = _randomize_bn(pgn.build("unet"))
-    flat = dict(_foreign_names(model.backbone.state_dict()))
+    flat = _authors_names(model)
     flat.update({"block_type": "doubleblaze", "conv_type": "sep", "grad_scale": 1e-3})
     torch.save(flat, tmp_path / "v0.pth")
-    with pytest.warns(UserWarning, match="0.048"):
+    with caplog.at_level(logging.WARNING, logger="pgn"):
         loaded = pgn.load(tmp_path / "v0.pth")
+    assert [r.getMessage() for r in caplog.records if "0.048" in r.getMessage()]
     assert loaded.checkpoint_format == "authors-v0"
     assert loaded.config.head.grad_scale == pytest.approx(0.048)
     _outputs_equal(model, loaded)
 
 
-def test_authors_v0_resnet_inferred_from_shapes(tmp_path):
+def test_authors_v0_resnet_inferred_from_names(tmp_path, caplog):
     model = pgn.build("resnet8")
     flat = dict(model.backbone.state_dict())
     flat["grad_scale"] = 0.025
     torch.save(flat, tmp_path / "v0r.pth")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
+    with caplog.at_level(logging.WARNING, logger="pgn"):
         loaded = pgn.load(tmp_path / "v0r.pth")
+    assert not caplog.records
     assert loaded.config.backbone_params["num_blocks"] == 8
     _outputs_equal(model, loaded, size=32)
 
 
-def test_grad_scale_mismatch_rule(tmp_path):
+def test_grad_scale_mismatch_rule(tmp_path, caplog):
     path = pgn.save(pgn.build("resnet4"), tmp_path / "m.pt")
     with pytest.raises(pgn.PGNError, match="ignore_grad_scale_mismatch"):
         pgn.load(path, grad_scale=0.05)
-    with pytest.warns(UserWarning, match="grad_scale"):
+    with caplog.at_level(logging.WARNING, logger="pgn"):
         m = pgn.load(path, grad_scale=0.05, ignore_grad_scale_mismatch=True)
+    assert any("grad_scale 0.05" in r.getMessage() for r in caplog.records)
     assert m.config.head.grad_scale == pytest.approx(0.05)
     assert pgn.load(path, value_space="imagenet").value_space == "imagenet"
 
@@ -176,11 +173,12 @@ def test_paper_weights_missing_message(tmp_path, monkeypatch):
 
 
 def test_match_state_dict_reports_misfit():
-    ours = pgn.build("resnet4").backbone.state_dict()
-    theirs = _foreign_names(ours)
-    theirs["net.layer0.weight"] = torch.zeros(1, 2, 3, 3)
-    with pytest.raises(pgn.PGNError, match="no module matching"):
-        match_state_dict(ours, theirs)
+    model = pgn.build("resnet4")
+    ours = model.backbone.state_dict()
+    theirs = _authors_names(model)
+    theirs["model.0.weight"] = torch.zeros(1, 2, 3, 3)
+    with pytest.raises(pgn.PGNError, match="model.0.weight .our layers.0.0.weight. has shape"):
+        match_state_dict(ours, theirs, authors=authors_names(model.backbone))
 
 
 def test_overrides_are_checked_against_the_file(tmp_path):

@@ -118,3 +118,27 @@ def test_bad_options():
         pgn.PerceptualLoss("vgg11", weights="random", reduction="avg")
     with pytest.raises(pgn.PGNError, match="value_space"):
         pgn.PerceptualLoss("vgg11", weights="random", value_space="01")
+
+
+@pytest.mark.parametrize("seed", ["abc", 1.5, None, True])
+def test_seed_must_be_an_integer(seed):
+    with pytest.raises(pgn.PGNError, match="seed must be an integer"):
+        pgn.PerceptualLoss("vgg11", weights="random", seed=seed)
+
+
+def test_the_other_vgg_is_named_with_the_reason(tmp_path):
+    import torchvision
+
+    torch.save(torchvision.models.vgg11().state_dict(), tmp_path / "vgg11-full.pth")
+    with pytest.raises(pgn.PGNError, match=r"this is a VGG-11 state dict \(8 conv layers\), not VGG-19: pass net='vgg11'"):
+        pgn.PerceptualLoss("vgg19", weights=tmp_path / "vgg11-full.pth")
+    src = pgn.PerceptualLoss("vgg19", weights="random", seed=1)
+    torch.save(src.features.state_dict(), tmp_path / "vgg19-features.pth")
+    with pytest.raises(pgn.PGNError, match=r"this is a VGG-19 state dict \(13 conv layers\), not VGG-11"):
+        pgn.PerceptualLoss("vgg11", weights=tmp_path / "vgg19-features.pth")
+    # neither VGG: the differing tensors are named
+    sd = dict(src.features.state_dict())
+    sd["2.weight"] = torch.zeros(64, 64, 1, 1)
+    torch.save(sd, tmp_path / "odd.pth")
+    with pytest.raises(pgn.PGNError, match=r"shape of 2.weight \(64, 64, 1, 1\) instead of \(64, 64, 3, 3\)"):
+        pgn.PerceptualLoss("vgg19", weights=tmp_path / "odd.pth")
