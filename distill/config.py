@@ -43,15 +43,14 @@ RESUMABLE_CHANGES = (
     "start_epoch", "resume_dir", "resume_epoch", "pgn_checkpoint", "pgn_checkpoint_opt", "ae_checkpoints",
     "ae_checkpoints_opt",
 )
-#: Numeric settings and the values they may take: (lowest, whether the lowest is excluded); NaN never passes.
+#: Numeric settings by the values they may take (NaN never passes; infinity only for the reset threshold).
 POSITIVE = (
     "lr", "pgn_sgd_lr", "ae_lr", "pgn_grad_norm_avg", "pgn_grad_norm_clip_coef", "ae_grad_norm_avg",
-    "ae_grad_norm_clip_coef", "grad_loss_scale", "grad_scale", "beta", "out_scale", "ae_l1_hi_reset_threshold",
-    "time_limit_minutes",
+    "ae_grad_norm_clip_coef", "grad_loss_scale", "grad_scale", "beta", "out_scale", "time_limit_minutes",
 )
 NON_NEGATIVE = (
     "grad_weight", "vgg_weight", "l1_weight", "mse_gt_weight", "mse_gen_weight", "ae_min_samples_before_reset",
-    "warmup_epochs", "workers", "start_epoch", "resume_epoch", "seed", "teacher_seed",
+    "ae_l1_hi_reset_threshold", "warmup_epochs", "workers", "start_epoch", "resume_epoch", "seed", "teacher_seed",
 )
 AT_LEAST_ONE = ("num_blocks", "val_every", "image_every", "save_every")
 

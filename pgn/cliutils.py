@@ -34,8 +34,9 @@ EXIT_INTERRUPTED = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 #: What a failed file operation means for the user, by errno: (what happened, what to do).
 _OS_ERRORS = {
+    # first, so that the ENOSPC entry wins where EDQUOT is missing (Windows)
+    getattr(errno, "EDQUOT", errno.ENOSPC): ("disk quota exceeded", "free some space or write somewhere else"),
     errno.ENOSPC: ("disk full", "free some space or write somewhere else"),
-    errno.EDQUOT: ("disk quota exceeded", "free some space or write somewhere else"),
     errno.EROFS: ("read-only file system", "choose a writable location"),
     errno.EACCES: ("permission denied", "choose a writable location"),
     errno.EPERM: ("permission denied", "choose a writable location"),
@@ -198,7 +199,7 @@ def run_cli(
         status = 0
         return fn()
     except SystemExit as e:
-        status = e.code if isinstance(e.code, int) else 1
+        status = 0 if e.code is None else e.code if isinstance(e.code, int) else 1
         raise
     except KeyboardInterrupt as e:
         status = EXIT_INTERRUPTED[getattr(e, "signum", signal.SIGINT)]
@@ -289,10 +290,7 @@ class FiniteFloat(click.FloatRange):
     def convert(self, value, param, ctx):  # noqa: D102
         value = super().convert(value, param, ctx)
         if math.isnan(value) or (math.isinf(value) and not self.allow_inf):
-            self.fail(f"{value} is not a usable number here: give a finite value{self._describe_range_suffix()}", param, ctx)
+            bounds = [f"{'>' if self.min_open else '≥'} {self.min:g}"] if self.min is not None else []
+            bounds += [f"{'<' if self.max_open else '≤'} {self.max:g}"] if self.max is not None else []
+            self.fail(f"{value} is not a usable number here: give a finite value {' and '.join(bounds)}".rstrip(), param, ctx)
         return value
-
-    def _describe_range_suffix(self) -> str:
-        if self.min is None and self.max is None:
-            return ""
-        return f" ({self._describe_range()})"
