@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from pgn.cli import run_cli
+from pgn.cliutils import FiniteFloat, run_cli
 
 from .models import DEFAULT_MODELS
 from .runtimes import DEFAULT_RUNTIMES, RUNTIMES
@@ -47,7 +47,7 @@ def _sizes(value: str | None) -> tuple[int, ...] | None:
 @click.option("--threads", type=click.IntRange(1), help="Intra-op threads of every runtime (default: all usable cores).")
 @click.option("--weights", metavar="paper|DIR", help="PGN weights: the authors' released checkpoints or a folder of <model>.pt (default: seeded random init).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
-@click.option("--timeout", type=click.FloatRange(1), default=900, show_default=True, help="Seconds one measurement may take.")
+@click.option("--timeout", type=FiniteFloat(1), default=900, show_default=True, help="Seconds one measurement may take.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE", help="Write every row, raw sample and the environment here.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
               help="Write the time/memory plot (PNG); with --sweep-size also FILE-scaling.png.")
@@ -78,7 +78,13 @@ def main(device, runtimes, models, batch, size, sweep_size, repeats, warmup, thr
     options = {"device": device, "runtimes": _csv(runtimes), "models": _csv(models), "batch": batch, "sizes": sizes, "repeats": repeats,
                "warmup": warmup, "threads": threads, "weights": weights, "seed": seed, "timeout": timeout}
     outputs = {"json_path": json_path, "plot_path": plot_path, "markdown_path": markdown_path}
-    run_cli(lambda: _run({k: v for k, v in options.items() if v is not None}, **outputs, from_json=from_json, progress=not quiet))
+    files = {"--json": json_path, "--plot": plot_path, "--markdown": markdown_path}
+    if plot_path is not None and sizes is not None and len(sizes) > 1:
+        from .report import scaling_plot_path
+
+        files["--plot (scaling)"] = scaling_plot_path(plot_path)
+    run_cli(lambda: _run({k: v for k, v in options.items() if v is not None}, **outputs, from_json=from_json, progress=not quiet),
+            files=files)
 
 
 def _load(from_json: Path):
@@ -89,7 +95,7 @@ def _load(from_json: Path):
     from .results import BenchmarkResult, attach_ratios
 
     try:
-        data = json.loads(from_json.read_text())
+        data = json.loads(from_json.read_bytes().decode("utf-8"))
     except (OSError, ValueError) as e:
         raise PGNError(f"cannot read {from_json}: {e}") from None
     result = BenchmarkResult.from_dict(data)
@@ -102,6 +108,8 @@ def _run(options: dict, *, json_path: Path | None, plot_path: Path | None, markd
     import shlex
     import sys
 
+    from pgn.cliutils import write_text
+
     from .config import BenchmarkConfig
     from .harness import run_benchmark
     from .report import plot_scaling, plot_time_memory, render_markdown, render_table, scaling_plot_path
@@ -112,21 +120,51 @@ def _run(options: dict, *, json_path: Path | None, plot_path: Path | None, markd
         result = run_benchmark(BenchmarkConfig(**options), progress=progress)
         result.config["command"] = shlex.join(["pgn-bench", *sys.argv[1:]])
     render_table(result)
-    if markdown_path is not None:
-        markdown_path.parent.mkdir(parents=True, exist_ok=True)
-        command = result.config.get("command", "(run from Python)")
-        markdown_path.write_text(f"`{command}`\n\n{render_markdown(result)}")
-        click.echo(f"wrote {markdown_path}")
+    saved = from_json  # where the results are kept on disk, once they are
+    writes = []
     if json_path is not None:
-        click.echo(f"wrote {result.write_json(json_path)}")
+        writes.append(lambda: result.write_json(json_path))
+    if markdown_path is not None:
+        command = result.config.get("command", "(run from Python)")
+        writes.append(lambda: write_text(markdown_path, f"`{command}`\n\n{render_markdown(result)}"))
     if plot_path is not None:
-        click.echo(f"wrote {plot_time_memory(result, plot_path)}")
+        writes.append(lambda: plot_time_memory(result, plot_path))
         if len(result.config["sizes"]) > 1:
-            click.echo(f"wrote {plot_scaling(result, scaling_plot_path(plot_path))}")
+            writes.append(lambda: plot_scaling(result, scaling_plot_path(plot_path)))
+    for write in writes:
+        try:
+            path = write()
+        except OSError as e:
+            _keep_results(result, e, saved)
+        if path is not None:  # None: the JSON went to stdout
+            click.echo(f"wrote {path}")
+            saved = saved or (path if path == json_path else None)
     if not any(r.ok for r in result.rows):
         from pgn.errors import PGNError
 
         raise PGNError("nothing could be measured: every row above says why")
+
+
+def _keep_results(result, error: OSError, saved: Path | None) -> None:
+    """A write failed after the measurement: make sure the results are on disk somewhere, and stop with one line saying where."""
+    import tempfile
+    import time
+
+    from pgn.cliutils import describe_os_error
+    from pgn.errors import PGNError
+
+    if saved is None:
+        name = f"pgn-bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+        for folder in (Path.cwd(), Path(tempfile.gettempdir()), Path.home()):
+            try:
+                saved = result.write_json(folder / name)
+                break
+            except OSError:
+                continue
+    if saved is None:
+        raise PGNError(f"{describe_os_error(error)}; no writable folder was found for the results (the table above has them)")
+    raise PGNError(f"{describe_os_error(error)}; the results are in {saved} (pgn-bench --from-json {saved} re-renders the "
+                   f"table, Markdown and plots)")
 
 
 if __name__ == "__main__":

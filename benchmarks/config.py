@@ -83,6 +83,8 @@ class BenchmarkConfig:
             raise PGNError(f"warmup must be ≥ 0, got {self.warmup}")
         if self.threads is not None and self.threads < 1:
             raise PGNError(f"threads must be ≥ 1, got {self.threads}")
+        if not 0 < self.timeout < float("inf"):
+            raise PGNError(f"timeout must be a positive number of seconds, got {self.timeout}")
         for spec in specs:
             multiple = size_multiple(spec)
             for h, w in sizes:

@@ -10,7 +10,6 @@ by dividing the two."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -130,17 +129,22 @@ class BenchmarkResult:
         return {"schema": self.schema, "config": self.config, "environment": self.environment, "rows": [r.to_dict() for r in self.rows]}
 
     def write_json(self, path: str | Path) -> Path:
-        """Write :meth:`to_dict` to ``path`` (parents created); returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
-        return path
+        """Write :meth:`to_dict` to ``path`` atomically (parents created); returns the path."""
+        from pgn.cliutils import write_json
+
+        return write_json(self.to_dict(), path, indent=1)
 
     @classmethod
     def from_dict(cls, d: dict) -> "BenchmarkResult":
-        """Rebuild from :meth:`to_dict` output (e.g. to re-plot a saved run)."""
-        if d.get("schema") != SCHEMA:
-            from pgn.errors import PGNError
+        """Rebuild from :meth:`to_dict` output (e.g. to re-plot a saved run); a one-line error for anything else."""
+        from pgn.errors import PGNError
 
+        if not isinstance(d, dict):
+            raise PGNError(f"not a {SCHEMA} result: a JSON {type(d).__name__}, where pgn-bench --json writes an object")
+        if d.get("schema") != SCHEMA:
             raise PGNError(f"not a {SCHEMA} result (schema {d.get('schema')!r})")
-        return cls(config=d["config"], environment=d["environment"], rows=[Row(**r) for r in d["rows"]], schema=d["schema"])
+        try:
+            rows = [Row(**r) for r in d["rows"]]
+            return cls(config=dict(d["config"]), environment=dict(d["environment"]), rows=rows, schema=d["schema"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise PGNError(f"a damaged {SCHEMA} result ({type(e).__name__}: {e}): re-run the measurement") from None

@@ -6,13 +6,12 @@ out keep the library's defaults.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable
 
 import click
 
-from pgn.cli import run_cli
+from pgn.cliutils import FiniteFloat, run_cli, write_json
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
@@ -122,15 +121,10 @@ def run_demo(config_cls, run_fn, *, threads: int | None, json_path: Path | None,
         report.print(out)
         print_warnings(err, report.warnings)
         out.print(f"results: {config.output_dir / 'results.json'}, {config.output_dir / 'results.md'}; run time {report.elapsed_s:.1f} s")
-        if json_path is not None:
-            text = json.dumps(report.to_dict(), indent=2)
-            if str(json_path) == "-":
-                click.echo(text)
-            else:
-                json_path.parent.mkdir(parents=True, exist_ok=True)
-                json_path.write_text(text + "\n")
+        write_json(report.to_dict(), json_path)
 
-    run_cli(body)
+    output_dir = kwargs.get("output_dir") or config_cls.output_dir
+    run_cli(body, files={"--json": json_path}, folders={"--output": output_dir})
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -159,9 +153,9 @@ def main() -> None:
 @click.option("--train-frames", type=click.IntRange(1), help="Frames to fine-tune on (default: 8, as the paper).")
 @click.option("--holdout-frames", type=click.IntRange(1), help="Frames to evaluate on (default: 8).")
 @click.option("--steps", type=click.IntRange(1), help="Fine-tuning steps T (default: 50, as the paper).")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Adam learning rate (default: 5e-5, as the paper).")
-@click.option("--pgn-mse-weight", type=click.FloatRange(min=0), help="λ_MSE paired with the PGN (default: 20).")
-@click.option("--vgg-mse-weight", type=click.FloatRange(min=0), help="λ_MSE paired with VGG (default: 0).")
+@click.option("--lr", type=FiniteFloat(0, min_open=True), help="Adam learning rate (default: 5e-5, as the paper).")
+@click.option("--pgn-mse-weight", type=FiniteFloat(0), help="λ_MSE paired with the PGN (default: 20).")
+@click.option("--vgg-mse-weight", type=FiniteFloat(0), help="λ_MSE paired with VGG (default: 0).")
 @click.option("--losses", type=CommaList(choices=("mse", "vgg19", "vgg11", "pgn", "pgn-onnx", "pgn-ort-train")),
               help="Losses to compare (default: all of mse,vgg19,vgg11,pgn,pgn-onnx,pgn-ort-train; the last needs onnxruntime-training).")
 @click.option("--meta-steps", type=click.IntRange(0), help="Meta-training episodes of the generator (default: 200).")
@@ -191,16 +185,16 @@ def finetune(**kwargs) -> None:
 @click.option("--images", "images_dir", type=click.Path(path_type=Path), help="Folder of target images (default: the bundled photographs).")
 @click.option("--num-images", type=click.IntRange(1), help="Images in the quality part (default: 2; paper: 400).")
 @click.option("--iterations", type=click.IntRange(1), help="Iterations T of the quality part (default: 150; paper: 3000).")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Adam learning rate (default: 0.01).")
-@click.option("--pgn-mse-weight", type=click.FloatRange(min=0), help="λ_MSE with the PGN (default: 0).")
-@click.option("--vgg-mse-weight", type=click.FloatRange(min=0), help="λ_MSE with VGG-19 (default: 0).")
-@click.option("--input-noise-prob", type=click.FloatRange(0, 1), help="Probability that a run adds per-step input noise (default: 0, as the published evaluation).")
+@click.option("--lr", type=FiniteFloat(0, min_open=True), help="Adam learning rate (default: 0.01).")
+@click.option("--pgn-mse-weight", type=FiniteFloat(0), help="λ_MSE with the PGN (default: 0).")
+@click.option("--vgg-mse-weight", type=FiniteFloat(0), help="λ_MSE with VGG-19 (default: 0).")
+@click.option("--input-noise-prob", type=FiniteFloat(0, 1), help="Probability that a run adds per-step input noise (default: 0, as the published evaluation).")
 @click.option("--need-sigmoid/--no-sigmoid", default=None, help="Sigmoid at the skip net's output (default: off, as the authors' code).")
 @click.option("--eval-every", type=click.IntRange(1), help="Iterations between points of the quality curves (default: 10).")
 @click.option("--parts", type=CommaList(choices=("quality", "stability")), help="Which parts to run (default: quality,stability).")
 @click.option("--stability-images", type=click.IntRange(1), help="Images per head in the stability part (default: 2; paper: 100).")
 @click.option("--stability-iterations", type=click.IntRange(1), help="Maximum iterations per stability run (default: 150; paper: 10000).")
-@click.option("--divergence-threshold", type=float, help="Divergence when PL >= this × the initial PL (default: 2; 'inf' disables).")
+@click.option("--divergence-threshold", type=FiniteFloat(1, min_open=True, allow_inf=True), help="Divergence when PL >= this × the initial PL (default: 2; 'inf' disables).")
 @click.option("--patience", type=click.IntRange(1), help="Stagnation patience in iterations (default: 50; paper: 2000).")
 @click.option("--head-checkpoint", "head_checkpoints", type=HeadCheckpoint(), multiple=True, help="Trained PGN for a stability head, e.g. direct=ckpt.pt (repeat for proxy, constrained).")
 def dip(**kwargs) -> None:
@@ -235,9 +229,9 @@ def dip(**kwargs) -> None:
 @click.option("--train-steps", type=click.IntRange(0), help="Training steps of the built-in generator (default: 200).")
 @click.option("--prefit-steps", type=click.IntRange(0), help="MSE-only pre-fit steps T0 (default: 100; paper: 5000).")
 @click.option("--steps", type=click.IntRange(1), help="Steps T per loss after the pre-fit (default: 100; paper: 1000).")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Adam learning rate (default: 0.01).")
-@click.option("--pgn-mse-weight", type=click.FloatRange(min=0), help="λ_MSE with the PGN (default: 20).")
-@click.option("--vgg-mse-weight", type=click.FloatRange(min=0), help="λ_MSE with VGG-19 (default: 1).")
+@click.option("--lr", type=FiniteFloat(0, min_open=True), help="Adam learning rate (default: 0.01).")
+@click.option("--pgn-mse-weight", type=FiniteFloat(0), help="λ_MSE with the PGN (default: 20).")
+@click.option("--vgg-mse-weight", type=FiniteFloat(0), help="λ_MSE with VGG-19 (default: 1).")
 def invert(**kwargs) -> None:
     """Generator inversion (Image2StyleGAN protocol): MSE pre-fit, then MSE vs VGG-19 + MSE vs PGN + 20·MSE.
 

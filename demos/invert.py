@@ -13,6 +13,7 @@ steps on the bundled photographs, the targets excluded), or any PyTorch module g
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -76,9 +77,11 @@ class InvertConfig(CommonConfig):
             raise PGNError("--generator needs --latent-shape (the latent of one image, e.g. 14,512 for StyleGAN-256 W+)")
         if self.latent_init not in ("mean", "zeros", "randn"):
             raise PGNError(f"unknown latent init {self.latent_init!r}: use mean, zeros or randn")
+        if self.latent_shape is not None and any(d < 1 for d in self.latent_shape):
+            raise PGNError(f"--latent-shape needs positive sizes, got {','.join(map(str, self.latent_shape))}")
         lo, hi = self.output_range
-        if not hi > lo:
-            raise PGNError(f"output range must be (low, high) with high > low, got {self.output_range}")
+        if not (hi > lo and math.isfinite(lo) and math.isfinite(hi)):
+            raise PGNError(f"output range must be finite (low, high) with high > low, got {self.output_range}")
         if self.num_images < 1 or self.steps < 1 or self.prefit_steps < 0 or self.train_steps < 0:
             raise PGNError("num_images and steps must be >= 1, prefit and train steps >= 0")
 

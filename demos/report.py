@@ -7,7 +7,6 @@ JSON, so the two cannot disagree.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -19,6 +18,7 @@ from typing import Any
 import torch
 
 import pgn
+from pgn.cliutils import write_json, write_text
 
 
 @dataclass(frozen=True)
@@ -161,10 +161,9 @@ class DemoReport:
 
     def write(self, output_dir: Path) -> dict[str, Path]:
         """Write ``results.json`` and ``results.md`` into ``output_dir``; returns their paths."""
-        output_dir.mkdir(parents=True, exist_ok=True)
         paths = {"json": output_dir / "results.json", "markdown": output_dir / "results.md"}
-        _write_text(paths["json"], json.dumps(self.to_dict(), indent=2) + "\n")
-        _write_text(paths["markdown"], self.markdown())
+        write_json(self.to_dict(), paths["json"])
+        write_text(paths["markdown"], self.markdown())
         return paths
 
     def print(self, console) -> None:
@@ -183,12 +182,6 @@ class DemoReport:
             console.print(rt)
             for n in t.notes:
                 console.print(n, style="dim")
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def print_warnings(console, warnings: list[str]) -> None:

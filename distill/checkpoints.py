@@ -60,7 +60,10 @@ def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
 
 
 def write_training_state(state: dict[str, Any], run_dir: str | Path, keep: int) -> Path:
-    """Write ``state`` atomically as ``checkpoints/step-N.pt`` and delete all but the newest ``keep`` files."""
+    """Write ``state`` atomically as ``checkpoints/step-N.pt`` and delete all but the newest ``keep`` files.
+
+    The older files are deleted only after the new one is complete, so a failed write (a full disk) keeps them.
+    """
     path = atomic_save(dict(state, format=STATE_FORMAT, version=STATE_VERSION), checkpoint_path(run_dir, int(state["step"])))
     for _, old in list_checkpoints(run_dir)[:-keep]:
         old.unlink(missing_ok=True)
@@ -80,13 +83,20 @@ def read_training_state(path: str | Path) -> dict[str, Any]:
     return obj
 
 
-def latest_training_state(run_dir: str | Path) -> tuple[Path, dict[str, Any]] | None:
-    """The newest readable training state in ``run_dir``; unreadable newer files are skipped with a warning."""
+def latest_training_state(run_dir: str | Path, skipped: list[tuple[Path, str]] | None = None) -> tuple[Path, dict[str, Any]] | None:
+    """The newest readable training state in ``run_dir`` (``None`` if none can be read).
+
+    Unreadable newer files are skipped: appended to ``skipped`` as (path, reason) when a list is given, else
+    reported with a warning.
+    """
     for step, path in reversed(list_checkpoints(run_dir)):
         try:
             return path, read_training_state(path)
         except PGNError as e:
-            warnings.warn(f"skipping checkpoint {path.name}: {e}; falling back to the previous one", stacklevel=2)
+            if skipped is None:
+                warnings.warn(f"skipping checkpoint {path.name}: {e}; falling back to the previous one", stacklevel=2)
+            else:
+                skipped.append((path, str(e)))
     return None
 
 

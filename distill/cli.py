@@ -8,14 +8,13 @@ left out keep the library defaults. The authors' flag names are accepted where t
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from pgn.cli import run_cli
+from pgn.cliutils import run_cli, write_json
 
 from .config import LOSS_PRESETS, DistillConfig, load_config
 
@@ -142,7 +141,8 @@ OPTIONS = [
     _opt("--ae-checkpoints-opt", type=ListParam(str), metavar="F0,F1,F2", help="Initial autoencoder optimizer states."),
     # run
     _opt("--run-dir", metavar="DIR", help="Output directory (runs/<backbone>)."),
-    _opt("--resume", is_flag=True, default=False, help="Continue from the newest readable checkpoint in --run-dir (fresh if none)."),
+    _opt("--resume", is_flag=True, default=False, help="Continue from the newest readable checkpoint in --run-dir (a new run in a new folder); never starts over in a used one."),
+    _opt("--fresh", is_flag=True, default=False, help="Start over in a used --run-dir: its files are first moved to <run-dir>/previous-<time>/."),
     _opt("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), help="Start from this config.json (CLI options win)."),
     _opt("--seed", type=int, help="Seed, the same on every process (42)."),
     _opt("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="auto: cuda:LOCAL_RANK when available, else CPU."),
@@ -165,7 +165,7 @@ OPTIONS = [
 
 #: CLI-only options: handled here, never passed to the config as they are.
 _CLI_ONLY = {"pgn_arch", "pgn_backbone_to_grad", "pgn_proxy_type", "debug", "pgn_loss_proxy_prc_gt", "pgn_loss_proxy_l1_gt",
-             "pgn_loss_proxy_mse_gt", "pgn_loss_proxy_mse_gen", "resume", "config_file", "no_distributed", "world_size",
+             "pgn_loss_proxy_mse_gt", "pgn_loss_proxy_mse_gen", "resume", "fresh", "config_file", "no_distributed", "world_size",
              "save_each", "tqdm", "eval_only", "json_path"}
 
 
@@ -189,10 +189,11 @@ def command(**kw: Any) -> None:
       pgn-distill --backbone resnet4 --vgg-weights random --size 64 --batch-size 12 --steps 300
       pgn-distill --backbone resnet4 --data /data/ImageNet --run-dir runs/r4
       pgn-distill --run-dir runs/r4 --resume
+      pgn-distill --run-dir runs/r4 --fresh --steps 1000    # start over; the old run goes to runs/r4/previous-<time>/
       torchrun --standalone --nproc_per_node 8 -m distill.cli --backbone resnet8 --batch-size 44 --data /data/ImageNet
       pgn-distill --eval-only --pgn-checkpoint runs/r4/pgn.pt --vgg-weights random --size 64
     """
-    run_cli(lambda: _run(kw))
+    run_cli(lambda: _run(kw), files={"--json": kw["json_path"]})
 
 
 def build_config(kw: dict[str, Any]) -> DistillConfig:
@@ -255,9 +256,9 @@ def _run(kw: dict[str, Any]) -> None:
         scores = evaluate_pgn(config, config.pgn_checkpoint)
         click.echo(f"teacher: {scores['teacher']}")
         _print_table("held-out metrics", {k: v for k, v in scores.items() if k != "teacher"})
-        _write_json({"config": config.resolved().to_dict(), "validation": scores}, kw["json_path"])
+        write_json({"config": config.resolved().to_dict(), "validation": scores}, kw["json_path"])
         return
-    result = train(config, resume=kw["resume"])
+    result = train(config, resume=kw["resume"], fresh=kw["fresh"])
     summary = {
         "run_dir": str(result.run_dir),
         "steps": result.steps,
@@ -278,7 +279,7 @@ def _run(kw: dict[str, Any]) -> None:
                 rows[f"{key} at step {result.last_validation['step']}"] = result.last_validation[key]
         rows["pgn checkpoint"] = str(result.pgn_path or "(none written)")
         _print_table(f"pgn-distill: {result.run_dir}", rows)
-        _write_json(summary, kw["json_path"])
+        write_json(summary, kw["json_path"])
     if result.stopped == "signal":
         sys.exit(130)
 
@@ -293,17 +294,6 @@ def _print_table(title: str, rows: dict[str, Any]) -> None:
     for k, v in rows.items():
         table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
     Console().print(table)
-
-
-def _write_json(obj: Any, path: Path | None) -> None:
-    if path is None:
-        return
-    text = json.dumps(obj, indent=2, default=str)
-    if str(path) == "-":
-        click.echo(text)
-    else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:

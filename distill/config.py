@@ -9,6 +9,8 @@ config to ``<run-dir>/config.json``; ``pgn-distill --config that.json`` runs it 
 from __future__ import annotations
 
 import json
+import math
+import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from pgn.constants import (
     META_VGG_WEIGHT_PAPER,
     META_VGG_WEIGHT_REFERENCE,
 )
+from pgn.cliutils import write_json
 from pgn.errors import PGNError
 
 #: Meta-loss weight presets (λ_VGG, λ_L1). ``reference`` = the authors' CLI defaults, used by the published
@@ -32,6 +35,24 @@ DATASETS = ("auto", "samples", "folder", "imagenet", "ffhq")
 TEACHERS = ("vgg19", "vgg11")
 OPTIMIZERS = ("adam", "sgd")
 DEVICES = ("auto", "cpu", "cuda")
+#: Settings a resumed run may change: when and how long it runs, what it logs, where it runs. Every other
+#: setting shapes the model, the data or the optimization, and must match the checkpoint.
+RESUMABLE_CHANGES = (
+    "epochs", "steps", "time_limit_minutes", "workers", "device", "dist_backend", "dist_init_method", "run_dir",
+    "log_every", "val_every", "image_every", "save_every", "keep_checkpoints", "tensorboard", "progress",
+    "start_epoch", "resume_dir", "resume_epoch", "pgn_checkpoint", "pgn_checkpoint_opt", "ae_checkpoints",
+    "ae_checkpoints_opt",
+)
+#: Numeric settings by the values they may take (NaN never passes; infinity only for the reset threshold).
+POSITIVE = (
+    "lr", "pgn_sgd_lr", "ae_lr", "pgn_grad_norm_avg", "pgn_grad_norm_clip_coef", "ae_grad_norm_avg",
+    "ae_grad_norm_clip_coef", "grad_loss_scale", "grad_scale", "beta", "out_scale", "time_limit_minutes",
+)
+NON_NEGATIVE = (
+    "grad_weight", "vgg_weight", "l1_weight", "mse_gt_weight", "mse_gen_weight", "ae_min_samples_before_reset",
+    "ae_l1_hi_reset_threshold", "warmup_epochs", "workers", "start_epoch", "resume_epoch", "seed", "teacher_seed",
+)
+AT_LEAST_ONE = ("num_blocks", "val_every", "image_every", "save_every")
 
 
 @dataclass
@@ -166,6 +187,7 @@ class DistillConfig:
     # ----------------------------------------------------------------------------------------------------
     def resolved(self) -> "DistillConfig":
         """A copy with every ``None`` that has a derived value filled in, validated."""
+        check_types(self.to_dict())
         vgg_default, l1_default = LOSS_PRESETS.get(self.loss_preset, (None, None))
         if vgg_default is None:
             raise PGNError(f"unknown loss_preset {self.loss_preset!r}: use one of {', '.join(LOSS_PRESETS)}")
@@ -196,6 +218,19 @@ class DistillConfig:
 
     def validate(self) -> None:
         """Raise a one-line :class:`PGNError` for values that cannot work."""
+        check_types(self.to_dict())
+        for name in POSITIVE + NON_NEGATIVE + AT_LEAST_ONE:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            ok = value > 0 if name in POSITIVE else value >= 0 if name in NON_NEGATIVE else value >= 1
+            finite = math.isfinite(value) or (name == "ae_l1_hi_reset_threshold" and value == math.inf)
+            if not (ok and finite):
+                need = "a positive number" if name in POSITIVE else "≥ 0" if name in NON_NEGATIVE else "≥ 1"
+                raise PGNError(f"{name} must be {need}, got {value}")
+        for name in ("down_channels", "up_channels"):
+            if getattr(self, name) is not None and any(c < 1 for c in getattr(self, name)):
+                raise PGNError(f"{name} must be positive widths, got {getattr(self, name)}")
         choices = {"dataset": DATASETS, "teacher": TEACHERS, "pgn_optimizer": OPTIMIZERS, "device": DEVICES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -244,17 +279,52 @@ class DistillConfig:
         unknown = sorted(set(d) - names)
         if unknown:
             raise PGNError(f"unknown config key(s) {unknown}; known keys: {', '.join(sorted(names))}")
+        check_types(d)
         return cls(**d)
 
 
+def _type_name(hint: Any) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", type(None): "null"}
+    if typing.get_origin(hint) is list:
+        return f"a list of {_type_name(typing.get_args(hint)[0]).split(' ', 1)[1]}s"
+    args = typing.get_args(hint)
+    if args:
+        return " or ".join(_type_name(a) for a in args)
+    return names.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _has_type(value: Any, hint: Any) -> bool:
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is list:
+        return isinstance(value, list) and all(_has_type(v, args[0]) for v in value)
+    if args:  # X | None
+        return any(_has_type(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def check_types(values: dict[str, Any]) -> None:
+    """Raise a one-line :class:`PGNError` for the first known key whose value has the wrong JSON type."""
+    hints = typing.get_type_hints(DistillConfig)
+    for name, value in values.items():
+        if name in hints and not _has_type(value, hints[name]):
+            raise PGNError(f"config key {name!r} must be {_type_name(hints[name])}, got {value!r}")
+
+
+def changed_settings(saved: dict[str, Any], now: dict[str, Any]) -> str:
+    """``"size 32 → 64, lr 0.001 → 0.01"`` for the settings outside :data:`RESUMABLE_CHANGES` that differ ('' if none)."""
+    changed = [f"{k} {saved[k]!r} → {now[k]!r}" for k in now if k in saved and k not in RESUMABLE_CHANGES and saved[k] != now[k]]
+    return ", ".join(changed)
+
+
 def save_config(config: DistillConfig, path: str | Path) -> Path:
-    """Write ``config`` as indented JSON (the file ``pgn-distill --config`` reads)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-    tmp.replace(path)
-    return path
+    """Write ``config`` as indented JSON (the file ``pgn-distill --config`` reads), atomically."""
+    return write_json(config.to_dict(), path)
 
 
 def load_config(path: str | Path) -> DistillConfig:
@@ -263,7 +333,9 @@ def load_config(path: str | Path) -> DistillConfig:
     if not path.is_file():
         raise PGNError(f"config file not found: {path}")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise PGNError(f"{path} is not a JSON config file (it is not text): pass a config.json written by pgn-distill") from None
     except json.JSONDecodeError as e:
         raise PGNError(f"{path} is not valid JSON: {e.msg} at line {e.lineno}") from None
     if not isinstance(data, dict):

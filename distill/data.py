@@ -99,6 +99,11 @@ def _ffhq_root(root: Path) -> Path | None:
     return root if root.name == "images1024x1024" else None
 
 
+def _hash_order(path: Path, root: Path) -> bytes:
+    """A stable order of a folder's files, independent of how the file system lists them."""
+    return hashlib.sha1(str(path.relative_to(root)).encode()).digest()
+
+
 def _held_out(rel: str, fraction: float) -> bool:
     h = int.from_bytes(hashlib.sha1(rel.encode()).digest()[:8], "big")
     return h / 2**64 < fraction
@@ -141,7 +146,7 @@ def find_images(data: str, dataset: str = "auto", val_fraction: float = 0.02) ->
         files = list_images(root)
         val = [f for f in files if _held_out(str(f.relative_to(root)), val_fraction)]
         if not val:  # tiny folders: hold out the file with the smallest hash
-            val = [min(files, key=lambda f: hashlib.sha1(str(f.relative_to(root)).encode()).digest())]
+            val = [min(files, key=lambda f: _hash_order(f, root))]
         held = set(val)
         train = [f for f in files if f not in held]
         if not train:
@@ -348,6 +353,10 @@ def validation_images(split: DataSplit, size: int, count: int, min_side: int, se
     With at least ``count`` held-out images, evenly spaced ones are center-cropped (the authors' validation
     view). With fewer (the bundled photographs), each image gives several views: first its center crop, then
     crops from a generator with a fixed seed, so the set never changes between runs.
+
+    Unusable held-out files are skipped as in training. If none is usable in a plain folder, the next usable
+    file (in the folder's stable hash order) is held out instead: it moves from ``split.train`` to ``split.val``,
+    so it is never trained on.
     """
     samples = _sample_arrays() if split.kind == "samples" else None
     items = split.val
@@ -359,6 +368,8 @@ def validation_images(split: DataSplit, size: int, count: int, min_side: int, se
             usable.append(open_item(item, min_side, samples))
         except UnusableImage:
             skipped += 1
+    if not usable and split.kind == "folder":
+        usable.append(_hold_out_another(split, min_side))
     if not usable:
         raise PGNError(f"none of the {len(items)} held-out images could be used (unreadable or smaller than {min_side} px)")
     views = []
@@ -372,6 +383,22 @@ def validation_images(split: DataSplit, size: int, count: int, min_side: int, se
                 torch.manual_seed(seed * 1_000_003 + i)
                 views.append(_to_unit_tensor(crop(img)))
     return torch.stack(views).clamp(0, 1), skipped
+
+
+def _hold_out_another(split: DataSplit, min_side: int):
+    """Move the first usable training file (stable hash order) of a plain folder to the held-out items; open it."""
+    root = Path(split.root)
+    for item in sorted(split.train, key=lambda f: _hash_order(f, root)):
+        if len(split.train) < 2:
+            break  # training needs at least one image
+        try:
+            img = open_item(item, min_side)
+        except UnusableImage:
+            continue
+        split.train.remove(item)
+        split.val.append(item)
+        return img
+    raise PGNError(f"no usable image in {root} can be held out for validation (unreadable or smaller than {min_side} px): add images")
 
 
 def _fixed_crop(size: int):

@@ -13,20 +13,30 @@ from pgn.errors import PGNError
 
 from . import checkpoints as ckpt
 from . import distributed as dist
-from .config import DistillConfig
+from .config import DistillConfig, changed_settings
+from .rundir import PREVIOUS_PREFIX, run_history
 
 if TYPE_CHECKING:
     from .trainer import Distiller
 
 
 def starting_point(distiller: "Distiller", config: DistillConfig, run_dir: Path, resume: bool, ctx: dist.DistContext) -> tuple[int, str | None]:
-    """Load whatever the run starts from; returns (first step, description of the source or None)."""
-    existing = dist.broadcast_from_main(ckpt.list_checkpoints(run_dir) if ctx.is_main else None)
-    if not resume and existing:
-        raise PGNError(f"{run_dir} already holds checkpoints (last step {existing[-1][0]}): pass --resume to continue it, or choose another --run-dir")
+    """Load whatever the run starts from; returns (first step, description of the source or None).
+
+    ``--resume`` never starts over in a used run folder: if its checkpoints cannot be read, or it holds an earlier
+    run but no checkpoint, or the checkpoint was trained with other settings, this raises a one-line
+    :class:`PGNError` and changes nothing. A new run refuses a used folder (see :mod:`distill.rundir`).
+    """
+    history = dist.broadcast_from_main(run_history(run_dir) if ctx.is_main else None)
+    if not resume and history:
+        raise PGNError(
+            f"{run_dir} already holds a run ({_names(history)}): pass --resume to continue it, --fresh to start over "
+            f"(its files are moved to {run_dir}/{PREVIOUS_PREFIX}<time>/), or choose another --run-dir"
+        )
     if resume:
-        found = ckpt.latest_training_state(run_dir) if ctx.is_main else None
-        found = dist.broadcast_from_main(found)
+        found, problem = dist.broadcast_from_main(_find_resumable(config, run_dir, history) if ctx.is_main else None)
+        if problem:
+            raise PGNError(problem)
         if found is None:
             if ctx.is_main:
                 print(f"pgn-distill: no checkpoint in {run_dir} yet: starting a new run")
@@ -48,6 +58,39 @@ def starting_point(distiller: "Distiller", config: DistillConfig, run_dir: Path,
         load_initial_files(distiller, config.pgn_checkpoint, config.pgn_checkpoint_opt, ae, ae_opt)
     start = (config.start_epoch or 0) * config.batches_per_epoch
     return start, None
+
+
+def _find_resumable(config: DistillConfig, run_dir: Path, history: list[str]) -> tuple[tuple[Path, dict] | None, str | None]:
+    """(newest readable checkpoint or None, why resuming must stop or None); prints skipped checkpoints (rank 0)."""
+    skipped: list[tuple[Path, str]] = []
+    found = ckpt.latest_training_state(run_dir, skipped)
+    if found is None and skipped:
+        names = ", ".join(p.name for p, _ in skipped)
+        return None, (
+            f"--resume: none of the {len(skipped)} checkpoint(s) in {run_dir / ckpt.CHECKPOINT_DIR} can be read ({names}; "
+            f"newest: {skipped[0][1]}); nothing was changed: restore a checkpoint, or start over with --fresh "
+            f"(the old files are moved to {run_dir}/{PREVIOUS_PREFIX}<time>/)"
+        )
+    if found is None and history:
+        return None, (
+            f"--resume: {run_dir} holds an earlier run ({_names(history)}) but no checkpoint to continue from; nothing "
+            f"was changed: start over with --fresh (the old files are moved to {run_dir}/{PREVIOUS_PREFIX}<time>/)"
+        )
+    for path, reason in skipped:
+        print(f"pgn-distill: warning: skipping unreadable checkpoint {path.name} ({reason})")
+    if found is not None:
+        changed = changed_settings(found[1]["config"], config.to_dict())
+        if changed:
+            return None, (
+                f"--resume: {found[0].name} was trained with other settings ({changed}): continue it without changing "
+                f"them, or start a new run with another --run-dir (or --fresh)"
+            )
+    return found, None
+
+
+def _names(history: list[str], limit: int = 3) -> str:
+    more = f" and {len(history) - limit} more" if len(history) > limit else ""
+    return ", ".join(history[:limit]) + more
 
 
 def load_initial_files(distiller: "Distiller", pgn_file, pgn_opt, ae_files, ae_opt_files) -> None:

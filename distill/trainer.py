@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 import pgn
+from pgn.cliutils import check_output, describe_os_error, error_line, os_error_in
 from pgn.errors import PGNError
 from pgn.perceptual import PerceptualLoss
 
@@ -43,6 +44,7 @@ from .config import DistillConfig, save_config
 from .data import default_workers, find_images, make_train_loader, validation_images
 from .metalosses import MetaLossWeights, gradient_metrics, meta_loss, teacher_pass
 from .resume import starting_point
+from .rundir import move_aside, remove_partial_files
 from .runlog import RunLog
 from .validation import ValidationSet, evaluate
 
@@ -302,31 +304,67 @@ def parameter_digest(model: nn.Module) -> str:
 # The loop
 
 
-def train(config: DistillConfig, *, resume: bool = False, on_step: Callable[[int, dict], None] | None = None) -> TrainResult:
+def train(config: DistillConfig, *, resume: bool = False, fresh: bool = False,
+          on_step: Callable[[int, dict], None] | None = None) -> TrainResult:
     """Run (or continue) a distillation; every process of a torchrun job calls this with the same config.
 
     Args:
         config: the run's configuration (resolved here).
-        resume: continue from the newest readable checkpoint in ``config.run_dir`` (a fresh run if none).
+        resume: continue from the newest readable checkpoint in ``config.run_dir`` (a new run if the folder is
+            new); never starts over in a used folder (see :mod:`distill.rundir`).
+        fresh: start a new run even in a used ``run_dir``, after moving its files to ``run_dir/previous-<time>/``.
         on_step: called after every step with (completed steps, scalars); for tests and notebooks.
     """
+    if resume and fresh:
+        raise PGNError("--resume continues the run in --run-dir and --fresh starts it over: pass one of them")
     config = config.resolved()
     ctx = dist.init_distributed(config.device, config.dist_backend, config.dist_init_method)
     try:
-        return _train(config, ctx, resume, on_step)
+        return _train(config, ctx, resume, fresh, on_step)
     finally:
         dist.shutdown()
 
 
-def _train(config: DistillConfig, ctx: dist.DistContext, resume: bool, on_step) -> TrainResult:
+def _on_main(fn: Callable[[], None], ctx: dist.DistContext) -> None:
+    """Run ``fn`` on rank 0 only; a user-facing error there (see :func:`pgn.cliutils.error_line`) is raised on
+    every rank as a :class:`PGNError`, so no rank waits forever."""
+    problem = None
+    if ctx.is_main:
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001 - bugs re-raise below
+            problem = error_line(e)
+            if problem is None:
+                raise
+    problem = dist.broadcast_from_main(problem)
+    if problem:
+        raise PGNError(problem)
+
+
+def _prepare_run_dir(run_dir: Path, fresh: bool) -> None:
+    """Delete files a crash cut short and, with ``fresh``, move an earlier run aside (rank 0)."""
+    for path in remove_partial_files(run_dir):
+        print(f"pgn-distill: removed {path.name}, a file an interrupted write left behind")
+    moved = move_aside(run_dir) if fresh else None
+    if moved is not None:
+        print(f"pgn-distill: --fresh: the earlier run's files were moved to {moved}")
+
+
+def _train(config: DistillConfig, ctx: dist.DistContext, resume: bool, fresh: bool, on_step) -> TrainResult:
     run_dir = Path(config.run_dir)
+    _on_main(lambda: check_output(run_dir, "--run-dir", folder=True), ctx)
     split = find_images(config.data, config.dataset, config.val_fraction)
     distiller = Distiller(config, ctx)
+    val_images, val_skipped = validation_images(split, config.size, config.val_images, config.min_image_side, seed=config.seed)
+    val = ValidationSet.from_images(val_images, seed=config.seed)
+    _on_main(lambda: _prepare_run_dir(run_dir, fresh), ctx)
     start, resumed_from = starting_point(distiller, config, run_dir, resume, ctx)
     total = config.total_steps
     say = print if ctx.is_main else (lambda *a, **k: None)
     say(f"pgn-distill: teacher {distiller.teacher.weights}")
     say(f"pgn-distill: data {split.describe()}; {ctx.world_size} process(es) on {ctx.device.type}, batch {config.batch_size} per process")
+    if val_skipped:
+        say(f"pgn-distill: warning: skipped {val_skipped} unusable held-out image(s); they are counted in val/skipped_images")
     if resumed_from:
         say(f"pgn-distill: resuming from {resumed_from} at step {start}")
     log = RunLog(run_dir, ctx.is_main, config.tensorboard, resume_step=start if resumed_from else None)
@@ -334,8 +372,6 @@ def _train(config: DistillConfig, ctx: dist.DistContext, resume: bool, on_step) 
         save_config(config, run_dir / "config.json")
     log.event("resume" if resumed_from else "start", step=start, teacher=str(distiller.teacher.weights), teacher_pretrained=distiller.teacher.weights.pretrained,
               world_size=ctx.world_size, device=ctx.device.type, data=split.describe(), checkpoint=str(resumed_from or ""))
-    val_images, val_skipped = validation_images(split, config.size, config.val_images, config.min_image_side, seed=config.seed)
-    val = ValidationSet.from_images(val_images, seed=config.seed)
     result = TrainResult(run_dir, start, str(distiller.teacher.weights), is_main=ctx.is_main)
 
     untrained = initial_pgn(config).to(ctx.device) if ctx.is_main else None
@@ -392,16 +428,23 @@ def _train(config: DistillConfig, ctx: dist.DistContext, resume: bool, on_step) 
                 result.stopped = stop.reason
                 say(f"pgn-distill: stopped ({stop.reason}) after step {step}; continue with --resume")
                 break
-    finally:
-        stop.restore()
-        if bar is not None:
-            bar.close()
-        with contextlib.suppress(Exception):  # never hide the error that ended the loop behind a plotting one
-            log.plot()
-        log.close()
+    except BaseException:
+        with contextlib.suppress(Exception):  # never hide the error that ended the loop behind a closing one
+            _finish(stop, bar, log)
+        raise
+    _finish(stop, bar, log)
     if step == start and start >= total:
         say(f"pgn-distill: nothing to do: the run is already at step {start} of {total} (raise --steps/--epochs)")
     return result
+
+
+def _finish(stop: "_StopFlag", bar, log: RunLog) -> None:
+    stop.restore()
+    if bar is not None:
+        bar.close()
+    with contextlib.suppress(Exception):  # a plot is never worth failing a run for
+        log.plot()
+    log.close()
 
 
 def _save(distiller: Distiller, step: int, split, run_dir: Path, log: RunLog) -> tuple[Path | None, Path | None]:
@@ -411,9 +454,18 @@ def _save(distiller: Distiller, step: int, split, run_dir: Path, log: RunLog) ->
         raise PGNError(f"PGN weights differ between processes at step {step}: the distributed setup is broken")
     if ranks is None:
         return None, None
-    path = ckpt.write_training_state(distiller.global_state(step, ranks), run_dir, distiller.config.keep_checkpoints)
     meta = {"step": step, "teacher": str(distiller.teacher.weights), "data": split.describe(), "trained_with": "pgn-distill"}
-    plain = ckpt.save_plain_pgn(distiller.model, run_dir / ckpt.PLAIN_PGN_NAME, meta=meta)
+    try:
+        path = ckpt.write_training_state(distiller.global_state(step, ranks), run_dir, distiller.config.keep_checkpoints)
+        plain = ckpt.save_plain_pgn(distiller.model, run_dir / ckpt.PLAIN_PGN_NAME, meta=meta)
+    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError raised from the OSError
+        cause = os_error_in(e)
+        if cause is None:
+            raise
+        kept = ckpt.list_checkpoints(run_dir)
+        kept = f"the older checkpoints are intact (newest: {kept[-1][1].name})" if kept else "no earlier checkpoint exists"
+        raise PGNError(f"could not save the step-{step} checkpoint: {describe_os_error(cause, run_dir)}; {kept}; "
+                       f"continue with --resume once it is fixed") from None
     log.plot()
     return path, plain
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import click
 
-from pgn.cli import run_cli
+from pgn.cliutils import FiniteFloat, describe_os_error, run_cli, write_json
 from pgn.errors import PGNError
 from pgn.heads import HEAD_KINDS
 
@@ -45,7 +44,7 @@ def _check_target(ctx, param, value: str) -> str:
 @click.option("--min-size", nargs=2, type=int, metavar="H W", help="Smallest input of a --dynamic TensorRT/CoreML artifact.")
 @click.option("--max-size", nargs=2, type=int, metavar="H W", help="Largest input of a --dynamic TensorRT/CoreML artifact.")
 @click.option("--max-batch", type=click.IntRange(1), help="Largest batch of a --dynamic TensorRT/CoreML artifact.")
-@click.option("--workspace-gb", type=float, help="TensorRT builder workspace limit (default 4).")
+@click.option("--workspace-gb", type=FiniteFloat(0, min_open=True), help="TensorRT builder workspace limit (default 4).")
 @click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path), metavar="PATH",
               help="TensorRT timing cache (default: DIR/tensorrt-timing.cache).")
 @click.option("--deployment-target", metavar="NAME", help="CoreML minimum deployment target (default iOS16).")
@@ -65,7 +64,8 @@ def main(**kwargs) -> None:
       pgn-export --backbone resnet8 --checkpoint resnet8.pth --target all --json exports/report.json
       pgn-export --backbone unet --target tensorrt --precision fp16   # needs TensorRT and an NVIDIA GPU
     """
-    run_cli(lambda: _main(**kwargs))
+    files = {"--json": kwargs["json_path"], "--timing-cache": kwargs["timing_cache"]}
+    run_cli(lambda: _main(**kwargs), files=files, folders={"--output": kwargs["output_dir"]})
 
 
 def _main(backbone, target, checkpoint, head, json_path, **options) -> None:
@@ -99,12 +99,11 @@ def _main(backbone, target, checkpoint, head, json_path, **options) -> None:
             "options": {k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v) for k, v in kwargs.items()},
             "results": [r.to_dict() for r in results],
         }
-        text = json.dumps(payload, indent=2, default=str)
-        if str(json_path) == "-":
-            click.echo(text)
-        else:
-            json_path.parent.mkdir(parents=True, exist_ok=True)
-            json_path.write_text(text + "\n")
+        try:
+            write_json(payload, json_path)
+        except OSError as e:
+            written = "the artifacts in the table above were written; " if any(r.ok for r in results) else ""
+            raise PGNError(f"--json {describe_os_error(e)}: {written}only the JSON report is missing") from None
     if not all(r.ok for r in results):
         sys.exit(1)
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import click
 
+from .cliutils import run_cli, write_json
 from .errors import PGNError
 from .profile import PAPER_TABLE6, profile
 
@@ -15,20 +15,21 @@ TABLE6_ROWS = ("vgg19", "vgg11", "resnet4", "resnet6", "resnet8", "unet")
 DISPLAY = {"vgg19": "VGG-19", "vgg11": "VGG-11", "resnet4": "ResNet-4", "resnet6": "ResNet-6", "resnet8": "ResNet-8", "unet": "UNet"}
 
 
-def run_cli(fn):
-    """Run a CLI body; a :class:`PGNError` becomes one line on stderr and exit status 1."""
-    try:
-        return fn()
-    except PGNError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(1)
+def table6(size: int, skipped: dict[str, str] | None = None) -> list[dict]:
+    """Rows of the paper's Table 6 recomputed at ``size``×``size``, with the paper's printed values beside.
 
-
-def table6(size: int) -> list[dict]:
-    """Rows of the paper's Table 6 recomputed at ``size``×``size``, with the paper's printed values beside."""
+    Models that cannot take ``size`` (the UNet needs multiples of 32) are left out; with ``skipped`` given,
+    it receives ``{name: reason}`` for each of them, otherwise the first one raises its :class:`PGNError`.
+    """
     rows = []
     for name in TABLE6_ROWS:
-        p = profile(name, size)
+        try:
+            p = profile(name, size)
+        except PGNError as e:
+            if skipped is None:
+                raise
+            skipped[name] = str(e)
+            continue
         paper_params, paper_macs = PAPER_TABLE6[name]
         rows.append(
             {
@@ -65,7 +66,7 @@ def main(size: int, json_path: Path | None, presets: bool, checkpoint: Path | No
       pgn-info --presets
       pgn-info --checkpoint resnet4.pth
     """
-    run_cli(lambda: _main(size, json_path, presets, checkpoint))
+    run_cli(lambda: _main(size, json_path, presets, checkpoint), files={"--json": json_path})
 
 
 def _main(size: int, json_path: Path | None, presets: bool, checkpoint: Path | None) -> None:
@@ -85,7 +86,7 @@ def _main(size: int, json_path: Path | None, presets: bool, checkpoint: Path | N
             rows.append({"preset": name, "backbone": cfg.backbone, "head": cfg.head.kind, "grad_scale": cfg.head.grad_scale})
             table.add_row(name, cfg.backbone, cfg.head.kind, f"{cfg.head.grad_scale:g}")
         console.print(table)
-        _write_json(rows, json_path)
+        write_json(rows, json_path)
         return
     if checkpoint is not None:
         from .checkpoint import load
@@ -98,24 +99,16 @@ def _main(size: int, json_path: Path | None, presets: bool, checkpoint: Path | N
             "params": sum(p.numel() for p in model.parameters()),
         }
         console.print_json(json.dumps(info))
-        _write_json(info, json_path)
+        write_json(info, json_path)
         return
-    rows = table6(size)
+    skipped: dict[str, str] = {}
+    rows = table6(size, skipped)
     table = Table(title=f"Table 6 at {size}x{size} (paper values are for 224x224)")
     for col in ("Model", "Params", "Paper", "MACs", "Paper", "conv GMAC", "counts"):
         table.add_column(col, justify="right" if col not in ("Model", "counts") else "left")
     for r in rows:
         table.add_row(r["model"], r["params_m"], r["paper_params"], r["macs_b"], r["paper_macs"], f"{r['conv_gmacs']:.2f}", r["what"])
     console.print(table)
-    _write_json({"size": size, "rows": rows}, json_path)
-
-
-def _write_json(obj, path: Path | None) -> None:
-    if path is None:
-        return
-    text = json.dumps(obj, indent=2)
-    if str(path) == "-":
-        click.echo(text)
-    else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text + "\n")
+    for reason in skipped.values():
+        click.echo(f"skipped: {reason}", err=True)
+    write_json({"size": size, "rows": rows, "skipped": skipped}, json_path)

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from .errors import PGNError
+from .images import nearest_valid_size
 from .model import PGN
 from .perceptual import PerceptualLoss, vgg_features
 
@@ -93,6 +95,9 @@ def profile(model: PGN | PerceptualLoss | str, size: int | tuple[int, int] = 224
 
     Returns:
         A :class:`Profile`; for a teacher, MACs are for one gradient (3 × forward on both images).
+
+    Raises:
+        PGNError: a size the model cannot take (the message names the nearest valid sizes).
     """
     h, w = (size, size) if isinstance(size, int) else size
     if isinstance(model, str):
@@ -103,6 +108,7 @@ def profile(model: PGN | PerceptualLoss | str, size: int | tuple[int, int] = 224
         model = build(model)
     if isinstance(model, PerceptualLoss):
         return _profile_vgg(model.net, model.features, (h, w))
+    check_profile_size(model, (h, w))
     backbone = model.backbone
     device = next(backbone.parameters()).device
     was_training = backbone.training
@@ -120,3 +126,15 @@ def _profile_vgg(net: str, features: nn.Module, size: tuple[int, int]) -> Profil
     macs, conv = count_macs(features, torch.zeros(1, 3, *size, device=device))
     params = sum(p.numel() for p in features.parameters())
     return Profile(net, params, 6 * macs, 6 * conv, size)
+
+
+def check_profile_size(model: PGN, size: tuple[int, int]) -> None:
+    """Raise a one-line :class:`PGNError` unless ``model`` takes ``size`` (H, W); names the nearest valid sizes."""
+    multiple = model.size_multiple
+    name = model.config.preset or model.config.backbone
+    for dim, n in zip(("height", "width"), size):
+        if n < multiple or n % multiple:
+            raise PGNError(
+                f"{name} cannot take {size[0]}x{size[1]} inputs: {dim} must be a multiple of {multiple}; "
+                f"nearest valid {dim}: {nearest_valid_size(n, multiple)}"
+            )

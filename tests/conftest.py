@@ -19,3 +19,19 @@ def teacher19():
     import pgn
 
     return pgn.PerceptualLoss("vgg19", weights="random", seed=0)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Write failures (see write_faults.py)
+
+
+@pytest.fixture
+def read_only_dir(tmp_path, monkeypatch):
+    """An existing folder that cannot be written to (EACCES): chmod 555, and patched file functions under root."""
+    from write_faults import make_read_only
+
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    make_read_only(folder, monkeypatch)
+    yield folder
+    folder.chmod(0o755)

@@ -58,3 +58,53 @@ def test_cuda_without_a_gpu_is_rows_with_reasons_and_exit_1():
     out = CliRunner().invoke(main, ["--device", "cuda", "--models", "resnet4", "--runtimes", "torch,onnxruntime,tensorrt", "--size", "32", *TINY])
     assert out.exit_code == 1
     assert "no CUDA GPU" in out.output and "nothing could be measured" in out.output
+
+
+def _errors(out):
+    return [line for line in out.output.splitlines() if line.startswith("error:")]
+
+
+def test_unwritable_outputs_fail_before_measuring(read_only_dir, tmp_path, monkeypatch):
+    import benchmarks.harness
+
+    monkeypatch.setattr(benchmarks.harness, "run_benchmark", lambda *a, **k: pytest.fail("measured with nowhere to save"))
+    (tmp_path / "file").write_text("x")
+    for option, path in (("--json", read_only_dir / "b.json"), ("--plot", read_only_dir / "b.png"), ("--json", tmp_path / "file" / "b.json")):
+        out = CliRunner().invoke(main, ["--models", "resnet4", "--size", "32", option, str(path), *TINY])
+        assert out.exit_code == 1 and len(out.output.strip().splitlines()) == 1 and _errors(out)[0].startswith(f"error: {option}")
+
+
+def test_a_late_write_failure_keeps_the_table_and_saves_the_results_elsewhere(synthetic_result, tmp_path, monkeypatch):
+    import benchmarks.harness
+    from write_faults import make_read_only
+
+    results = tmp_path / "results"
+    results.mkdir()
+
+    def measure_then_lose_the_folder(*args, **kwargs):
+        make_read_only(results, monkeypatch)  # e.g. a network share that went read-only during the run
+        return synthetic_result
+
+    monkeypatch.setattr(benchmarks.harness, "run_benchmark", measure_then_lose_the_folder)
+    monkeypatch.chdir(tmp_path)
+    out = CliRunner().invoke(main, ["--models", "resnet4", "--size", "32", "--json", str(results / "b.json"),
+                                    "--plot", str(results / "b.png"), *TINY])
+    assert out.exit_code == 1 and "resnet4" in out.output  # the table was printed
+    (line,) = _errors(out)
+    saved = next(tmp_path.glob("pgn-bench-*.json"))
+    assert str(results / "b.json") in line and "permission denied" in line and f"the results are in {saved} " in line
+    again = CliRunner().invoke(main, ["--from-json", str(saved)])
+    assert again.exit_code == 0 and "resnet4" in again.output
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", "{\"schema\": \"pgn-bench/1\", \"rows\": [{\"x\": 1}]}", b"\x89PNG\r\n\x1a\n\x00"])
+def test_from_json_of_something_else_is_one_line(tmp_path, content):
+    path = tmp_path / "x.json"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    out = CliRunner().invoke(main, ["--from-json", str(path)])
+    assert out.exit_code == 1 and len(out.output.strip().splitlines()) == 1 and _errors(out)
+
+
+def test_nan_timeout_is_a_usage_error():
+    out = CliRunner().invoke(main, ["--timeout", "nan"])
+    assert out.exit_code == 2 and "finite" in out.output

@@ -161,3 +161,18 @@ def test_size_errors_say_what_to_use(tmp_path):
     assert result.exit_code == 1 and "multiple of 32" in result.output
     result = CliRunner().invoke(main, ["invert", "-o", str(tmp_path / "o"), "--generator", "x.py:G", *FAST])
     assert result.exit_code == 1 and "--latent-shape" in result.output
+
+
+@pytest.mark.parametrize("demo", ["invert", "dip", "finetune"])
+def test_unwritable_output_is_one_line_before_any_work(demo, read_only_dir, tmp_path):
+    for output in (read_only_dir / demo, tmp_path / "ro-file" / demo):
+        (tmp_path / "ro-file").write_text("a file where a folder should be")
+        result = CliRunner().invoke(main, [demo, "-o", str(output), *FAST])
+        lines = result.output.strip().splitlines()
+        assert result.exit_code == 1 and len(lines) == 1 and lines[0].startswith("error: --output"), result.output
+
+
+@pytest.mark.parametrize("option", ["--lr", "--pgn-mse-weight"])
+def test_nan_options_are_usage_errors(option):
+    result = CliRunner().invoke(main, ["invert", option, "nan"])
+    assert result.exit_code == 2 and "finite" in result.output

@@ -88,3 +88,48 @@ def test_missing_checkpoint_and_missing_backbone(tmp_path):
     assert res.exit_code == 1 and "error: checkpoint not found" in res.output
     res = _run("--target", "onnx")
     assert res.exit_code == 1 and "error: pass a backbone" in res.output
+
+
+def test_output_in_a_read_only_folder_fails_before_exporting(read_only_dir, monkeypatch):
+    import export.api
+
+    monkeypatch.setattr(export.api, "export", lambda *a, **k: pytest.fail("exported into a folder it cannot write"))
+    res = _run("--backbone", "resnet4", "--size", 32, 32, "--output", read_only_dir / "exports")
+    errors = [line for line in res.output.splitlines() if line.startswith("error:")]
+    assert res.exit_code == 1 and len(errors) == 1 and errors[0].startswith("error: --output")
+
+
+def test_json_that_becomes_unwritable_after_the_export_is_one_line(tmp_path, monkeypatch):
+    import export.api
+    from write_faults import make_read_only
+
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    real_export = export.api.export
+
+    def export_then_lose_the_folder(*args, **kwargs):
+        results = real_export(*args, **kwargs)
+        make_read_only(reports, monkeypatch)
+        return results
+
+    monkeypatch.setattr(export.api, "export", export_then_lose_the_folder)
+    res = _run("--backbone", "resnet4", "--size", 32, 32, "--output", tmp_path / "out", "--json", reports / "r.json")
+    errors = [line for line in res.output.splitlines() if line.startswith("error:")]
+    assert res.exit_code == 1 and len(errors) == 1, res.output
+    assert "permission denied" in errors[0] and "artifacts in the table above were written" in errors[0]
+    assert (tmp_path / "out" / "resnet4-32x32-b1-fp32.onnx").is_file()
+
+
+def test_disk_full_during_export_is_one_line_and_leaves_no_empty_folder(tmp_path, monkeypatch):
+    import errno
+
+    import export.api
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "new" / "out" / "x.onnx"))
+
+    monkeypatch.setattr(export.api, "_export_one", full)
+    res = _run("--backbone", "resnet4", "--size", 32, 32, "--output", tmp_path / "new" / "out")
+    errors = [line for line in res.output.splitlines() if line.startswith("error:")]
+    assert res.exit_code == 1 and len(errors) == 1 and "disk full" in errors[0]
+    assert not (tmp_path / "new").exists()

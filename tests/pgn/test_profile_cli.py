@@ -56,3 +56,26 @@ def test_pgn_info_presets_and_checkpoint(tmp_path):
     assert out.exit_code == 0 and "pgn-toolkit" in out.output
     out = runner.invoke(main, ["--checkpoint", str(tmp_path / "nope.pt")])
     assert out.exit_code == 1 and "checkpoint not found" in out.output
+
+
+def test_profile_of_a_size_the_unet_cannot_take_names_the_nearest_valid_sizes():
+    with pytest.raises(pgn.PGNError, match="multiple of 32; nearest valid height: 32 or 64"):
+        pgn.profile(pgn.build("unet"), size=33)
+    with pytest.raises(pgn.PGNError, match="width must be a multiple of 2"):
+        pgn.profile("resnet4", size=(64, 45))
+
+
+def test_pgn_info_profiles_the_models_that_take_the_size_and_names_the_skipped(tmp_path):
+    result = CliRunner().invoke(main, ["--size", "48", "--json", str(tmp_path / "t.json")])  # ResNets take 48, the UNet not
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "t.json").read_text())
+    assert [r["name"] for r in report["rows"]] == ["vgg19", "vgg11", "resnet4", "resnet6", "resnet8"]
+    assert list(report["skipped"]) == ["unet"] and "32 or 64" in report["skipped"]["unet"]
+    assert "skipped: unet cannot take 48x48" in result.output
+
+
+def test_pgn_info_json_on_a_read_only_path_is_one_line(read_only_dir):
+    result = CliRunner().invoke(main, ["--presets", "--json", str(read_only_dir / "p.json")])
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 1 and lines == [lines[0]] and lines[0].startswith("error: --json")
+    assert "PGN presets" not in result.output  # checked before any work

@@ -1,0 +1,296 @@
+"""What every command-line tool shares: one-line errors, output locations checked up front, JSON output.
+
+The five tools (``pgn-info``, ``pgn-export``, ``pgn-distill``, ``pgn-demo``, ``pgn-bench``) run their bodies through
+:func:`run_cli`, which
+
+* checks every file and folder the command will write *before* the work starts (a read-only folder, a file where a
+  folder should be, a folder where a file should be: one line, nothing measured or trained in vain);
+* turns a :class:`PGNError`, a failed write (read-only file system, permission denied, disk full, …) and running
+  out of memory into one line on stderr and exit status 1, and an interrupt (Ctrl-C, ``SIGTERM``) into one line
+  and status 130 / 143;
+* removes the folders it created for a command that then failed or was interrupted, when they are still empty.
+
+Click's own usage errors (an unknown option, a value of the wrong type) keep click's message and exit status 2.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import math
+import os
+import signal
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import click
+
+from .errors import PGNError
+
+#: Exit status of a command interrupted by SIGINT (Ctrl-C) or SIGTERM, as a shell reports it.
+EXIT_INTERRUPTED = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+#: What a failed file operation means for the user, by errno: (what happened, what to do).
+_OS_ERRORS = {
+    # first, so that the ENOSPC entry wins where EDQUOT is missing (Windows)
+    getattr(errno, "EDQUOT", errno.ENOSPC): ("disk quota exceeded", "free some space or write somewhere else"),
+    errno.ENOSPC: ("disk full", "free some space or write somewhere else"),
+    errno.EROFS: ("read-only file system", "choose a writable location"),
+    errno.EACCES: ("permission denied", "choose a writable location"),
+    errno.EPERM: ("permission denied", "choose a writable location"),
+    errno.ENOTDIR: ("a file is in the way where a folder is needed", "remove it or choose another path"),
+    errno.EISDIR: ("is a folder, not a file", "give a file name"),
+    errno.ENAMETOOLONG: ("file name too long", "choose a shorter path"),
+    errno.ENOMEM: ("out of memory", "use smaller inputs (--size, --batch) or free memory"),
+}
+OUT_OF_MEMORY = "out of memory: use smaller inputs (a smaller --size or batch) or close other programs"
+
+
+class Interrupted(KeyboardInterrupt):
+    """Raised in the main thread by ``SIGTERM`` while a command runs, so cleanup code runs as for Ctrl-C."""
+
+    signum = signal.SIGTERM
+
+
+# --------------------------------------------------------------------------------------------------------
+# Errors as one line
+
+
+def os_error_in(exc: BaseException) -> OSError | None:
+    """The :class:`OSError` behind ``exc``: itself, or one it was raised from or while handling.
+
+    ``torch.save`` reports a failed write (e.g. a full disk) as ``RuntimeError: unexpected pos …`` raised while
+    handling the real ``OSError``; this finds that one.
+    """
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def describe_os_error(e: OSError, path: str | Path | None = None) -> str:
+    """One line for a failed file operation: the path (``path`` if given, else the error's), what happened and what to do."""
+    what, todo = _OS_ERRORS.get(e.errno, (e.strerror or type(e).__name__, ""))
+    where = str(path) if path is not None else (e.filename if e.filename is not None else "")
+    if path is None and e.filename2 is not None:
+        where = f"{where} -> {e.filename2}"
+    line = f"{where}: {what}" if where else what
+    return f"{line} ({todo})" if todo else line
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for ``MemoryError``, PyTorch's CUDA out-of-memory error and its CPU allocator failure."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    return isinstance(exc, RuntimeError) and ("can't allocate memory" in str(exc) or "out of memory" in str(exc))
+
+
+def error_line(exc: BaseException) -> str | None:
+    """The one-line message for an error a user can act on, or ``None`` for a bug (which keeps its traceback)."""
+    if isinstance(exc, PGNError):
+        return str(exc)
+    if is_out_of_memory(exc):
+        return OUT_OF_MEMORY
+    os_error = os_error_in(exc) if isinstance(exc, (OSError, RuntimeError)) else None
+    if os_error is not None:
+        return describe_os_error(os_error)
+    return None
+
+
+def fail(message: str, status: int = 1) -> None:
+    """Print ``error: <message>`` (one line) on stderr and exit with ``status``."""
+    click.echo(f"error: {' '.join(str(message).split())}", err=True)
+    sys.exit(status)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Output locations
+
+
+def _first_existing(path: Path) -> tuple[Path, Path | None]:
+    """(nearest existing ancestor of ``path`` or itself, the topmost missing folder below it or ``None``)."""
+    path = Path(os.path.abspath(path))
+    missing = None
+    while not os.path.lexists(path) and path.parent != path:
+        missing, path = path, path.parent
+    return path, missing
+
+
+def _probe(folder: Path) -> None:
+    """Create and remove an empty file in ``folder``: the only check that also holds for root and ACLs."""
+    fd, name = tempfile.mkstemp(prefix=".pgn-write-check-", suffix=".tmp", dir=folder)
+    os.close(fd)
+    os.unlink(name)
+
+
+def check_output(path: str | Path, option: str, *, folder: bool = False) -> Path | None:
+    """Raise a one-line :class:`PGNError` unless ``path`` can be written, creating nothing.
+
+    Args:
+        path: a file (``folder=False``; ``-`` means stdout and is always fine) or a folder the command fills.
+        option: the option that named it (``--json``), for the message.
+        folder: whether ``path`` is a folder.
+
+    Returns:
+        The topmost folder the command will have to create for ``path`` (``None`` if all exist), so a failed
+        command can remove it again.
+    """
+    path = Path(path)
+    if not folder and str(path) == "-":
+        return None
+    if path.exists():
+        if folder and not path.is_dir():
+            raise PGNError(f"{option} {path}: a file is in the way where a folder is needed (remove it or choose another path)")
+        if not folder and path.is_dir():
+            raise PGNError(f"{option} {path}: is a folder, not a file (give a file name)")
+    existing, missing = _first_existing(path if folder else path.parent)
+    if not existing.is_dir():
+        raise PGNError(f"{option} {path}: {existing} is a file, where a folder is needed (remove it or choose another path)")
+    try:
+        _probe(existing)
+    except OSError as e:
+        raise PGNError(f"{option} {describe_os_error(e, path)}") from None
+    return missing
+
+
+def remove_empty_folders(top: Path) -> None:
+    """Remove ``top`` and the folders below it, bottom-up, where they are empty (files are never touched)."""
+    if not top.is_dir():
+        return
+    for folder, _, _ in sorted(os.walk(top), key=lambda entry: -len(entry[0])):
+        try:
+            os.rmdir(folder)
+        except OSError:
+            pass  # not empty: it holds something the command did write
+
+
+# --------------------------------------------------------------------------------------------------------
+# Running a command
+
+
+def run_cli(
+    fn: Callable[[], Any],
+    *,
+    files: Mapping[str, str | Path | None] | None = None,
+    folders: Mapping[str, str | Path | None] | None = None,
+) -> Any:
+    """Run a CLI body with the toolkit's promises (see the module docs).
+
+    Args:
+        fn: the command's body.
+        files: option → file the command writes (``None`` entries and ``-`` are skipped), checked up front.
+        folders: option → folder the command fills, checked up front.
+    """
+    created: list[Path] = []
+    status = 1
+    previous = _on_sigterm_raise()
+    try:
+        for option, path in (files or {}).items():
+            if path is not None:
+                created.append(check_output(path, option))
+        for option, path in (folders or {}).items():
+            if path is not None:
+                created.append(check_output(path, option, folder=True))
+        status = 0
+        return fn()
+    except SystemExit as e:
+        status = 0 if e.code is None else e.code if isinstance(e.code, int) else 1
+        raise
+    except KeyboardInterrupt as e:
+        status = EXIT_INTERRUPTED[getattr(e, "signum", signal.SIGINT)]
+        fail("interrupted" + (" (SIGTERM)" if isinstance(e, Interrupted) else ""), status)
+    except Exception as e:  # noqa: BLE001 - only errors with a one-line meaning are caught, bugs re-raise
+        status = 1
+        line = error_line(e)
+        if line is None:
+            raise
+        fail(line)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        if status:
+            for top in created:
+                if top is not None:
+                    remove_empty_folders(top)
+
+
+def _on_sigterm_raise():
+    """Make SIGTERM raise :class:`Interrupted` (main thread only); returns the handler to restore, or ``None``."""
+
+    def handler(signum, frame):
+        raise Interrupted()
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        return None
+
+
+# --------------------------------------------------------------------------------------------------------
+# Writing results
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (temporary file beside it, then rename); parents are created.
+
+    A failure leaves ``path`` as it was and raises the :class:`OSError` with ``path`` as its file name.
+    """
+    path = Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException as e:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_json(obj: Any, path: str | Path | None, *, indent: int = 2) -> Path | None:
+    """Write ``obj`` as JSON to ``path`` (atomically), to stdout for ``-``, or nowhere for ``None``."""
+    if path is None:
+        return None
+    text = json.dumps(obj, indent=indent, default=str)
+    if str(path) == "-":
+        click.echo(text)
+        return None
+    return write_text(path, text + "\n")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Option types
+
+
+class FiniteFloat(click.FloatRange):
+    """A float option within an optional range that also refuses NaN (and infinity unless ``allow_inf``)."""
+
+    def __init__(self, min: float | None = None, max: float | None = None, *, min_open: bool = False,
+                 max_open: bool = False, allow_inf: bool = False):
+        super().__init__(min, max, min_open=min_open, max_open=max_open)
+        self.allow_inf = allow_inf
+
+    def convert(self, value, param, ctx):  # noqa: D102
+        value = super().convert(value, param, ctx)
+        if math.isnan(value) or (math.isinf(value) and not self.allow_inf):
+            bounds = [f"{'>' if self.min_open else '≥'} {self.min:g}"] if self.min is not None else []
+            bounds += [f"{'<' if self.max_open else '≤'} {self.max:g}"] if self.max is not None else []
+            self.fail(f"{value} is not a usable number here: give a finite value {' and '.join(bounds)}".rstrip(), param, ctx)
+        return value
