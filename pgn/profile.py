@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from .inputs import check_size
 from .model import PGN
 from .perceptual import PerceptualLoss, vgg_features
 
@@ -95,6 +96,7 @@ def profile(model: PGN | PerceptualLoss | str, size: int | tuple[int, int] = 224
         A :class:`Profile`; for a teacher, MACs are for one gradient (3 × forward on both images).
     """
     h, w = (size, size) if isinstance(size, int) else size
+    check_size(h, w, what="profile size")
     if isinstance(model, str):
         if model in ("vgg19", "vgg11"):
             return _profile_vgg(model, vgg_features(model), (h, w))
