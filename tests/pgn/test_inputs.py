@@ -82,11 +82,14 @@ def test_pgn_loss_keeps_fp16_gradients_for_a_loss_scaler():
     y_hat, y = torch.rand(1, 3, 256, 256, generator=g).half(), torch.rand(1, 3, 256, 256, generator=g).half()
     with torch.no_grad():
         expected = model(y_hat.float(), y.float())
-    assert int((expected.half() == 0).sum()) > 0  # some of these gradients underflow in fp16 without scaling
+    tiny = expected.abs() < 2e-6  # deep in float16's subnormal range: only a few bits survive a cast
+    assert int(tiny.sum()) > 20
     scale = 2.0**12
     x = y_hat.clone().requires_grad_(True)
     (pgn.PGNLoss(model)(x, y) * scale).backward()
-    assert int((x.grad == 0).sum()) == 0
+    unscaled_error = ((expected.half().float() - expected).abs() / expected.abs())[tiny].median()
+    scaled_error = ((x.grad.float() / scale - expected).abs() / expected.abs())[tiny].median()
+    assert scaled_error < 1e-3 < unscaled_error
     assert _cos(x.grad.float() / scale, expected) > 0.99999
 
 
