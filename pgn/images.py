@@ -34,9 +34,12 @@ def check_value_space(value_space: str) -> str:
 
 
 def _stats(like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    mean = torch.tensor(IMAGENET_MEAN, dtype=like.dtype, device=like.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=like.dtype, device=like.device).view(1, 3, 1, 1)
-    return mean, std
+    return _channel_constant(IMAGENET_MEAN, like), _channel_constant(IMAGENET_STD, like)
+
+
+def _channel_constant(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
+    """A (1, 3, 1, 1) tensor of ``values`` made on ``like``'s device: a host-to-device copy would wait for the GPU."""
+    return torch.cat([torch.full((1, 1, 1, 1), v, dtype=like.dtype, device=like.device) for v in values], dim=1)
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
