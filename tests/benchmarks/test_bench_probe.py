@@ -61,8 +61,8 @@ def test_tensorrt_probe_without_the_package(monkeypatch):
 
 
 def test_missing_onnxscript_makes_exported_runtimes_unavailable(monkeypatch):
-    real = rt_mod.importlib.util.find_spec
-    monkeypatch.setattr(rt_mod.importlib.util, "find_spec", lambda name, *a: None if name == "onnxscript" else real(name, *a))
+    real = rt_mod.module_available
+    monkeypatch.setattr(rt_mod, "module_available", lambda name: name != "onnxscript" and real(name))
     skip = check_runnable(RUNTIMES["onnxruntime"], "cpu", resolve_model("resnet4"))
     assert skip.status == "unavailable" and "pip install onnxscript" in skip.reason
     assert check_runnable(RUNTIMES["torch"], "cpu", resolve_model("resnet4")) is None

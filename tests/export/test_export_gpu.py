@@ -9,27 +9,24 @@ import torch
 
 import export
 from benchmarks.probe import probe
+from benchmarks.runtimes import RUNTIMES, runtime_unavailable
 
 from export_helpers import build
 
 pytestmark = pytest.mark.gpu
 
 
-def _needs(reason):
+def _needs(runtime: str) -> None:
+    """Skip, with the reason, unless ``runtime`` (and the ONNX exporter it needs) really starts here."""
+    reason = runtime_unavailable(RUNTIMES[runtime], "cuda")
     if reason:
         pytest.skip(reason)
 
 
-@pytest.fixture(scope="module")
-def onnx_artifact(tmp_path_factory):
-    result = export.export(build("resnet4"), "onnx", output_dir=tmp_path_factory.mktemp("onnx"), size=64)[0]
-    assert result.status == "verified", result.reason
-    return result.artifact
-
-
-def test_onnxruntime_cuda_parity_without_tf32(onnx_artifact):
-    _needs(probe("onnxruntime", "CUDAExecutionProvider"))
-    rt = export.load_runtime(onnx_artifact, device="cuda")
+def test_onnxruntime_cuda_parity_without_tf32(tmp_path):
+    _needs("onnxruntime")
+    artifact = export.export(build("resnet4"), "onnx", output_dir=tmp_path, size=64)[0].artifact
+    rt = export.load_runtime(artifact, device="cuda")
     assert rt.info["providers"][0] == "CUDAExecutionProvider"
     assert rt.info["provider_options"]["CUDAExecutionProvider"]["use_tf32"] == "0"
     from export.verify import Tolerance, parity_inputs, verify_runtime
@@ -39,7 +36,7 @@ def test_onnxruntime_cuda_parity_without_tf32(onnx_artifact):
 
 
 def test_tensorrt_fp32_export_passes_parity(tmp_path):
-    _needs(probe("tensorrt"))
+    _needs("tensorrt")
     result = export.export(build("resnet4"), "tensorrt", output_dir=tmp_path, size=64)[0]
     assert result.status == "verified", result.reason
     manifest = json.loads(result.manifest_path.read_text())
@@ -49,7 +46,7 @@ def test_tensorrt_fp32_export_passes_parity(tmp_path):
 
 def test_tensorrt_engine_follows_the_callers_stream(tmp_path):
     """Run on a non-default current stream: the engine's own stream is ordered after it and before later work."""
-    _needs(probe("tensorrt"))
+    _needs("tensorrt")
     result = export.export(build("resnet4"), "tensorrt", output_dir=tmp_path, size=64)[0]
     rt = export.load_runtime(result.artifact, device="cuda")
     assert rt.stream.cuda_stream != 0
@@ -64,7 +61,7 @@ def test_tensorrt_engine_follows_the_callers_stream(tmp_path):
 
 
 def test_tensorrt_fp16_export_passes_its_tolerance(tmp_path):
-    _needs(probe("tensorrt"))
+    _needs("tensorrt")
     result = export.export(build("unet"), "tensorrt", output_dir=tmp_path, size=64, precision="fp16")[0]
     assert result.status == "verified", result.reason
 
