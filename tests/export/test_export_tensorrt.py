@@ -4,7 +4,6 @@ The stand-in records what our code asks of TensorRT's Python API (network flags,
 parses, the optimization profile, the timing cache); it does not build engines. Real engines need an NVIDIA GPU.
 """
 
-import importlib.util
 import sys
 import types
 
@@ -19,37 +18,34 @@ from export.options import ExportOptions
 
 from export_helpers import build
 
-needs_no_tensorrt = pytest.mark.skipif(
-    importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available(),
-    reason="TensorRT and a GPU are present",
-)
+@pytest.fixture
+def no_tensorrt(monkeypatch):
+    """TensorRT not installed (simulated, so these tests also run where it is)."""
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
 
 
-@needs_no_tensorrt
-def test_missing_tensorrt_is_a_clear_error_and_writes_nothing(tmp_path):
+def test_missing_tensorrt_is_a_clear_error_and_writes_nothing(tmp_path, no_tensorrt):
     with pytest.raises(export.RuntimeUnavailable) as e:
         export.export(build("resnet4"), "tensorrt", output_dir=tmp_path / "out", size=64)
     msg = str(e.value)
     assert "\n" not in msg
-    assert ("TensorRT is not installed" in msg and 'pip install "pgn-toolkit[tensorrt]"' in msg) or "CUDA GPU" in msg
+    assert "TensorRT is not installed" in msg and 'pip install "pgn-toolkit[tensorrt]"' in msg
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
-@needs_no_tensorrt
-def test_all_reports_tensorrt_as_failed_and_exports_the_rest(tmp_path):
+def test_all_reports_tensorrt_as_failed_and_exports_the_rest(tmp_path, no_tensorrt):
     results = export.export(build("unet"), "all", output_dir=tmp_path, size=64)
     by = {r.target: r for r in results}
     assert [r.target for r in results] == ["onnx", "tensorrt", "coreml"]
     assert by["onnx"].status == "verified"
     assert by["tensorrt"].status == "failed" and by["tensorrt"].artifact is None
-    assert "TensorRT" in by["tensorrt"].reason or "CUDA" in by["tensorrt"].reason
+    assert "TensorRT is not installed" in by["tensorrt"].reason
     assert by["coreml"].ok
     names = sorted(p.name for p in tmp_path.iterdir())
     assert not any(n.endswith(".engine") or n.startswith(".pgn-export") for n in names)
 
 
-@needs_no_tensorrt
-def test_tensorrt_runtime_is_a_clear_error(tmp_path):
+def test_tensorrt_runtime_is_a_clear_error(tmp_path, no_tensorrt):
     engine = tmp_path / "x.engine"
     engine.write_bytes(b"")
     (tmp_path / "x.engine.manifest.json").write_text('{"format": "pgn-export-manifest", "target": "tensorrt", '
