@@ -7,4 +7,9 @@
 set -u
 cd "$(dirname "$0")/.."
 export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"
-exec "${PYTHON:-python3}" -m benchmarks.gpu_check "$@"
+PY="${PYTHON:-python3}"
+if ! "$PY" -c "import torch, click, numpy" 2>/dev/null; then
+    echo "gpu_check: $PY cannot import torch, click and numpy, which the check needs; set PYTHON=/path/to/python" >&2
+    exit 1
+fi
+exec "$PY" -m benchmarks.gpu_check "$@"

@@ -87,13 +87,27 @@ def test_without_a_gpu_it_says_so_and_measures_nothing(tmp_path, monkeypatch, ca
     assert "no CUDA GPU visible" in capsys.readouterr().err and not list(tmp_path.iterdir())
 
 
+def _blocking_env(tmp_path, modules):
+    site = tmp_path / "site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(BLOCKER)
+    return dict(os.environ, PYTHON=sys.executable, PYTHONPATH=str(site), PGN_TEST_BLOCK_MODULES=",".join(modules))
+
+
+def test_gpu_tests_collect_without_the_modules_a_gpu_image_lacks(tmp_path):
+    """The gpu-tests step collects the whole suite: no test module may need an optional package to be imported."""
+    env = _blocking_env(tmp_path, [m for m in ABSENT_ON_GPU_IMAGE if m != "pytest"])
+    env["PYTHONPATH"] += os.pathsep + str(ROOT)
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "gpu", "-p", "no:cacheprovider", str(ROOT / "tests")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert "test_one_rank_nccl_distillation_trains_and_resumes" in proc.stdout
+
+
 @pytest.mark.slow
 def test_smoke_run_without_the_modules_a_gpu_image_lacks(tmp_path):
     """The plumbing end to end on the CPU: bench, distillation, summary; pytest absent means a skipped test step."""
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(BLOCKER)
-    env = dict(os.environ, PYTHON=sys.executable, PYTHONPATH=str(site), PGN_TEST_BLOCK_MODULES=",".join(ABSENT_ON_GPU_IMAGE))
+    env = _blocking_env(tmp_path, ABSENT_ON_GPU_IMAGE)
     out = tmp_path / "results"
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--smoke", "--only", "bench-batch1,distill,gpu-tests",
                            "--results-root", str(out)], env=env, capture_output=True, text=True, timeout=600)

@@ -1,6 +1,5 @@
 """GPU runtimes are probed by starting them: a provider that is listed but cannot load is unavailable, with the reason."""
 
-import onnxruntime as ort
 import pytest
 import torch
 
@@ -8,6 +7,8 @@ from benchmarks import probe as probe_mod
 from benchmarks import runtimes as rt_mod
 from benchmarks.models import resolve_model
 from benchmarks.runtimes import RUNTIMES, check_runnable
+
+ort = pytest.importorskip("onnxruntime")
 
 ORT_STDERR = (
     "\x1b[1;31m2026-01-01 10:00:00 [E:onnxruntime:Default, provider_bridge_ort.cc:2458 operator()] /src/provider_bridge_ort.cc:2043 "
