@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pgn.errors import PGNError
-from pgn.images import nearest_valid_size
+from pgn.inputs import CHECK_VALUES, nearest_valid_size
 
 from .models import DEFAULT_MODELS, resolve_model, size_multiple
 from .runtimes import DEFAULT_RUNTIMES, resolve_runtime
@@ -45,6 +45,9 @@ class BenchmarkConfig:
         weights: PGN weights: None (seeded random init), ``paper`` (the authors' released checkpoints, from
             the local cache) or a directory holding ``<model>.pt`` / ``<model>.pth`` files.
         timeout: seconds one worker process may take before its row is marked failed.
+        check_values: when the PyTorch modules read their inputs to check them for NaN and range (``auto``: on
+            the CPU only, since on a GPU it synchronizes every call; ``always``: measure what that costs;
+            ``never``), see :mod:`pgn.inputs`.
     """
 
     device: str = "cpu"
@@ -59,6 +62,7 @@ class BenchmarkConfig:
     seed: int = 0
     weights: str | None = None
     timeout: float = 900.0
+    check_values: str = "auto"
     resolved_weights: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
@@ -81,6 +85,8 @@ class BenchmarkConfig:
                 raise PGNError(f"{what} must be ≥ 1, got {value}")
         if self.warmup is not None and self.warmup < 0:
             raise PGNError(f"warmup must be ≥ 0, got {self.warmup}")
+        if self.check_values not in CHECK_VALUES:
+            raise PGNError(f"check_values must be one of {', '.join(CHECK_VALUES)}, got {self.check_values!r}")
         if self.threads is not None and self.threads < 1:
             raise PGNError(f"threads must be ≥ 1, got {self.threads}")
         if not 0 < self.timeout < float("inf"):

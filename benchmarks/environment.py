@@ -109,12 +109,21 @@ def gpu_info() -> dict | None:
 
 
 def onnxruntime_providers() -> list[str] | None:
-    """Execution providers this ONNX Runtime build offers, or None without onnxruntime."""
+    """Execution providers this ONNX Runtime build lists, or None without onnxruntime (listed is not loadable:
+    see :func:`gpu_runtimes`)."""
     try:
         import onnxruntime as ort
     except ImportError:
         return None
     return list(ort.get_available_providers())
+
+
+def gpu_runtimes() -> dict[str, str]:
+    """Whether ONNX Runtime's CUDA provider and TensorRT really start here: ``ok`` or the reason (probed)."""
+    from .probe import probe
+
+    found = {"onnxruntime CUDAExecutionProvider": probe("onnxruntime", "CUDAExecutionProvider"), "tensorrt": probe("tensorrt")}
+    return {name: reason or "ok" for name, reason in found.items()}
 
 
 def collect_environment(device: str, threads: int) -> dict:
@@ -135,5 +144,6 @@ def collect_environment(device: str, threads: int) -> dict:
         "packages": package_versions(),
         "torch": torch_settings(device),
         "onnxruntime_providers": onnxruntime_providers(),
+        "gpu_runtimes": gpu_runtimes() if device == "cuda" and torch.cuda.is_available() else None,
         "load_average_start": load_average(),
     }

@@ -127,7 +127,8 @@ def measure_one(model: str, runtime: str, size: tuple[int, int], config: Benchma
         artifact = prepared["artifact"]
     task = Task(mode="measure", model=model, runtime=runtime, device=config.device, size=size, batch=config.batch,
                 inputs=str(inputs), repeats=config.repeats, warmup=config.effective_warmup, memory_calls=config.memory_calls,
-                threads=config.effective_threads, seed=config.seed, weights=config.resolved_weights.get(model), artifact=artifact)
+                threads=config.effective_threads, seed=config.seed, weights=config.resolved_weights.get(model), artifact=artifact,
+                check_values=config.check_values)
     result = run_task(task, workdir, config.effective_threads, config.timeout)
     if result["status"] != "ok":
         row.status, row.reason = result["status"], result.get("reason")

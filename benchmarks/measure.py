@@ -5,17 +5,21 @@ Protocol (one fresh process per model × runtime × size, see :mod:`benchmarks.w
 1. the runner loads its model or artifact (``prepare``); freed heap is returned to the OS (``malloc_trim``) and
    the process's memory now is the *baseline*;
 2. **memory**: the peak is reset, ``memory_calls`` gradients are computed, and the peak above the baseline is
-   read back:
+   read back. On CUDA the ``warmup`` calls run first, so that one-time work (cuDNN's algorithm search and its
+   workspace, lazy allocations) is not counted by chance:
 
    * CPU (Linux): the kernel's resident-set high-water mark (``VmHWM``), reset by writing 5 to
      ``/proc/self/clear_refs``, minus the baseline RSS, minus file-backed pages first touched during the calls
      (shared-library code loaded on first use, not working memory);
    * CPU elsewhere: RSS sampled every millisecond by a thread (may miss sub-millisecond peaks);
-   * CUDA, PyTorch: ``torch.cuda.max_memory_allocated`` minus ``memory_allocated`` at the baseline;
-   * CUDA, other runtimes: device memory in use (``cudaMemGetInfo``, whole device) after the calls minus the
-     baseline; memory a runtime reserves while loading (a TensorRT context) is in the baseline, not here;
+   * CUDA, PyTorch: after the warm-up, the peak counters are reset; ``torch.cuda.max_memory_allocated`` during
+     the calls minus ``memory_allocated`` before them;
+   * CUDA, other runtimes: device memory in use (``cudaMemGetInfo``, whole device) after the warm-up and the
+     calls minus before the warm-up: the steady-state footprint of running (ONNX Runtime's arena keeps what it
+     grew, so it cannot be reset); memory a runtime reserves while loading (a TensorRT context) is in the
+     baseline, not here;
 
-3. **time**: ``warmup`` untimed calls, then ``repeats`` timed calls. CPU calls are timed with
+3. **time**: ``warmup`` untimed calls (on CUDA one, the device is warm by now), then ``repeats`` timed calls. CPU calls are timed with
    ``time.perf_counter`` (every runner returns only when its result exists); PyTorch on CUDA with CUDA events
    around each call and a synchronize; other CUDA runtimes return host arrays, so their wall time includes
    the host↔device copies.
@@ -222,8 +226,15 @@ def release_free_heap() -> bool:
         return False
 
 
-def measure_cpu_memory(step: Callable[[], object], calls: int) -> MemoryReading:
+def warm_up(step: Callable[[], object], calls: int) -> None:
+    """Run ``step`` ``calls`` times, untimed and unmeasured."""
+    for _ in range(calls):
+        step()
+
+
+def measure_cpu_memory(step: Callable[[], object], calls: int, warmup: int = 0) -> MemoryReading:
     """Peak RSS above the current (model-loaded) RSS while ``step`` runs ``calls`` times (see module docs)."""
+    warm_up(step, warmup)
     gc.collect()
     release_free_heap()
     if _can_reset_hwm():
@@ -256,10 +267,11 @@ def _ru_maxrss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / MB
 
 
-def measure_cuda_torch_memory(step: Callable[[], object], calls: int) -> MemoryReading:
-    """Peak of PyTorch's CUDA allocations above the baseline while ``step`` runs ``calls`` times."""
+def measure_cuda_torch_memory(step: Callable[[], object], calls: int, warmup: int = 0) -> MemoryReading:
+    """Peak of PyTorch's CUDA allocations above the baseline while ``step`` runs ``calls`` times, after ``warmup`` calls."""
     import torch
 
+    warm_up(step, warmup)
     gc.collect()
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()
@@ -268,12 +280,13 @@ def measure_cuda_torch_memory(step: Callable[[], object], calls: int) -> MemoryR
         step()
     torch.cuda.synchronize()
     peak = torch.cuda.max_memory_allocated()
-    detail = {"allocated_before_mb": base / MB, "max_allocated_mb": peak / MB, "reserved_mb": torch.cuda.memory_reserved() / MB}
+    detail = {"allocated_before_mb": base / MB, "max_allocated_mb": peak / MB, "reserved_mb": torch.cuda.memory_reserved() / MB,
+              "warmup_calls_before": warmup}
     return MemoryReading((peak - base) / MB, base / MB, "cuda_max_memory_allocated", detail)
 
 
-def measure_cuda_device_memory(step: Callable[[], object], calls: int) -> MemoryReading:
-    """Growth of device memory in use (whole GPU, ``cudaMemGetInfo``) while ``step`` runs ``calls`` times.
+def measure_cuda_device_memory(step: Callable[[], object], calls: int, warmup: int = 0) -> MemoryReading:
+    """Growth of device memory in use (whole GPU, ``cudaMemGetInfo``) over ``warmup`` + ``calls`` runs of ``step``.
 
     For runtimes that allocate outside PyTorch (ONNX Runtime's CUDA arena, TensorRT). Other processes on the
     same GPU would disturb it; the arena keeps what it grew, so the reading after the calls is its peak.
@@ -283,12 +296,13 @@ def measure_cuda_device_memory(step: Callable[[], object], calls: int) -> Memory
     gc.collect()
     torch.cuda.synchronize()
     free0, total = torch.cuda.mem_get_info()
-    for _ in range(calls):
+    for _ in range(warmup + calls):
         step()
     torch.cuda.synchronize()
     free1, _ = torch.cuda.mem_get_info()
     used0, used1 = total - free0, total - free1
-    detail = {"device_used_before_mb": used0 / MB, "device_used_after_mb": used1 / MB, "device_total_mb": total / MB}
+    detail = {"device_used_before_mb": used0 / MB, "device_used_after_mb": used1 / MB, "device_total_mb": total / MB,
+              "warmup_calls_included": warmup}
     return MemoryReading(max(0, used1 - used0) / MB, used0 / MB, "cuda_device_used", detail)
 
 

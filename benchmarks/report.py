@@ -121,6 +121,8 @@ def footnotes(result: BenchmarkResult, size: tuple[int, int]) -> list[str]:
     weights = "seeded random PGN weights" if not cfg.get("weights") else f"PGN weights: {cfg['weights']}"
     lines.append(f"VGG: random weights (timing and memory do not depend on them); {weights}. "
                  f"Load average {env.get('load_average_start')} → {env.get('load_average_end')}.")
+    if cfg.get("check_values", "auto") != "auto":
+        lines.append(f"PyTorch rows checked input values: {cfg['check_values']} (default auto: not on the GPU).")
     return lines
 
 

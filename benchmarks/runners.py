@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from pgn.errors import PGNError
+from pgn.perceptual import FP16_LOSS_SCALE, input_gradient
 
 from .models import ModelSpec, build_pgn, build_teacher, resolve_model
 from .runtimes import RuntimeSpec, bf16_native, resolve_runtime
@@ -40,15 +41,19 @@ class Runner:
         weights: a PGN checkpoint path, or None for seeded random weights.
         threads: intra-op threads (None: the library default).
         artifact: the exported file for exported runtimes.
+        check_values: when the PyTorch modules read their inputs to check them (``auto``: not on the GPU, where
+            it synchronizes; ``always``; ``never``), see :mod:`pgn.inputs`.
     """
 
     timer = "wall"  #: ``wall`` or ``cuda_events``
     memory = "cpu"  #: ``cpu``, ``cuda_torch`` or ``cuda_device``
 
     def __init__(self, model: ModelSpec, runtime: RuntimeSpec, device: str, inputs: dict[str, torch.Tensor], *,
-                 seed: int = 0, weights: str | None = None, threads: int | None = None, artifact: str | None = None):
+                 seed: int = 0, weights: str | None = None, threads: int | None = None, artifact: str | None = None,
+                 check_values: str = "auto"):
         self.model, self.runtime, self.device = model, runtime, device
         self.inputs, self.seed, self.weights, self.threads, self.artifact = inputs, seed, weights, threads, artifact
+        self.check_values = check_values
 
     def prepare(self) -> None:
         """Load the model or artifact and place the timed inputs; everything here belongs to the baseline."""
@@ -94,7 +99,9 @@ class _TorchRunner(Runner):
         return self.runtime.name == "torch-compile"
 
     def info(self) -> dict:
-        out = {"library": f"torch {torch.__version__}", "mode": self.runtime.description}
+        out = {"library": f"torch {torch.__version__}", "mode": self.runtime.description, "check_values": self.check_values}
+        if self.model.is_teacher and self.runtime.precision == "fp16":
+            out["loss_scale"] = f"{FP16_LOSS_SCALE:g} (reduced on overflow), gradient unscaled in fp32"
         if self.runtime.precision in AUTOCAST_DTYPES:
             out["autocast"] = str(AUTOCAST_DTYPES[self.runtime.precision]).replace("torch.", "")
             if self.device == "cpu" and self.runtime.precision == "bf16":
@@ -109,6 +116,7 @@ class TorchPGNRunner(_TorchRunner):
 
     def prepare(self) -> None:
         self.net = build_pgn(self.model.net, self.seed, self.weights).to(self.torch_device)
+        self.net.check_values = self.check_values
         self.y_hat = self.inputs["y_hat"].to(self.torch_device)
         self.y = self.inputs["y"].to(self.torch_device)
         self.fn = self.net.outputs
@@ -135,6 +143,7 @@ class TorchTeacherRunner(_TorchRunner):
 
     def prepare(self) -> None:
         self.teacher = build_teacher(self.model, self.seed).to(self.torch_device)
+        self.teacher.check_values = self.check_values
         self.y_hat = self.inputs["y_hat"].to(self.torch_device)
         self.y = self.inputs["y"].to(self.torch_device)
         if self.model.cached_target:
@@ -145,12 +154,11 @@ class TorchTeacherRunner(_TorchRunner):
             self.step()  # compiles forward and backward
 
     def _gradient(self, y_hat: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """In fp16 the backward is loss-scaled and unscaled in fp32 (``pgn.perceptual.input_gradient``)."""
         with self._autocast():
             if not self.compiled:
                 return self.teacher.gradient(y_hat, y)
-            x = y_hat.detach().requires_grad_(True)
-            (g,) = torch.autograd.grad(self.per_sample(x, y).sum(), x)
-            return g
+            return input_gradient(self.per_sample, y_hat, y, fp16=self.runtime.precision == "fp16")[0]
 
     def step(self) -> None:
         self._gradient(self.y_hat, None if self.model.cached_target else self.y)

@@ -18,7 +18,9 @@ coreml             cpu        fp16      ``export`` Core ML ML program; runs only
 
 Only the PyTorch runtimes can compute a VGG gradient (it needs autograd); the exported runtimes run PGN
 forwards. Everything here is cheap to call in the parent process: no model is built and no CUDA context is
-created.
+created. Whether ONNX Runtime's CUDA provider or TensorRT really start is probed once, in a child process
+(:mod:`benchmarks.probe`): a provider that is listed but cannot load becomes an ``unavailable`` row with the
+loader's reason.
 """
 
 from __future__ import annotations
@@ -137,16 +139,28 @@ def runtime_unavailable(runtime: RuntimeSpec, device: str) -> str | None:
     if runtime.family == "torch":
         return _torch_unavailable(runtime, device)
     reason = None
-    if runtime.family == "onnxruntime":
+    if runtime.family in ("onnxruntime", "tensorrt") and not module_available("onnxscript"):
+        reason = "onnxscript is not installed, and the ONNX exporter needs it: pip install onnxscript"
+    elif runtime.family == "onnxruntime":
         reason = _onnxruntime_unavailable(runtime, device)
-    elif runtime.family == "tensorrt" and importlib.util.find_spec("tensorrt") is None:
-        reason = 'the tensorrt Python package is not installed: pip install "pgn-toolkit[tensorrt]" (needs an NVIDIA GPU)'
+    elif runtime.family == "tensorrt":
+        from .probe import probe
+
+        reason = probe("tensorrt")
     elif runtime.family == "coreml":
         if platform.system() != "Darwin":
             reason = f"Core ML models run only on macOS (this is {platform.system()}); pgn-export can still write the artifact here"
-        elif importlib.util.find_spec("coremltools") is None:
+        elif not module_available("coremltools"):
             reason = "coremltools is not installed: pip install coremltools"
     return reason or export_package_unavailable()
+
+
+def module_available(name: str) -> bool:
+    """True if ``name`` can be found for import here (a finder that refuses it counts as missing)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def export_package_unavailable() -> str | None:
@@ -179,7 +193,7 @@ def _torch_unavailable(runtime: RuntimeSpec, device: str) -> str | None:
 
 
 def _onnxruntime_unavailable(runtime: RuntimeSpec, device: str) -> str | None:
-    if importlib.util.find_spec("onnxruntime") is None:
+    if not module_available("onnxruntime"):
         return "onnxruntime is not installed: pip install onnxruntime (CPU) or onnxruntime-gpu (CUDA)"
     import onnxruntime as ort
 
@@ -187,8 +201,12 @@ def _onnxruntime_unavailable(runtime: RuntimeSpec, device: str) -> str | None:
     available = ort.get_available_providers()
     if wanted not in available:
         return f"ONNX Runtime has no {wanted} here (available: {', '.join(available)}); for CUDA install onnxruntime-gpu"
-    if runtime.precision == "int8" and importlib.util.find_spec("onnxruntime.quantization") is None:
+    if runtime.precision == "int8" and not module_available("onnxruntime.quantization"):
         return "onnxruntime.quantization is missing from this onnxruntime build"
+    if device == "cuda":
+        from .probe import probe
+
+        return probe("onnxruntime", wanted)
     return None
 
 

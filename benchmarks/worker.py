@@ -34,6 +34,7 @@ class Task:
         threads: intra-op threads, None for the library default.
         seed: seed of the random weights. weights: a PGN checkpoint instead.
         artifact: exported file to measure. artifact_dir: where ``prepare`` writes.
+        check_values: the PyTorch modules' input value check (``auto``, ``always``, ``never``; :mod:`pgn.inputs`).
     """
 
     mode: str
@@ -51,6 +52,7 @@ class Task:
     weights: str | None = None
     artifact: str | None = None
     artifact_dir: str | None = None
+    check_values: str = "auto"
 
     def to_dict(self) -> dict:
         """JSON-friendly dict."""
@@ -90,11 +92,13 @@ def measure(task: Task) -> dict:
 
     inputs = _load_inputs(task.inputs)
     runner = make_runner(task.model, task.runtime, task.device, inputs, seed=task.seed, weights=task.weights,
-                         threads=task.threads, artifact=task.artifact)
+                         threads=task.threads, artifact=task.artifact, check_values=task.check_values)
     runner.prepare()
     memory_fn = {"cpu": measure_cpu_memory, "cuda_torch": measure_cuda_torch_memory, "cuda_device": measure_cuda_device_memory}[runner.memory]
-    memory = memory_fn(runner.step, task.memory_calls)
-    times = time_calls(runner.step, task.repeats, task.warmup, runner.timer)
+    # On a GPU the warm-up comes first, so that one-time work (cuDNN autotuning) stays out of the peak.
+    memory_warmup = 0 if runner.memory == "cpu" else task.warmup
+    memory = memory_fn(runner.step, task.memory_calls, warmup=memory_warmup)
+    times = time_calls(runner.step, task.repeats, task.warmup if memory_warmup == 0 else 1, runner.timer)
     accuracy = None
     if not (runner.runtime.name == "torch"):
         y_hat, y = runner.accuracy_inputs()

@@ -371,7 +371,7 @@ def _train(config: DistillConfig, ctx: dist.DistContext, resume: bool, fresh: bo
     if ctx.is_main:
         save_config(config, run_dir / "config.json")
     log.event("resume" if resumed_from else "start", step=start, teacher=str(distiller.teacher.weights), teacher_pretrained=distiller.teacher.weights.pretrained,
-              world_size=ctx.world_size, device=ctx.device.type, data=split.describe(), checkpoint=str(resumed_from or ""))
+              world_size=ctx.world_size, device=ctx.device.type, backend=ctx.backend, data=split.describe(), checkpoint=str(resumed_from or ""))
     result = TrainResult(run_dir, start, str(distiller.teacher.weights), is_main=ctx.is_main)
 
     untrained = initial_pgn(config).to(ctx.device) if ctx.is_main else None
@@ -501,6 +501,9 @@ class _StopFlag:
 def _progress(config: DistillConfig, ctx: dist.DistContext, start: int, total: int):
     if not (config.progress and ctx.is_main):
         return None
-    from tqdm.auto import tqdm
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # the progress bar is optional (pip install tqdm); metrics.jsonl has every step
+        return None
 
     return tqdm(total=total, initial=start, desc="distill", unit="step", dynamic_ncols=True)

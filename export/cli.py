@@ -47,6 +47,7 @@ def _check_target(ctx, param, value: str) -> str:
 @click.option("--workspace-gb", type=FiniteFloat(0, min_open=True), help="TensorRT builder workspace limit (default 4).")
 @click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path), metavar="PATH",
               help="TensorRT timing cache (default: DIR/tensorrt-timing.cache).")
+@click.option("--tf32", is_flag=True, help="TensorRT: allow TF32 math in fp32 layers (faster; fails fp32 parity, so off by default).")
 @click.option("--deployment-target", metavar="NAME", help="CoreML minimum deployment target (default iOS16).")
 def main(**kwargs) -> None:
     """Export a PGN with its gradient head as ONNX, TensorRT or CoreML, verified against PyTorch.

@@ -5,7 +5,7 @@ target suffix     needs GPU default precision options beyond size/batch/dynamic/
 ====== ========== ========= ================ ==========================================================
 onnx   .onnx      no        fp32             opset, legacy_exporter
 tensorrt .engine  yes       fp32             opset, legacy_exporter, min_size, max_size, max_batch,
-                                             workspace_gb, timing_cache
+                                             workspace_gb, timing_cache, tf32
 coreml .mlpackage no        fp16             min_size, max_size, max_batch, deployment_target
 ====== ========== ========= ================ ==========================================================
 
@@ -75,7 +75,7 @@ FORMATS: dict[str, Format] = {
             name="tensorrt",
             suffix=".engine",
             needs_gpu=True,
-            options=("opset", "legacy_exporter", "min_size", "max_size", "max_batch", "workspace_gb", "timing_cache"),
+            options=("opset", "legacy_exporter", "min_size", "max_size", "max_batch", "workspace_gb", "timing_cache", "tf32"),
             precisions=("fp32", "fp16"),
             module="export.tensorrt",
             runs_on="Linux/Windows with an NVIDIA GPU, the same TensorRT version and GPU model that built it",

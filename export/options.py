@@ -45,6 +45,8 @@ class ExportOptions:
         min_size, max_size, max_batch: bounds of ranged shapes (TensorRT profile, CoreML RangeDim).
         workspace_gb: TensorRT builder workspace limit.
         timing_cache: TensorRT timing cache file (read if present, written after the build).
+        tf32: TensorRT: let fp32 layers use TF32 math (TensorRT's own default). Off here, because TF32 rounds
+            to 10-bit mantissas and an fp32 engine would fail the fp32 parity (relative error 1e-4).
         deployment_target: CoreML minimum deployment target (``iOS16`` … / ``macOS13`` …).
     """
 
@@ -59,6 +61,7 @@ class ExportOptions:
     max_batch: int | None = None
     workspace_gb: float = 4.0
     timing_cache: Path | None = None
+    tf32: bool = False
     deployment_target: str = "iOS16"
 
     def __post_init__(self):

@@ -1,7 +1,9 @@
 """Runners for exported artifacts: ONNX Runtime (CPU / CUDA), TensorRT engines, CoreML (macOS).
 
-Every runner takes (N, 3, H, W) float32 RGB [0, 1] arrays and returns ``{"proxy", "grad"}``, the same numbers as
-``pgn.PGN`` with ``value_space="unit"``. For fp16 artifacts, whose graph outputs the residual, the gradient scale
+Every runner takes (N, 3, H, W) RGB [0, 1] images (NumPy arrays or torch tensors of any floating dtype, checked
+against the input contract of the PyTorch API, :mod:`pgn.inputs`) and returns ``{"proxy", "grad"}``, the same
+numbers as ``pgn.PGN`` with ``value_space="unit"``. A new runner subclasses :class:`Runtime` and implements
+:meth:`Runtime.run_graph`; :meth:`Runtime.check_inputs` applies the contract for it. For fp16 artifacts, whose graph outputs the residual, the gradient scale
 is applied here on the host in fp32 (:class:`export.graph.GradientRecipe`). Runners record what actually ran in
 ``info`` (execution providers, device, precision, versions, thread settings), so benchmarks can store it.
 
@@ -22,6 +24,7 @@ from typing import Any, Callable
 import numpy as np
 
 from pgn.errors import PGNError
+from pgn.inputs import as_float32_arrays
 
 from .errors import RuntimeUnavailable
 from .formats import FORMATS, Format
@@ -36,6 +39,9 @@ class Runtime:
 
     #: e.g. ``onnxruntime-cpu``, ``onnxruntime-cuda``, ``tensorrt-fp16``, ``coreml``
     name: str = "runtime"
+    #: When the value check (finite, plausible range) reads the inputs (see :mod:`pgn.inputs`); the inputs
+    #: of :meth:`run` are host arrays, so ``auto`` checks them.
+    check_values: str = "auto"
 
     def __init__(self, artifact: Path, manifest: dict[str, Any]):
         self.artifact = Path(artifact)
@@ -80,17 +86,9 @@ class Runtime:
         return {"proxy": proxy, "grad": np.asarray(raw["residual"], dtype=np.float32) * scale}
 
     def check_inputs(self, y_hat, y) -> tuple[np.ndarray, np.ndarray]:
-        """Validate shapes against the artifact and return contiguous float32 arrays; a clear error otherwise."""
-        arrays = []
-        for name, a in (("y_hat", y_hat), ("y", y)):
-            if hasattr(a, "detach"):
-                a = a.detach().cpu().numpy()
-            a = np.ascontiguousarray(a, dtype=np.float32)
-            if a.ndim != 4 or a.shape[1] != 3:
-                raise PGNError(f"{name} must be (N, 3, H, W) RGB, got shape {a.shape}")
-            arrays.append(a)
-        if arrays[0].shape != arrays[1].shape:
-            raise PGNError(f"y_hat and y must have the same shape, got {arrays[0].shape} and {arrays[1].shape}")
+        """Check the inputs against the PGN input contract (:mod:`pgn.inputs`: layout, floating dtype, finite
+        values in RGB [0, 1]) and the artifact's shapes; return contiguous float32 arrays, a clear error otherwise."""
+        arrays = as_float32_arrays(("y_hat", y_hat), ("y", y), value_space="unit", check_values=self.check_values)
         shape = arrays[0].shape
         m = self.manifest
         if not m.get("dynamic"):
@@ -126,6 +124,8 @@ class OnnxRuntime(Runtime):
         threads: intra-op threads (``None``: ONNX Runtime's default, one per physical core).
         graph_optimization_level: ``disable``, ``basic``, ``extended`` or ``all`` (default).
         inter_op_threads: inter-op threads (``None``: default); only used with parallel execution.
+        tf32: let the CUDA execution provider use TF32 math in fp32 convolutions and matmuls. Off by default
+            (ONNX Runtime's own default is on): TF32 keeps 10 mantissa bits and breaks fp32 parity (1e-4).
     """
 
     respects_shape_range = False
@@ -139,6 +139,7 @@ class OnnxRuntime(Runtime):
         threads: int | None = None,
         graph_optimization_level: str = "all",
         inter_op_threads: int | None = None,
+        tf32: bool = False,
     ):
         super().__init__(artifact, manifest)
         try:
@@ -169,7 +170,7 @@ class OnnxRuntime(Runtime):
                     f"this onnxruntime has no CUDA execution provider (available: {', '.join(available)}): "
                     "pip install onnxruntime-gpu on a machine with an NVIDIA GPU"
                 )
-            providers: list = [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
+            providers: list = [("CUDAExecutionProvider", cuda_provider_options(device_id, tf32=tf32)), "CPUExecutionProvider"]
         else:
             providers = ["CPUExecutionProvider"]
         try:
@@ -196,6 +197,7 @@ class OnnxRuntime(Runtime):
             inter_op_threads=inter_op_threads if inter_op_threads is not None else "default",
             graph_optimization_level=graph_optimization_level,
             io_binding=kind == "cuda",
+            provider_options=self.session.get_provider_options(),
         )
         if manifest.get("precision") == "fp16" and kind == "cpu":
             self.info["note"] = "the CPU execution provider may upcast fp16 nodes that lack fp16 kernels to fp32"
@@ -230,12 +232,22 @@ class OnnxRuntime(Runtime):
         return binding
 
 
+def cuda_provider_options(device_id: int, *, tf32: bool = False) -> dict[str, str]:
+    """Options of ONNX Runtime's CUDA execution provider: the device, and TF32 off unless asked for."""
+    return {"device_id": str(device_id), "use_tf32": "1" if tf32 else "0"}
+
+
 # --------------------------------------------------------------------------------------------------------
 # TensorRT
 
 
 class TensorRTRuntime(Runtime):
-    """A serialized TensorRT engine run with ``execute_async_v3``; buffers are CUDA tensors of PyTorch."""
+    """A serialized TensorRT engine run with ``execute_async_v3``; buffers are CUDA tensors of PyTorch.
+
+    The engine runs on a stream of its own, ordered after the caller's current stream (inputs written there are
+    ready) and before it (later work there sees the outputs). Enqueueing on PyTorch's legacy default stream
+    (handle 0) instead would make TensorRT synchronize around every call.
+    """
 
     def __init__(self, artifact: Path, manifest: dict[str, Any], *, device: str = "cuda"):
         super().__init__(artifact, manifest)
@@ -258,6 +270,7 @@ class TensorRTRuntime(Runtime):
                 "GPU model that built them; rebuild it here with pgn-export --target tensorrt"
             )
         self.context = self.engine.create_execution_context()
+        self.stream = torch.cuda.Stream(device=self.device)
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in names if n not in self.inputs]
@@ -268,6 +281,8 @@ class TensorRTRuntime(Runtime):
             device=f"cuda:{device_id} ({torch.cuda.get_device_name(self.device)})",
             strongly_typed=manifest.get("target_info", {}).get("strongly_typed"),
             io_tensors={n: str(self.engine.get_tensor_dtype(n)) for n in names},
+            stream="dedicated CUDA stream, ordered after the caller's current stream",
+            tf32=manifest.get("target_info", {}).get("tf32"),
         )
 
     def _torch_dtype(self, name: str):
@@ -291,9 +306,12 @@ class TensorRTRuntime(Runtime):
         return tensors
 
     def _execute(self) -> None:
-        stream = self.torch.cuda.current_stream(self.device)
-        if not self.context.execute_async_v3(stream.cuda_stream):
+        """Enqueue one run on :attr:`stream`, between the caller's earlier and later work on its current stream."""
+        current = self.torch.cuda.current_stream(self.device)
+        self.stream.wait_stream(current)
+        if not self.context.execute_async_v3(self.stream.cuda_stream):
             raise PGNError("TensorRT execution failed (see the TensorRT log)")
+        current.wait_stream(self.stream)
 
     def run_graph(self, y_hat: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
         tensors = self._bind(y_hat, y)
@@ -361,6 +379,7 @@ def load_runtime(
     graph_optimization_level: str = "all",
     inter_op_threads: int | None = None,
     compute_units: str = "ALL",
+    tf32: bool = False,
 ) -> Runtime:
     """Load an exported artifact with its runtime; reads the manifest beside it.
 
@@ -371,6 +390,8 @@ def load_runtime(
             CoreML chooses its own units (see ``compute_units``).
         threads, graph_optimization_level, inter_op_threads: ONNX Runtime session options.
         compute_units: CoreML compute units.
+        tf32: ONNX Runtime on CUDA: allow TF32 math (off by default, for fp32 parity; TensorRT engines fix
+            it when they are built, see ``ExportOptions.tf32``).
 
     Raises:
         RuntimeUnavailable: the runtime, device or OS is missing here (says what to install / where it runs).
@@ -385,7 +406,7 @@ def load_runtime(
         raise PGNError(f"{artifact} is a {manifest.get('target')} artifact according to its manifest, not {fmt.name}")
     if fmt.name == "onnx":
         return OnnxRuntime(artifact, manifest, device=device, threads=threads,
-                           graph_optimization_level=graph_optimization_level, inter_op_threads=inter_op_threads)
+                           graph_optimization_level=graph_optimization_level, inter_op_threads=inter_op_threads, tf32=tf32)
     if fmt.name == "tensorrt":
         return TensorRTRuntime(artifact, manifest, device=device)
     if device not in ("cpu",):

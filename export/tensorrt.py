@@ -8,6 +8,11 @@ the ``.engine`` file. fp16:
 * TensorRT 11: strongly typed networks only (the FP16 flag is gone), so the ONNX graph itself is fp16
   (float32 inputs/outputs, half arithmetic), and the network is created strongly typed.
 
+TF32: TensorRT lets fp32 convolutions use TF32 math by default (10-bit mantissas), which breaks the fp32 parity
+of 1e-4. ``BuilderFlag.TF32`` is therefore cleared unless ``ExportOptions.tf32`` asks for it (``--tf32``); the
+manifest records which. A timing cache that TensorRT rejects (written by another TensorRT version or GPU model)
+is reported with a warning and replaced by the new build's cache.
+
 An engine runs only with the TensorRT version and GPU model that built it. Without TensorRT or a CUDA GPU
 every entry point raises :class:`export.RuntimeUnavailable` before anything is written.
 """
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +127,7 @@ def build_engine(trt, onnx_path: Path, options: ExportOptions, size_multiple: in
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_gb * (1 << 30)))
     if options.precision == "fp16" and not strong:
         config.set_flag(trt.BuilderFlag.FP16)
+    _set_tf32(trt, config, options.tf32)
     if options.dynamic:
         rng = options.shape_range(size_multiple)
         profile = builder.create_optimization_profile()
@@ -128,14 +135,42 @@ def build_engine(trt, onnx_path: Path, options: ExportOptions, size_multiple: in
             profile.set_shape(name, rng.min, rng.opt, rng.max)
         config.add_optimization_profile(profile)
     cache_path = options.timing_cache
-    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path and cache_path.is_file() else b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    _use_timing_cache(config, cache_path)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise PGNError("TensorRT could not build the engine (see the TensorRT log above)")
     if cache_path is not None:
         _atomic_write(cache_path, bytes(memoryview(config.get_timing_cache().serialize())))
     return bytes(memoryview(serialized))
+
+
+def _set_tf32(trt, config, allow: bool) -> None:
+    """Clear ``BuilderFlag.TF32`` (on by default in TensorRT) unless TF32 is asked for."""
+    flag = getattr(trt.BuilderFlag, "TF32", None)
+    if flag is None:
+        if allow:
+            raise PGNError(f"TensorRT {trt.__version__} has no BuilderFlag.TF32: build without --tf32")
+        return
+    if allow:
+        config.set_flag(flag)
+    else:
+        config.clear_flag(flag)
+
+
+def _use_timing_cache(config, path: Path | None) -> None:
+    """Give the builder the timing cache in ``path`` (if any); warn and start empty when TensorRT rejects it."""
+    data = path.read_bytes() if path is not None and path.is_file() else b""
+    cache = config.create_timing_cache(data)
+    if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
+        return
+    if data:
+        warnings.warn(
+            f"TensorRT rejected the timing cache {path} (written by another TensorRT version or GPU model): "
+            "building without it; this build's cache replaces it",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
 
 
 def describe(trt_module, options: ExportOptions, size_multiple: int) -> dict[str, Any]:
@@ -145,6 +180,9 @@ def describe(trt_module, options: ExportOptions, size_multiple: int) -> dict[str
         "tensorrt": trt_module.__version__,
         "strongly_typed": strong,
         "fp16_via": None if options.precision != "fp16" else ("fp16 ONNX graph (strong typing)" if strong else "BuilderFlag.FP16"),
+        "tf32": options.tf32,
+        "tf32_flag": (("set" if options.tf32 else "cleared: fp32 layers compute in fp32")
+                      if getattr(trt_module.BuilderFlag, "TF32", None) is not None else "not in this TensorRT"),
         "workspace_gb": options.workspace_gb,
         "timing_cache": str(options.timing_cache) if options.timing_cache else None,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,

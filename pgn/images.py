@@ -1,4 +1,4 @@
-"""Value spaces, input checks, and the images the toolkit can read without a dataset.
+"""Value spaces and the images the toolkit can read without a dataset.
 
 Two value spaces exist:
 
@@ -20,6 +20,7 @@ import torch
 
 from .constants import IMAGENET_MEAN, IMAGENET_STD
 from .errors import PGNError
+from .inputs import check_images, nearest_valid_size  # noqa: F401  (the input contract lives in pgn.inputs)
 
 VALUE_SPACES = ("unit", "imagenet")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
@@ -33,9 +34,12 @@ def check_value_space(value_space: str) -> str:
 
 
 def _stats(like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    mean = torch.tensor(IMAGENET_MEAN, dtype=like.dtype, device=like.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=like.dtype, device=like.device).view(1, 3, 1, 1)
-    return mean, std
+    return _channel_constant(IMAGENET_MEAN, like), _channel_constant(IMAGENET_STD, like)
+
+
+def _channel_constant(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
+    """A (1, 3, 1, 1) tensor of ``values`` made on ``like``'s device: a host-to-device copy would wait for the GPU."""
+    return torch.cat([torch.full((1, 1, 1, 1), v, dtype=like.dtype, device=like.device) for v in values], dim=1)
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
@@ -66,60 +70,6 @@ def gradient_from_imagenet(g: torch.Tensor, value_space: str) -> torch.Tensor:
         return g
     _, std = _stats(g)
     return g / std
-
-
-def _is_tracing() -> bool:
-    return bool(
-        torch.jit.is_tracing()
-        or torch.compiler.is_compiling()
-        or torch.onnx.is_in_onnx_export()
-    )
-
-
-def check_images(*named: tuple[str, torch.Tensor], channels: int = 3, multiple_of: int = 1) -> None:
-    """Validate image tensors at the public API; raise a one-line :class:`PGNError` on bad input.
-
-    Each entry is ``(name, tensor)``. Checks: a tensor, 4-D NCHW, ``channels`` channels, floating point,
-    all tensors of one shape, finite values, and H and W divisible by ``multiple_of``. Skipped while a graph
-    is being traced or exported, where data-dependent checks cannot run.
-    """
-    if _is_tracing():
-        return
-    shape = None
-    for name, t in named:
-        if not isinstance(t, torch.Tensor):
-            raise PGNError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != 4:
-            raise PGNError(
-                f"{name} must be a 4-D (N, {channels}, H, W) tensor, got shape {tuple(t.shape)}; "
-                f"add a batch dimension with {name}.unsqueeze(0)" if t.dim() == 3 else
-                f"{name} must be a 4-D (N, {channels}, H, W) tensor, got shape {tuple(t.shape)}"
-            )
-        if t.shape[1] != channels:
-            hint = " (channels-last? use .permute(0, 3, 1, 2))" if t.shape[-1] == channels else ""
-            raise PGNError(f"{name} must have {channels} channels (RGB), got shape {tuple(t.shape)}{hint}")
-        if not t.is_floating_point():
-            raise PGNError(f"{name} must be a floating-point tensor (RGB in [0, 1]), got {t.dtype}; use .float() / 255")
-        if shape is None:
-            shape = t.shape
-        elif t.shape != shape:
-            raise PGNError(f"y_hat and y must have the same shape, got {tuple(shape)} and {tuple(t.shape)}")
-        if not bool(torch.isfinite(t).all()):
-            raise PGNError(f"{name} contains NaN or infinite values")
-    if shape is not None and multiple_of > 1:
-        h, w = int(shape[2]), int(shape[3])
-        if h % multiple_of or w % multiple_of:
-            raise PGNError(
-                f"image size {h}x{w} is not allowed: height and width must be multiples of {multiple_of}; "
-                f"nearest valid height {nearest_valid_size(h, multiple_of)}, width {nearest_valid_size(w, multiple_of)}"
-            )
-
-
-def nearest_valid_size(n: int, multiple_of: int) -> str:
-    """Describe the multiples of ``multiple_of`` closest to ``n``, e.g. ``'224 or 256'``."""
-    low = (n // multiple_of) * multiple_of
-    high = low + multiple_of
-    return str(high) if low == 0 else f"{low} or {high}"
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from torch import nn
 
 from .errors import PGNError
 from .images import to_imagenet
+from .inputs import compute_dtype
 from .model import PGN
 from .perceptual import REDUCTIONS, _reduce
 
@@ -47,7 +48,10 @@ class PGNLoss(nn.Module):
             (20 for talking heads and Image2StyleGAN). 0 disables it.
         reduction: ``"sum"`` (default, matches :class:`pgn.PerceptualLoss`), ``"mean"`` or ``"none"``.
 
-    Call ``criterion(y_hat, y)`` with (N, 3, H, W) tensors in the model's value space.
+    Call ``criterion(y_hat, y)`` with (N, 3, H, W) tensors in the model's value space, of any floating dtype
+    (:mod:`pgn.inputs`). The PGN runs in its own dtype and the injected gradient stays in it until the backward
+    has multiplied it by the incoming gradient, so a loss scaler (``torch.amp.GradScaler``) protects float16
+    generators from underflow; the returned loss has the model's dtype.
     """
 
     def __init__(self, model: PGN, mse_weight: float = 0.0, reduction: str = "sum"):
@@ -68,10 +72,11 @@ class PGNLoss(nn.Module):
     def per_sample(self, y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-sample surrogate values, shape (N,); their backward delivers the PGN gradient (+ MSE term)."""
         vs = self.model.value_space
+        self.model.check_inputs(y_hat, y)
         with torch.no_grad():
-            out = self.model.outputs(y_hat.detach(), y.detach())
-            y_hat_n = to_imagenet(y_hat.detach(), vs)
-            value = self.model.head.loss(y_hat_n, to_imagenet(out.proxy, vs))
+            out = self.model._compute(y_hat.detach(), y.detach())  # in the model's dtype (see the class docs)
+            x_hat = y_hat.detach().to(compute_dtype(self.model))
+            value = self.model.head.loss(to_imagenet(x_hat, vs), to_imagenet(out.proxy, vs))
         per_sample = _InjectGradient.apply(y_hat, out.grad, value)
         if self.mse_weight:
             diff = to_imagenet(y_hat, vs) - to_imagenet(y.detach(), vs)

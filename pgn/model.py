@@ -22,7 +22,8 @@ from .backbones import BACKBONES, backbone_config, config_to_dict
 from .constants import GRAD_SCALE_RESNET, GRAD_SCALE_UNET
 from .errors import PGNError
 from .heads import HEAD_KINDS, GradientHead, HeadConfig
-from .images import check_images, check_value_space, from_imagenet, gradient_from_imagenet, to_imagenet
+from .images import check_value_space, from_imagenet, gradient_from_imagenet, to_imagenet
+from .inputs import check_images, compute_dtype
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,15 @@ class PGN(nn.Module):
     Call ``model(y_hat, y)`` with two (N, 3, H, W) float tensors (RGB in [0, 1] unless the model's
     ``value_space`` is ``imagenet``) to get the gradient, same shape as ``y_hat``, with respect to ``y_hat`` as
     passed. Heads are closed-form, so the whole forward exports to ONNX/CoreML/TensorRT.
+
+    Inputs follow :mod:`pgn.inputs`: any floating dtype is computed in the model's parameter dtype and the
+    gradient and proxy come back in ``y_hat``'s dtype. ``check_values`` (``auto``, ``always``, ``never``)
+    decides whether the NaN/range check reads the data: ``auto`` skips it for GPU tensors, where it would
+    synchronize the device on every call.
     """
+
+    #: When the value check (finite, plausible range) reads the input data; see :mod:`pgn.inputs`.
+    check_values: str = "auto"
 
     def __init__(self, config: PGNConfig = PGNConfig()):
         super().__init__()
@@ -107,11 +116,25 @@ class PGN(nn.Module):
         """Height and width of inputs must be multiples of this."""
         return self.backbone.size_multiple
 
+    def check_inputs(self, y_hat: torch.Tensor, y: torch.Tensor) -> None:
+        """Raise a one-line :class:`PGNError` unless ``(y_hat, y)`` meet the input contract (:mod:`pgn.inputs`)."""
+        param = next(self.backbone.parameters(), None)
+        check_images(("y_hat", y_hat), ("y", y), multiple_of=self.size_multiple, value_space=self.value_space,
+                     check_values=self.check_values, device=None if param is None else param.device)
+
     def outputs(self, y_hat: torch.Tensor, y: torch.Tensor) -> PGNOutput:
-        """Gradient, proxy and raw backbone output for a batch (see :class:`PGNOutput`)."""
-        check_images(("y_hat", y_hat), ("y", y), multiple_of=self.size_multiple)
-        vs = self.config.value_space
-        y_hat_n, y_n = to_imagenet(y_hat, vs), to_imagenet(y, vs)
+        """Gradient, proxy and raw backbone output for a batch (see :class:`PGNOutput`).
+
+        ``grad`` and ``proxy`` have ``y_hat``'s dtype; ``raw`` has the model's.
+        """
+        self.check_inputs(y_hat, y)
+        out = self._compute(y_hat, y)
+        return PGNOutput(out.grad.to(y_hat.dtype), out.proxy.to(y_hat.dtype), out.raw)
+
+    def _compute(self, y_hat: torch.Tensor, y: torch.Tensor) -> PGNOutput:
+        """The forward on checked inputs, in the model's dtype."""
+        vs, dtype = self.config.value_space, compute_dtype(self.backbone)
+        y_hat_n, y_n = to_imagenet(y_hat.to(dtype), vs), to_imagenet(y.to(dtype), vs)
         raw = self.backbone(torch.cat([y_hat_n, y_n], dim=1))
         proxy_n = self.head.proxy(raw, y_hat_n, y_n)
         grad_n = self.head.gradient(y_hat_n, proxy_n, raw)

@@ -25,7 +25,8 @@ from torch import nn
 
 from .errors import PGNError
 from .files import read_file
-from .images import check_images, check_value_space, to_imagenet
+from .images import check_value_space, to_imagenet
+from .inputs import check_images, compute_dtype
 
 #: VGG feature configs up to and including relu5_1 ("M" marks a pooling layer), as in torchvision.
 VGG_CONFIGS: dict[str, list[int | str]] = {
@@ -43,6 +44,11 @@ VGG_TAPS = {
 #: Display names.
 VGG_NAMES = {"vgg19": "VGG-19", "vgg11": "VGG-11"}
 REDUCTIONS = ("sum", "mean", "none")
+#: Loss scale of gradients computed in float16 (``torch.autocast(dtype=float16)`` or a ``.half()`` teacher):
+#: VGG gradients of ~1e-7 underflow in fp16, so the backward starts from this value instead of 1 and the result
+#: is divided by it in fp32. It is halved and the gradient recomputed if it overflows. 2**15 is the largest power
+#: of two below fp16's maximum (65504).
+FP16_LOSS_SCALE = 2.0**15
 
 
 @dataclass(frozen=True)
@@ -200,7 +206,13 @@ class PerceptualLoss(nn.Module):
         teacher = pgn.PerceptualLoss("vgg19", weights="imagenet")
         loss = teacher(y_hat, y)            # scalar (sum over the batch)
         g_true = teacher.gradient(y_hat, y) # ∂loss_i/∂y_hat_i, same shape as y_hat
+
+    Inputs follow :mod:`pgn.inputs` (any floating dtype, at least 16×16; gradients in ``y_hat``'s dtype);
+    ``check_values`` decides when the NaN/range check reads the data (``auto``: not for GPU tensors).
     """
+
+    #: When the value check (finite, plausible range) reads the input data; see :mod:`pgn.inputs`.
+    check_values: str = "auto"
 
     def __init__(
         self,
@@ -247,11 +259,23 @@ class PerceptualLoss(nn.Module):
                 out.append(h)
         return out
 
+    @property
+    def min_size(self) -> int:
+        """Smallest input height and width: relu5_1 follows four 2×2 poolings, so 16."""
+        return 2 ** sum(isinstance(m, (nn.AvgPool2d, nn.MaxPool2d)) for m in self.features)
+
+    def _check(self, *named: tuple[str, torch.Tensor]) -> None:
+        check_images(*named, min_size=self.min_size, value_space=self.value_space, check_values=self.check_values,
+                     device=next(self.features.parameters()).device)
+
+    def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.activations(to_imagenet(x.to(compute_dtype(self.features)), self.value_space))
+
     def cache_target(self, y: torch.Tensor) -> None:
         """Precompute the target's features (for a fixed target: DIP, inversion); later calls may pass ``y=None``."""
-        check_images(("y", y))
+        self._check(("y", y))
         with torch.no_grad():
-            self._target = [t.detach() for t in self.activations(to_imagenet(y, self.value_space))]
+            self._target = [t.detach() for t in self._features(y)]
         self._target_shape = tuple(y.shape)
 
     def clear_target(self) -> None:
@@ -263,16 +287,16 @@ class PerceptualLoss(nn.Module):
         if y is None:
             if self._target is None:
                 raise PGNError("no target: pass y, or call cache_target(y) first")
-            check_images(("y_hat", y_hat))
+            self._check(("y_hat", y_hat))
             n_cached = self._target_shape[0]
             if tuple(y_hat.shape[1:]) != self._target_shape[1:] or n_cached not in (1, y_hat.shape[0]):
                 raise PGNError(f"y_hat shape {tuple(y_hat.shape)} does not fit the cached target {self._target_shape}")
             target = self._target
         else:
-            check_images(("y_hat", y_hat), ("y", y))
+            self._check(("y_hat", y_hat), ("y", y))
             with torch.no_grad():
-                target = self.activations(to_imagenet(y.detach(), self.value_space))
-        feats = self.activations(to_imagenet(y_hat, self.value_space))
+                target = self._features(y.detach())
+        feats = self._features(y_hat)
         total = 0
         for f, t in zip(feats, target):
             total = total + (f - t).abs().flatten(1).mean(dim=1)
@@ -286,12 +310,14 @@ class PerceptualLoss(nn.Module):
         """True gradient ``∂loss_i/∂y_hat_i`` (shape of ``y_hat``, w.r.t. ``y_hat`` as passed) and the (N,) losses.
 
         One forward and one input-only backward; the VGG stays frozen and ``y_hat``'s own graph is untouched.
+        In float16 the backward is loss-scaled (:data:`FP16_LOSS_SCALE`) and unscaled in fp32.
         """
-        with torch.enable_grad():
-            x = y_hat.detach().requires_grad_(True)
-            losses = self.per_sample(x, y)
-            (g,) = torch.autograd.grad(losses.sum(), x)
-        return g, losses.detach()
+        return input_gradient(self.per_sample, y_hat, y, fp16=self._computes_in_fp16(y_hat))
+
+    def _computes_in_fp16(self, y_hat: torch.Tensor) -> bool:
+        device = y_hat.device.type
+        autocast = torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.float16
+        return autocast or compute_dtype(self.features) == torch.float16
 
     def gradient(self, y_hat: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """True gradient of each sample's loss w.r.t. ``y_hat`` (same shape, same value space)."""
@@ -299,6 +325,28 @@ class PerceptualLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.weights}, value_space={self.value_space!r}, reduction={self.reduction!r}"
+
+
+def input_gradient(per_sample, y_hat: torch.Tensor, y: torch.Tensor | None, *, fp16: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``∂ per_sample(y_hat, y)_i / ∂ y_hat_i`` and the per-sample values, for any differentiable ``per_sample``.
+
+    With ``fp16`` the backward starts from :data:`FP16_LOSS_SCALE` instead of 1 (so activation gradients of
+    ~1e-7 do not underflow) and the gradient is unscaled in fp32; on overflow the scale is halved and the
+    gradient recomputed. This reads the gradient once per call to check it (a device synchronization).
+    """
+    scale = FP16_LOSS_SCALE if fp16 else 1.0
+    while True:
+        with torch.enable_grad():
+            x = y_hat.detach().requires_grad_(True)
+            losses = per_sample(x, y)
+            start = torch.full_like(losses, scale)
+            (g,) = torch.autograd.grad(losses, x, grad_outputs=start)
+        if scale == 1.0:
+            return g, losses.detach()
+        g = (g.float() / scale).to(g.dtype)
+        if bool(torch.isfinite(g).all()) or scale <= 1.0:
+            return g, losses.detach()
+        scale = max(1.0, scale / 2**4)
 
 
 def _reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -309,4 +357,4 @@ def _reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
     return per_sample
 
 
-__all__ = ["PerceptualLoss", "TeacherWeights", "VGG_TAPS", "vgg_features", "imagenet_weights_path"]
+__all__ = ["FP16_LOSS_SCALE", "PerceptualLoss", "TeacherWeights", "VGG_TAPS", "input_gradient", "vgg_features", "imagenet_weights_path"]

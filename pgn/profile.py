@@ -16,6 +16,7 @@ from torch import nn
 
 from .errors import PGNError
 from .images import nearest_valid_size
+from .inputs import check_size
 from .model import PGN
 from .perceptual import PerceptualLoss, vgg_features
 
@@ -100,6 +101,7 @@ def profile(model: PGN | PerceptualLoss | str, size: int | tuple[int, int] = 224
         PGNError: a size the model cannot take (the message names the nearest valid sizes).
     """
     h, w = (size, size) if isinstance(size, int) else size
+    check_size(h, w, what="profile size")
     if isinstance(model, str):
         if model in ("vgg19", "vgg11"):
             return _profile_vgg(model, vgg_features(model), (h, w))

@@ -53,8 +53,8 @@ def test_nothing_measurable_is_an_error():
     assert out.exit_code == 1 and "nothing could be measured" in out.output
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
-def test_cuda_without_a_gpu_is_rows_with_reasons_and_exit_1():
+def test_cuda_without_a_gpu_is_rows_with_reasons_and_exit_1(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # runs on GPU machines too
     out = CliRunner().invoke(main, ["--device", "cuda", "--models", "resnet4", "--runtimes", "torch,onnxruntime,tensorrt", "--size", "32", *TINY])
     assert out.exit_code == 1
     assert "no CUDA GPU" in out.output and "nothing could be measured" in out.output
@@ -108,3 +108,16 @@ def test_from_json_of_something_else_is_one_line(tmp_path, content):
 def test_nan_timeout_is_a_usage_error():
     out = CliRunner().invoke(main, ["--timeout", "nan"])
     assert out.exit_code == 2 and "finite" in out.output
+
+
+def test_check_values_is_recorded_and_said(tmp_path):
+    args = ["--models", "resnet4", "--runtimes", "torch", "--size", "32", "--check-values", "always", "--json", str(tmp_path / "b.json"),
+            "--markdown", str(tmp_path / "b.md"), *TINY]
+    out = CliRunner().invoke(main, args)
+    assert out.exit_code == 0, out.output
+    data = json.loads((tmp_path / "b.json").read_text())
+    assert data["config"]["check_values"] == "always"
+    assert data["rows"][0]["runtime_info"]["check_values"] == "always"
+    assert "checked input values: always" in (tmp_path / "b.md").read_text()
+    bad = CliRunner().invoke(main, ["--check-values", "sometimes", *TINY])
+    assert bad.exit_code == 2 and "sometimes" in bad.output

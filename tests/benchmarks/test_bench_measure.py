@@ -1,5 +1,7 @@
 """The measuring machinery: statistics from raw samples, the call protocol, and the memory readings."""
 
+import types
+
 import numpy as np
 import pytest
 
@@ -45,3 +47,65 @@ def test_cpu_memory_sees_a_large_temporary_allocation():
 def test_cpu_memory_of_a_step_that_allocates_nothing_is_small():
     reading = measure_cpu_memory(lambda: None, calls=2)
     assert reading.peak_mb < 8
+
+
+class _FakeCudaAllocator:
+    """PyTorch's CUDA memory counters, for a step whose first call also allocates a big one-time workspace
+    (cuDNN's algorithm search) and every call 10 MiB of working memory."""
+
+    MB = 2**20
+
+    def __init__(self):
+        self.allocated, self.peak, self.calls = 50 * self.MB, 50 * self.MB, 0
+
+    def step(self):
+        self.calls += 1
+        if self.calls == 1:
+            self._alloc(300 * self.MB)
+        self._alloc(10 * self.MB)
+
+    def _alloc(self, n):
+        self.allocated += n
+        self.peak = max(self.peak, self.allocated)
+        self.allocated -= n
+
+    def install(self, monkeypatch):
+        import torch
+
+        for name, fn in (("synchronize", lambda *a: None), ("memory_allocated", lambda *a: self.allocated),
+                         ("max_memory_allocated", lambda *a: self.peak), ("memory_reserved", lambda *a: self.peak),
+                         ("reset_peak_memory_stats", lambda *a: setattr(self, "peak", self.allocated))):
+            monkeypatch.setattr(torch.cuda, name, fn)
+
+
+def test_cuda_peak_memory_is_read_after_the_warm_up(monkeypatch):
+    """The one-time workspace of the first call must not be counted as the model's working memory."""
+    import torch
+
+    from benchmarks import runners, worker
+
+    alloc = _FakeCudaAllocator()
+    alloc.install(monkeypatch)
+
+    class FakeRunner:
+        memory, timer = "cuda_torch", "wall"
+        runtime = types.SimpleNamespace(name="torch")
+
+        def prepare(self):
+            pass
+
+        def step(self):
+            alloc.step()
+
+        def info(self):
+            return {}
+
+    monkeypatch.setattr(runners, "make_runner", lambda *a, **k: FakeRunner())
+    monkeypatch.setattr(worker, "_load_inputs", lambda path: {})
+    task = worker.Task(mode="measure", model="resnet4", runtime="torch", device="cuda", size=(32, 32), batch=1, inputs="-",
+                       repeats=3, warmup=2, memory_calls=2)
+    result = worker.measure(task)
+    assert result["memory"]["peak_mb"] == pytest.approx(10.0)
+    assert result["memory"]["detail"]["warmup_calls_before"] == 2
+    assert alloc.calls == 2 + 2 + 1 + 3  # warm-up, memory, one untimed call, timed
+    assert torch.cuda.memory_allocated() == alloc.allocated

@@ -1,4 +1,8 @@
-"""Shared settings for the distill tests: one thread, a tiny PGN, 32-pixel crops, a random-weight teacher."""
+"""Shared settings for the distill tests: one thread, a tiny PGN, 32-pixel crops, a random-weight teacher, the CPU.
+
+Every test here runs on the CPU, also on a GPU machine: exact-resume comparisons need deterministic kernels, and
+the GPU paths have tests of their own (``test_distill_gpu.py``).
+"""
 
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ TINY = dict(
     vgg_weights="random",  # no pretrained VGG on the test machine: mechanics only
     val_images=3,
     progress=False,
+    device="cpu",
 )
 
 

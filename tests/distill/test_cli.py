@@ -7,7 +7,7 @@ from PIL import Image
 from distill.cli import build_config, command, join_list_arguments
 
 TINY = ["--size", "32", "--batch-size", "6", "--vgg-weights", "random", "--num-blocks", "1", "--down-channels", "16,32",
-        "--up-channels", "16", "--val-images", "3", "--no-progress"]
+        "--up-channels", "16", "--val-images", "3", "--no-progress", "--device", "cpu"]
 
 
 def invoke(*args):

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import export
+import pgn
 from export.manifest import manifest_path, sha256_of
 
 from export_helpers import PRESETS, build
@@ -86,11 +87,97 @@ def test_runtime_rejects_wrong_shapes(onnx_exports):
         rt.run(np.zeros((1, 3, 64, 64), np.float32), np.zeros((2, 3, 64, 64), np.float32))
 
 
-def test_cuda_runtime_is_a_clear_error_without_a_gpu(onnx_exports):
-    if torch.cuda.is_available():
-        pytest.skip("a GPU is present")
-    with pytest.raises(export.RuntimeUnavailable, match="CUDA"):
+def _photo_pair():
+    g = torch.Generator().manual_seed(3)
+    return torch.rand(1, 3, SIZE, SIZE, generator=g), torch.rand(1, 3, SIZE, SIZE, generator=g)
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (lambda a: (a * 255).round().to(torch.uint8), "floating-point.*uint8.*/ 255"),  # was: gradient 474x too large
+        (lambda a: (a * 255).round().numpy().astype(np.uint8), "floating-point.*uint8"),
+        (lambda a: a * 255, "0..255 pixel values: divide by 255"),
+        (lambda a: a.masked_fill(a > 0.99, float("nan")), "NaN"),  # was: NaN gradients, silently
+        (lambda a: a.numpy()[0], "4-D.*add a batch dimension"),
+        (lambda a: a.permute(0, 2, 3, 1), "3 channels.*channels-last"),
+        (lambda a: a.tolist(), "numpy array or a torch.Tensor, got list"),
+    ],
+)
+def test_runtime_applies_the_pytorch_input_contract(onnx_exports, models, change, match):
+    """The runtime refuses exactly what model(y_hat, y) refuses, with the same one-line message."""
+    rt = export.load_runtime(onnx_exports["resnet4"].artifact)
+    y_hat, y = _photo_pair()
+    bad = change(y_hat)
+    with pytest.raises(pgn.PGNError, match=match) as from_runtime:
+        rt.run(bad, y)
+    assert "\n" not in str(from_runtime.value)
+    if isinstance(bad, torch.Tensor):
+        with pytest.raises(pgn.PGNError) as from_torch:
+            models["resnet4"](bad, y)
+        assert str(from_torch.value) == str(from_runtime.value)
+
+
+def test_runtime_converts_other_float_dtypes(onnx_exports):
+    rt = export.load_runtime(onnx_exports["resnet4"].artifact)
+    y_hat, y = _photo_pair()
+    ref = rt.run(y_hat, y)["grad"]
+    for dtype in (torch.float64, torch.float16, torch.bfloat16):
+        out = rt.run(y_hat.to(dtype), y.to(dtype))["grad"]
+        assert out.dtype == np.float32
+        np.testing.assert_allclose(out, ref, rtol=0, atol=2e-2 * float(np.abs(ref).max()))
+    np.testing.assert_array_equal(rt.run(y_hat.double().numpy(), y.numpy())["grad"], ref)
+
+
+def test_cuda_runtime_is_a_clear_error_without_a_cuda_provider(onnx_exports, monkeypatch):
+    import onnxruntime as ort
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    with pytest.raises(export.RuntimeUnavailable, match="no CUDA execution provider"):
         export.load_runtime(onnx_exports["resnet4"].artifact, device="cuda")
+
+
+class _FakeSession:
+    """Stands in for onnxruntime.InferenceSession: keeps the providers asked for; ``loads`` says which start."""
+
+    loads = ("CUDAExecutionProvider", "CPUExecutionProvider")
+
+    def __init__(self, path, sess_options=None, providers=()):
+        self.requested = [p if isinstance(p, tuple) else (p, {}) for p in providers]
+
+    def get_providers(self):
+        return [name for name, _ in self.requested if name in self.loads]
+
+    def get_provider_options(self):
+        return {name: {k: str(v) for k, v in opts.items()} for name, opts in self.requested if name in self.loads}
+
+
+def test_cuda_provider_that_cannot_load_is_a_clear_error(onnx_exports, monkeypatch):
+    """onnxruntime-gpu lists CUDAExecutionProvider even where its libraries cannot load; the session then runs on CPU."""
+    import onnxruntime as ort
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession", type("CpuOnly", (_FakeSession,), {"loads": ("CPUExecutionProvider",)}))
+    with pytest.raises(export.RuntimeUnavailable, match="could not start CUDAExecutionProvider"):
+        export.load_runtime(onnx_exports["resnet4"].artifact, device="cuda")
+
+
+@pytest.mark.parametrize("tf32, expected", [(False, "0"), (True, "1")])
+def test_cuda_provider_runs_without_tf32_unless_asked(onnx_exports, monkeypatch, tf32, expected):
+    """ONNX Runtime's CUDA provider uses TF32 by default, which breaks fp32 parity; the options are recorded."""
+    import onnxruntime as ort
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession", _FakeSession)
+    rt = export.load_runtime(onnx_exports["resnet4"].artifact, device="cuda:1", tf32=tf32)
+    cuda = rt.session.requested[0]
+    assert cuda[0] == "CUDAExecutionProvider" and cuda[1]["use_tf32"] == expected and cuda[1]["device_id"] == "1"
+    assert rt.info["provider_options"]["CUDAExecutionProvider"]["use_tf32"] == expected
+
+
+def test_parity_record_keeps_the_provider_options(onnx_exports):
+    info = onnx_exports["resnet4"].parity["runtime_info"]
+    assert "CPUExecutionProvider" in info["provider_options"]
 
 
 def test_dynamic_export_runs_at_other_shapes(tmp_path):

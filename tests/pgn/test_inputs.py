@@ -1,10 +1,12 @@
 """Bad inputs get one-line errors that say what to do; images can be read and bundled samples exist."""
 
+import numpy as np
 import pytest
 import torch
 
 import pgn
 from pgn.images import list_images, read_image, sample_batch, sample_images
+from pgn.inputs import check_images
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +20,7 @@ def model():
         (torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 64), "same shape"),
         (torch.rand(1, 4, 32, 32), torch.rand(1, 4, 32, 32), "3 channels"),
         (torch.rand(1, 32, 32, 3), torch.rand(1, 32, 32, 3), "channels-last"),
-        (torch.rand(3, 32, 32), torch.rand(3, 32, 32), "unsqueeze"),
+        (torch.rand(3, 32, 32), torch.rand(3, 32, 32), "add a batch dimension"),
         (torch.randint(0, 255, (1, 3, 32, 32), dtype=torch.uint8), torch.rand(1, 3, 32, 32), "floating-point"),
         (torch.full((1, 3, 32, 32), float("nan")), torch.rand(1, 3, 32, 32), "NaN"),
         (torch.rand(1, 3, 33, 32), torch.rand(1, 3, 33, 32), "multiples of 2"),
@@ -40,6 +42,135 @@ def test_unet_size_names_nearest_valid():
 def test_non_tensor_input(model):
     with pytest.raises(pgn.PGNError, match="torch.Tensor"):
         model([[0.0]], torch.rand(1, 3, 32, 32))
+    with pytest.raises(pgn.PGNError, match=r"torch.Tensor, got ndarray; convert with torch.from_numpy\(y_hat\)"):
+        model(np.random.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32))
+
+
+# --------------------------------------------------------------------------------------------------------
+# Other float dtypes: computed in the module's dtype, returned in the caller's
+
+
+def _cos(a, b):
+    return float(torch.nn.functional.cosine_similarity(a.detach().double().flatten(), b.detach().double().flatten(), dim=0))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_model_and_proxy_take_any_float_dtype(model, pair, dtype):
+    y_hat, y = pair
+    ref = model.outputs(y_hat, y)
+    out = model.outputs(y_hat.to(dtype), y.to(dtype))  # raised a raw dtype error before
+    assert out.grad.dtype == dtype and out.proxy.dtype == dtype and model.proxy(y_hat.to(dtype), y.to(dtype)).dtype == dtype
+    assert _cos(out.grad, ref.grad) > 0.999 and _cos(model(y_hat.to(dtype), y.to(dtype)), ref.grad) > 0.999
+    if dtype == torch.float64:
+        torch.testing.assert_close(out.grad, ref.grad.double())  # the same fp32 computation, widened
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
+def test_pgn_loss_takes_any_float_dtype(model, pair, dtype):
+    y_hat, y = pair
+    expected = model(y_hat, y)
+    x = y_hat.to(dtype).requires_grad_(True)
+    pgn.PGNLoss(model)(x, y.to(dtype)).backward()
+    assert x.grad.dtype == dtype and _cos(x.grad, expected) > 0.999
+
+
+def test_pgn_loss_keeps_fp16_gradients_for_a_loss_scaler():
+    """The injected gradient is multiplied by the incoming (scaled) gradient before it is cast to float16."""
+    torch.manual_seed(0)
+    model = pgn.build("resnet4")
+    g = torch.Generator().manual_seed(0)
+    y_hat, y = torch.rand(1, 3, 256, 256, generator=g).half(), torch.rand(1, 3, 256, 256, generator=g).half()
+    with torch.no_grad():
+        expected = model(y_hat.float(), y.float())
+    tiny = expected.abs() < 2e-6  # deep in float16's subnormal range: only a few bits survive a cast
+    assert int(tiny.sum()) > 20
+    scale = 2.0**12
+    x = y_hat.clone().requires_grad_(True)
+    (pgn.PGNLoss(model)(x, y) * scale).backward()
+    unscaled_error = ((expected.half().float() - expected).abs() / expected.abs())[tiny].median()
+    scaled_error = ((x.grad.float() / scale - expected).abs() / expected.abs())[tiny].median()
+    assert scaled_error < 1e-3 < unscaled_error
+    assert _cos(x.grad.float() / scale, expected) > 0.99999
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
+def test_teacher_gradient_takes_any_float_dtype(teacher19, dtype):
+    g = torch.Generator().manual_seed(1)
+    y_hat, y = torch.rand(1, 3, 16, 16, generator=g), torch.rand(1, 3, 16, 16, generator=g)
+    ref = teacher19.gradient(y_hat, y)
+    out = teacher19.gradient(y_hat.to(dtype), y.to(dtype))  # raised a raw dtype error before
+    assert out.dtype == dtype and _cos(out, ref) > 0.999
+    assert teacher19(y_hat.to(dtype), y.to(dtype)).dtype == torch.float32  # the loss is computed in the teacher's dtype
+    teacher19.cache_target(y.to(dtype))
+    try:
+        assert _cos(teacher19.gradient(y_hat.to(dtype)), ref) > 0.999
+    finally:
+        teacher19.clear_target()
+
+
+# --------------------------------------------------------------------------------------------------------
+# Sizes, devices, and when the value check reads the data
+
+
+def test_profile_of_size_zero_is_a_pgn_error(model):
+    for size in (0, (0, 32), -4):
+        with pytest.raises(pgn.PGNError, match="at least 1"):
+            pgn.profile(model, size=size)
+    with pytest.raises(pgn.PGNError, match="at least 1"):
+        pgn.profile("vgg19", size=0)
+
+
+def test_teacher_on_images_smaller_than_its_poolings(teacher19):
+    for side in (1, 8, 15):
+        with pytest.raises(pgn.PGNError, match=f"{side}x{side} is too small.*at least 16"):
+            teacher19.gradient(torch.rand(1, 3, side, side), torch.rand(1, 3, side, side))
+    assert teacher19.gradient(torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16)).shape == (1, 3, 16, 16)
+
+
+def test_inputs_on_another_device_than_the_model():
+    on_meta = pgn.build("resnet4").to("meta")
+    with pytest.raises(pgn.PGNError, match="y_hat is on cpu but the model is on meta"):
+        on_meta(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32))
+    with pytest.raises(pgn.PGNError, match="one device"):
+        check_images(("y_hat", torch.rand(1, 3, 8, 8)), ("y", torch.rand(1, 3, 8, 8, device="meta")))
+
+
+def test_value_check_stays_off_accelerator_tensors_unless_asked():
+    """Reading the values of a device tensor synchronizes the host with it; "auto" leaves them alone.
+
+    Meta tensors stand in for GPU tensors here: they have no data, so any read raises.
+    """
+    device_pair = (("y_hat", torch.empty(1, 3, 8, 8, device="meta")), ("y", torch.empty(1, 3, 8, 8, device="meta")))
+    check_images(*device_pair)  # auto: structure only
+    check_images(*device_pair, check_values="never")
+    with pytest.raises((RuntimeError, NotImplementedError)):
+        check_images(*device_pair, check_values="always")  # reads the data, which a meta tensor does not have
+
+
+def test_value_check_modes_on_host_tensors(model):
+    nan = torch.full((1, 3, 32, 32), float("nan"))
+    with pytest.raises(pgn.PGNError, match="NaN"):
+        check_images(("y_hat", nan), check_values="always")
+    check_images(("y_hat", nan), check_values="never")
+    with pytest.raises(pgn.PGNError, match="check_values must be one of auto, always, never"):
+        check_images(("y_hat", nan), check_values="sometimes")
+    model.check_values = "never"
+    try:
+        assert torch.isnan(model(nan, torch.rand(1, 3, 32, 32))).all()
+    finally:
+        del model.check_values
+    with pytest.raises(pgn.PGNError, match="NaN"):
+        model(nan, torch.rand(1, 3, 32, 32))
+
+
+def test_range_rule_only_in_unit_space():
+    big = torch.rand(1, 3, 32, 32) * 255
+    with pytest.raises(pgn.PGNError, match="0..255"):
+        pgn.build("resnet4")(big, torch.rand(1, 3, 32, 32))
+    slightly_out = torch.rand(1, 3, 32, 32) * 1.4 - 0.2  # a generator overshooting [0, 1] is fine
+    pgn.build("resnet4")(slightly_out, torch.rand(1, 3, 32, 32))
+    normalized = torch.randn(1, 3, 32, 32) * 20  # the authors' space is unbounded while training
+    pgn.build("resnet4", value_space="imagenet")(normalized, normalized)
 
 
 def test_read_images(tmp_path):

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The GPU check: pgn-bench --device cuda for every PGN against VGG-19/VGG-11 at batch 1 and 8, the input-check
+# cost, a one-rank NCCL distillation and the gpu-marked tests, in under 10 minutes, into
+# benchmarks/results/<gpu-name>/ (summary.md first). Needs no pip install and no network; what is missing is
+# skipped with the reason. Run from anywhere; --smoke checks the script on the CPU, --help lists the options.
+#   PYTHON=python3.12 benchmarks/gpu_check.sh
+set -u
+cd "$(dirname "$0")/.."
+export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"
+PY="${PYTHON:-python3}"
+if ! "$PY" -c "import torch, click, numpy" 2>/dev/null; then
+    echo "gpu_check: $PY cannot import torch, click and numpy, which the check needs; set PYTHON=/path/to/python" >&2
+    exit 1
+fi
+exec "$PY" -m benchmarks.gpu_check "$@"
