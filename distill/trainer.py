@@ -458,7 +458,7 @@ def _save(distiller: Distiller, step: int, split, run_dir: Path, log: RunLog) ->
     try:
         path = ckpt.write_training_state(distiller.global_state(step, ranks), run_dir, distiller.config.keep_checkpoints)
         plain = ckpt.save_plain_pgn(distiller.model, run_dir / ckpt.PLAIN_PGN_NAME, meta=meta)
-    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError raised from the OSError
+    except (OSError, RuntimeError, PGNError) as e:  # pgn's atomic save raises PGNError from the OSError
         cause = os_error_in(e)
         if cause is None:
             raise

@@ -27,24 +27,11 @@ from typing import Any, Callable, Mapping
 
 import click
 
-from .errors import PGNError
+from .errors import PGNError, describe_os_error, os_error_in  # noqa: F401 (re-exported for the CLIs)
 
 #: Exit status of a command interrupted by SIGINT (Ctrl-C) or SIGTERM, as a shell reports it.
 EXIT_INTERRUPTED = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
-#: What a failed file operation means for the user, by errno: (what happened, what to do).
-_OS_ERRORS = {
-    # first, so that the ENOSPC entry wins where EDQUOT is missing (Windows)
-    getattr(errno, "EDQUOT", errno.ENOSPC): ("disk quota exceeded", "free some space or write somewhere else"),
-    errno.ENOSPC: ("disk full", "free some space or write somewhere else"),
-    errno.EROFS: ("read-only file system", "choose a writable location"),
-    errno.EACCES: ("permission denied", "choose a writable location"),
-    errno.EPERM: ("permission denied", "choose a writable location"),
-    errno.ENOTDIR: ("a file is in the way where a folder is needed", "remove it or choose another path"),
-    errno.EISDIR: ("is a folder, not a file", "give a file name"),
-    errno.ENAMETOOLONG: ("file name too long", "choose a shorter path"),
-    errno.ENOMEM: ("out of memory", "use smaller inputs (--size, --batch) or free memory"),
-}
 OUT_OF_MEMORY = "out of memory: use smaller inputs (a smaller --size or batch) or close other programs"
 
 
@@ -56,31 +43,6 @@ class Interrupted(KeyboardInterrupt):
 
 # --------------------------------------------------------------------------------------------------------
 # Errors as one line
-
-
-def os_error_in(exc: BaseException) -> OSError | None:
-    """The :class:`OSError` behind ``exc``: itself, or one it was raised from or while handling.
-
-    ``torch.save`` reports a failed write (e.g. a full disk) as ``RuntimeError: unexpected pos …`` raised while
-    handling the real ``OSError``; this finds that one.
-    """
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, OSError):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
-
-
-def describe_os_error(e: OSError, path: str | Path | None = None) -> str:
-    """One line for a failed file operation: the path (``path`` if given, else the error's), what happened and what to do."""
-    what, todo = _OS_ERRORS.get(e.errno, (e.strerror or type(e).__name__, ""))
-    where = str(path) if path is not None else (e.filename if e.filename is not None else "")
-    if path is None and e.filename2 is not None:
-        where = f"{where} -> {e.filename2}"
-    line = f"{where}: {what}" if where else what
-    return f"{line} ({todo})" if todo else line
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

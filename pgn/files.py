@@ -7,7 +7,6 @@ a device this machine lacks, a read-only folder or a full disk each gets its own
 
 from __future__ import annotations
 
-import errno
 import io
 import json
 import os
@@ -20,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .errors import PGNError
+from .errors import PGNError, describe_os_error
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -98,15 +97,7 @@ class _RecordingWriter:
 
 
 def _write_error(path: Path, e: OSError) -> str:
-    if e.errno == errno.ENOSPC:
-        return f"cannot write {path}: the disk is full (no space left on device); free some space or write elsewhere"
-    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return f"cannot write {path}: {e.strerror.lower() if e.strerror else 'permission denied'}; choose a writable folder"
-    if e.errno == errno.EISDIR:
-        return f"cannot write {path}: it is a folder; give a file name such as {path / 'model.pt'}"
-    if e.errno in (errno.ENOTDIR, errno.EEXIST):
-        return f"cannot write {path}: a file is in the way where a folder is needed ({e.filename or path.parent})"
-    return f"cannot write {path}: {e.strerror or e}"
+    return f"cannot write {describe_os_error(e, path)}"
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
@@ -123,7 +114,7 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
-        raise PGNError(_write_error(path, e)) from None
+        raise PGNError(_write_error(path, e)) from e
     umask = os.umask(0)
     os.umask(umask)
     try:
@@ -139,7 +130,7 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
             os.unlink(tmp)
         failure = writer.error if writer is not None and writer.error is not None else e
         if isinstance(failure, OSError):
-            raise PGNError(_write_error(path, failure)) from None
+            raise PGNError(_write_error(path, failure)) from failure
         raise
     return path
 
