@@ -54,3 +54,15 @@ def describe_os_error(e: OSError, path: str | Path | None = None) -> str:
         where = f"{where} -> {e.filename2}"
     line = f"{where}: {what}" if where else what
     return f"{line} ({todo})" if todo else line
+
+
+def first_line(message: BaseException | str, limit: int = 300) -> str:
+    """The first non-empty line of an exception's message (or of a text), cut to ``limit`` characters.
+
+    For quoting a third-party error (a converter, a runtime, a loader) inside a one-line :class:`PGNError`.
+    An exception with an empty message gives its class name.
+    """
+    text = str(message).strip()
+    if not text:
+        return type(message).__name__ if isinstance(message, BaseException) else ""
+    return text.splitlines()[0].strip()[:limit]

@@ -156,3 +156,11 @@ def test_finite_float_refuses_nan_inf_and_out_of_range(value):
     with pytest.raises(click.BadParameter):
         FiniteFloat(0, min_open=True).convert(value, None, None)
     assert FiniteFloat(1, allow_inf=True).convert("inf", None, None) == float("inf")
+
+
+def test_first_line_quotes_one_line_of_a_foreign_error():
+    from pgn.errors import first_line
+
+    assert first_line(RuntimeError("\n  conversion failed: op X\nTraceback (most recent call last):\n ...")) == "conversion failed: op X"
+    assert first_line(KeyError()) == "KeyError"
+    assert first_line("y" * 500, limit=10) == "y" * 10
