@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pgn
+from pgn.cliutils import write_text
 from pgn.constants import IMAGENET_MEAN, IMAGENET_STD
 from pgn.errors import PGNError
 
@@ -245,19 +244,8 @@ def build_manifest(
 
 
 def write_manifest(path: Path, manifest: dict[str, Any]) -> Path:
-    """Write a manifest as indented JSON, atomically (temp file + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(manifest, fh, indent=2, default=_json_default)
-            fh.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write a manifest as indented JSON, atomically (temporary file beside it, then rename)."""
+    return write_text(path, json.dumps(manifest, indent=2, default=_json_default) + "\n")
 
 
 def read_manifest(artifact: str | Path) -> dict[str, Any]:
