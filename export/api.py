@@ -20,7 +20,7 @@ from pgn.errors import PGNError
 from pgn.model import nonfinite_tensors
 
 from .errors import RuntimeUnavailable
-from .formats import FORMATS, options_for, resolve_targets, target_of
+from .formats import FORMATS, options_for, packages, resolve_targets, target_of
 from .graph import check_exportable
 from .manifest import artifact_stem, build_manifest, manifest_path, read_manifest, sha256_of, size_mb, write_manifest
 from .options import ExportOptions
@@ -108,7 +108,7 @@ def export(
         status ``failed`` (nothing left on disk); check ``result.ok``.
 
     Raises:
-        PGNError: bad arguments (unknown target with a "did you mean", an option the format does not take, a
+        PGNError: bad arguments (unknown target with a "did you mean", an option the target does not take, a
             size the backbone does not allow) or NaN/infinite weights, before anything is written.
         RuntimeUnavailable: a single target whose converter/runtime is missing here (e.g. TensorRT).
 
@@ -133,8 +133,8 @@ def export(
         base.shape_range(model.size_multiple)  # validates the bounds
     out_dir = Path(output_dir)
     plan = [(t, options_for(t, base, out_dir)) for t in targets]
+    check_exportable(model.config.head, dynamic=base.dynamic, legacy_exporter=base.legacy_exporter)
     for t, opts in plan:
-        check_exportable(model.config.head, dynamic=opts.dynamic, legacy_exporter=opts.legacy_exporter)
         try:
             t.validate(model, opts)
         except RuntimeUnavailable:
@@ -246,7 +246,7 @@ def _export_one(model, target: ExportTarget, opts: ExportOptions, out_dir: Path,
             model=model, options=opts, target=target.name, artifact=artifact, output_names=target.output_names(opts),
             exporter=target.describe(artifact, opts, model), target_info=target.target_info(opts, model),
             parity={}, status="pending", weights_source=weights_source,
-            shape_range=opts.shape_range(model.size_multiple).to_dict() if opts.dynamic else None,
+            shape_range=opts.shape_range(model.size_multiple).to_dict() if opts.dynamic else None, packages=packages(),
         )
         write_manifest(manifest_path(artifact), manifest)
         say(f"{target.name}: verifying")

@@ -51,6 +51,7 @@ class CoreMLTarget(ExportTarget):
     suffix = ".mlpackage"
     precisions = ("fp16", "fp32")
     options = ("min_size", "max_size", "max_batch", "deployment_target")
+    packages = {"coremltools": ("coremltools",)}
     runs_on = "macOS 13+/iOS 16+ (Core ML); converts on any OS"
     verified_by = "MLModel.predict on macOS; structural checks elsewhere"
 

@@ -53,6 +53,11 @@ def precisions() -> tuple[str, ...]:
     return tuple(dict.fromkeys(p for t in FORMATS.values() for p in t.precisions))
 
 
+def packages() -> dict[str, tuple[str, ...]]:
+    """The packages every manifest records the versions of: those of all targets (:attr:`ExportTarget.packages`)."""
+    return {name: dists for t in FORMATS.values() for name, dists in t.packages.items()}
+
+
 def check_options(target: ExportTarget, given: dict[str, object]) -> None:
     """Raise a :class:`PGNError` if ``given`` (options set away from their defaults) has one ``target`` does not take.
 

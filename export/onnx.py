@@ -45,6 +45,7 @@ class OnnxTarget(ExportTarget):
     suffix = ".onnx"
     precisions = ("fp32", "fp16")
     options = ("opset", "legacy_exporter")
+    packages = {"onnx": ("onnx",), "onnxscript": ("onnxscript",), "onnxruntime": ("onnxruntime-gpu", "onnxruntime")}
     runs_on = "any OS: ONNX Runtime (CPU, CUDA), and runtimes that read ONNX"
     verified_by = "ONNX Runtime (CPU execution provider)"
 

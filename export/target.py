@@ -21,6 +21,7 @@ anything is written, structural checks, why its runtime cannot run here, the par
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -67,7 +68,8 @@ class ExportTarget(ABC):
         suffix: file (or package folder) suffix of the artifact.
         precisions: the precisions it can produce; the first is its default.
         options: options it accepts besides :data:`COMMON_OPTIONS` (any other one is an error).
-        needs_gpu: whether building the artifact needs a CUDA GPU.
+        packages: what it converts and runs with, as name in the manifest's ``versions`` → the distributions
+            providing it (the first one installed is recorded). Every manifest records the packages of all targets.
         verify_device: the ``device`` its runtime is loaded on to verify a fresh artifact.
         runs_on: where the artifact runs (manifest ``target_info`` and tables).
         verified_by: what checks the artifact's numbers after export.
@@ -77,7 +79,7 @@ class ExportTarget(ABC):
     suffix: str
     precisions: tuple[str, ...]
     options: tuple[str, ...] = ()
-    needs_gpu: bool = False
+    packages: Mapping[str, tuple[str, ...]] = {}
     verify_device: str = "cpu"
     runs_on: str
     verified_by: str

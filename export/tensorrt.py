@@ -63,7 +63,7 @@ class TensorRTTarget(ExportTarget):
     suffix = ".engine"
     precisions = ("fp32", "fp16")
     options = ("opset", "legacy_exporter", "min_size", "max_size", "max_batch", "workspace_gb", "timing_cache", "tf32")
-    needs_gpu = True
+    packages = {"tensorrt": ("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt_cu13", "tensorrt_cu12")}
     verify_device = "cuda"
     runs_on = "Linux/Windows with an NVIDIA GPU, the same TensorRT version and GPU model that built it"
     verified_by = "the TensorRT engine on the GPU that built it"

@@ -12,7 +12,7 @@ def test_table_rows_are_complete():
     assert set(FORMATS) == {"onnx", "tensorrt", "coreml"}
     for fmt in FORMATS.values():
         assert fmt.suffix.startswith(".") and fmt.default_precision in ("fp32", "fp16")
-    assert FORMATS["tensorrt"].needs_gpu and not FORMATS["onnx"].needs_gpu
+    assert FORMATS["tensorrt"].verify_device == "cuda" and FORMATS["onnx"].verify_device == "cpu"
     assert FORMATS["coreml"].default_precision == "fp16" and FORMATS["onnx"].default_precision == "fp32"
 
 

@@ -8,6 +8,7 @@ The stand-in target below writes TorchScript (``torch.jit.trace`` of the export 
 import inspect
 import json
 from dataclasses import asdict, fields
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,7 @@ class TorchScriptTarget(ExportTarget):
     name = "torchscript"
     suffix = ".ts"
     precisions = ("fp32", "bf16")
+    packages = {"torch-jit": ("no-such-distribution", "torch")}
     runs_on = "anywhere PyTorch runs"
     verified_by = "torch.jit.load"
 
@@ -143,6 +145,8 @@ def test_a_new_target_exports_verifies_and_loads_through_the_table(torchscript, 
     manifest = json.loads(r.manifest_path.read_text())
     assert manifest["target"] == "torchscript" and manifest["exporter"]["name"] == "torch.jit.trace"
     assert manifest["target_info"] == {"runs_on": "anywhere PyTorch runs", "verified_by": "torch.jit.load"}
+    assert manifest["versions"]["torch-jit"] == metadata.version("torch")  # the first distribution installed
+    assert manifest["versions"]["onnxruntime"]  # every manifest records the packages of every target
 
     rt = export.load_runtime(r.artifact)  # the target comes from the suffix, then the manifest
     assert isinstance(rt, TorchScriptRuntime)
