@@ -5,22 +5,25 @@
     rt = export.load_runtime(results[0].artifact)                            # ONNX Runtime, CPU
     out = rt.run(y_hat, y)                                                   # {"proxy": P, "grad": g}
 
+Each target is one :class:`ExportTarget` (its module: converter, checks, runtime) and one row of :data:`FORMATS`.
 Command line: ``pgn-export --backbone unet --target onnx`` (see ``pgn-export --help``).
 """
 
-from .api import ExportResult, export
+from .api import ExportResult, export, load_runtime
 from .errors import RuntimeUnavailable
-from .formats import FORMATS, Format
+from .formats import FORMATS
 from .manifest import manifest_path, read_manifest
 from .options import ExportOptions
-from .runtimes import Runtime, load_runtime
+from .runtimes import Runtime
+from .target import ExportTarget, RuntimeSettings
 
 __all__ = [
     "FORMATS",
     "ExportOptions",
     "ExportResult",
-    "Format",
+    "ExportTarget",
     "Runtime",
+    "RuntimeSettings",
     "RuntimeUnavailable",
     "export",
     "load_runtime",

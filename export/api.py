@@ -1,17 +1,17 @@
-"""``export.export``: write a PGN as ONNX / TensorRT / CoreML artifacts, verify each, and describe it.
+"""``export.export`` and ``export.load_runtime``: both reach a target only through the ``FORMATS`` table.
 
-For every target: check the options against the format table, convert into a temporary folder inside
+For every target of an export: check the options against the target, convert into a temporary folder inside
 ``output_dir``, verify (parity against PyTorch where the runtime is here, structural checks otherwise), write the
 manifest, and only then move artifact and manifest into place. A failed target leaves nothing behind.
 """
 
 from __future__ import annotations
 
-import importlib
-import sys
+import os
+import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,14 +20,13 @@ from pgn.errors import PGNError
 from pgn.model import nonfinite_tensors
 
 from .errors import RuntimeUnavailable
-from .formats import Format, resolve_targets
-from .graph import check_exportable, output_names
-from .manifest import artifact_stem, build_manifest, manifest_path, size_mb, write_manifest
+from .formats import FORMATS, options_for, packages, resolve_targets, target_of
+from .graph import check_exportable
+from .manifest import artifact_stem, build_manifest, manifest_path, read_manifest, sha256_of, size_mb, write_manifest
 from .options import ExportOptions
-from .verify import Tolerance, not_executed, parity_inputs, verify_runtime
-
-STATUSES = ("verified", "converted-not-run", "failed")
-COREML_NOT_RUN = "not executed: CoreML predicts on macOS only"
+from .runtimes import Runtime
+from .target import ExportTarget, RuntimeSettings
+from .verify import not_executed, parity_inputs, verify_runtime
 
 
 @dataclass
@@ -35,7 +34,7 @@ class ExportResult:
     """What happened to one target.
 
     Attributes:
-        target: ``onnx``, ``tensorrt`` or ``coreml``.
+        target: the target's name (``onnx``, ``tensorrt``, ``coreml``, ...).
         status: ``verified`` (parity passed), ``converted-not-run`` (written and structurally checked, but its
             runtime is not here, e.g. CoreML on Linux) or ``failed`` (nothing written; see ``reason``).
         artifact: the artifact path, ``None`` if failed.
@@ -88,13 +87,14 @@ def export(
 
     Args:
         model: the PGN; never modified (a copy in eval mode is exported).
-        target: ``onnx``, ``tensorrt``, ``coreml`` or ``all``.
+        target: a key of :data:`export.FORMATS` (``onnx``, ``tensorrt``, ``coreml``) or ``all``.
         output_dir: folder for artifacts and their ``<artifact>.manifest.json``.
         size: (H, W) of the input (an int for square); must be a multiple of the backbone's size multiple
             (UNet 32, ResNet 2). With ``dynamic`` the optimal shape.
         batch: batch size (with ``dynamic`` the optimal one).
         dynamic: dynamic batch/height/width (TensorRT and CoreML: within ``min_size``/``max_size``/``max_batch``).
-        precision: ``fp32`` or ``fp16``; ``None`` uses each format's default (ONNX/TensorRT fp32, CoreML fp16).
+        precision: one of the target's precisions (``fp32``, ``fp16``); ``None`` uses each target's default
+            (ONNX/TensorRT fp32, CoreML fp16).
         opset: ONNX opset (ONNX and TensorRT); ``None`` = the exporter's default.
         legacy_exporter: use the TorchScript ONNX exporter instead of dynamo (ONNX and TensorRT).
         verify: run the parity check (default and recommended; ``False`` marks artifacts ``converted-not-run``).
@@ -108,7 +108,7 @@ def export(
         status ``failed`` (nothing left on disk); check ``result.ok``.
 
     Raises:
-        PGNError: bad arguments (unknown target with a "did you mean", an option the format does not take, a
+        PGNError: bad arguments (unknown target with a "did you mean", an option the target does not take, a
             size the backbone does not allow) or NaN/infinite weights, before anything is written.
         RuntimeUnavailable: a single target whose converter/runtime is missing here (e.g. TensorRT).
 
@@ -123,7 +123,7 @@ def export(
     nonfinite = nonfinite_tensors(model)
     if nonfinite:
         raise PGNError(f"the model has NaN or infinite weights in {len(nonfinite)} tensor(s) ({', '.join(nonfinite[:3])}): refusing to export it; load or train finite weights")
-    formats = resolve_targets(target)
+    targets = resolve_targets(target)
     base = ExportOptions.from_kwargs(
         size=size, batch=batch, dynamic=dynamic, precision=precision, opset=opset,
         legacy_exporter=legacy_exporter, **format_options,
@@ -131,28 +131,72 @@ def export(
     base.check_size(model.size_multiple, model.config.backbone)
     if base.dynamic:
         base.shape_range(model.size_multiple)  # validates the bounds
-    plan = [(fmt, base.for_format(fmt)) for fmt in formats]
-    for fmt, opts in plan:
-        check_exportable(model.config.head, fmt.name, dynamic=opts.dynamic, legacy_exporter=opts.legacy_exporter)
-        validate = getattr(_module(fmt), "validate", None)
+    out_dir = Path(output_dir)
+    plan = [(t, options_for(t, base, out_dir)) for t in targets]
+    check_exportable(model.config.head, dynamic=base.dynamic, legacy_exporter=base.legacy_exporter)
+    for t, opts in plan:
         try:
-            if validate is not None:
-                validate(opts)
+            t.validate(model, opts)
         except RuntimeUnavailable:
             pass  # reported per target below (or raised by check_available for a single target)
     if len(plan) == 1:
-        _module(plan[0][0]).check_available()
-    out_dir = Path(output_dir)
+        plan[0][0].check_available()
     out_dir.mkdir(parents=True, exist_ok=True)
     say = progress or (lambda message: None)
     references: dict = {}
     results = []
-    for fmt, opts in plan:
+    for t, opts in plan:
         try:
-            results.append(_export_one(model, fmt, opts, out_dir, verify, weights_source, references, say))
+            results.append(_export_one(model, t, opts, out_dir, verify, weights_source, references, say))
         except RuntimeUnavailable as e:
-            results.append(ExportResult(fmt.name, "failed", None, None, not_executed(str(e)), 0.0, 0.0, str(e)))
+            results.append(ExportResult(t.name, "failed", None, None, not_executed(str(e)), 0.0, 0.0, str(e)))
     return results
+
+
+def load_runtime(
+    artifact: str | Path,
+    *,
+    target: str | None = None,
+    device: str = "cpu",
+    threads: int | None = None,
+    graph_optimization_level: str = "all",
+    inter_op_threads: int | None = None,
+    compute_units: str = "ALL",
+    tf32: bool = False,
+) -> Runtime:
+    """Load an exported artifact with its target's runtime; reads the manifest beside it.
+
+    Args:
+        artifact: an artifact written by :func:`export.export` (``.onnx`` file, ``.engine`` file, ``.mlpackage``
+            folder, ...).
+        target: a key of :data:`export.FORMATS`; inferred from the suffix if ``None``.
+        device: ``cpu`` or ``cuda`` (``cuda:N``). ONNX: picks the execution provider; TensorRT needs ``cuda``;
+            CoreML chooses its own units (see ``compute_units``).
+        threads, graph_optimization_level, inter_op_threads: ONNX Runtime session options.
+        compute_units: CoreML compute units.
+        tf32: ONNX Runtime on CUDA: allow TF32 math (off by default, for fp32 parity; TensorRT engines fix
+            it when they are built, see ``ExportOptions.tf32``).
+
+    Raises:
+        RuntimeUnavailable: the runtime, device or OS is missing here (says what to install / where it runs).
+        PGNError: the artifact or its manifest is missing or does not match.
+    """
+    artifact = Path(artifact)
+    if target is None:
+        chosen = target_of(artifact)
+    else:
+        targets = resolve_targets(target)
+        if len(targets) != 1:
+            raise PGNError(f"load_runtime needs one target: one of {', '.join(FORMATS)}")
+        chosen = targets[0]
+    if not artifact.exists():
+        raise PGNError(f"artifact not found: {artifact}")
+    manifest = read_manifest(artifact)
+    if manifest.get("target") != chosen.name:
+        raise PGNError(f"{artifact} is a {manifest.get('target')} artifact according to its manifest, not {chosen.name}")
+    settings = RuntimeSettings(device=device, threads=threads, graph_optimization_level=graph_optimization_level,
+                               inter_op_threads=inter_op_threads, compute_units=compute_units, tf32=tf32)
+    return chosen.load_runtime(artifact, manifest, settings)
 
 
 RANDOM_WEIGHTS = (
@@ -177,71 +221,61 @@ def load_model(backbone: str | None, *, head: str | None = None, checkpoint: str
     if not path.is_file():
         raise PGNError(f"checkpoint not found: {path}")
     model = pgn.load(path, preset=backbone, **overrides)
-    from .manifest import sha256_of
-
     fmt = getattr(model, "checkpoint_format", "?")
     return model, f"checkpoint {path.name} (sha256 {sha256_of(path)}, format {fmt})"
 
 
-def _module(fmt: Format):
-    return importlib.import_module(fmt.module)
-
-
-def _export_one(model, fmt: Format, opts: ExportOptions, out_dir: Path, verify: bool, weights_source, references, say) -> ExportResult:
+def _export_one(model, target: ExportTarget, opts: ExportOptions, out_dir: Path, verify: bool, weights_source, references, say) -> ExportResult:
     start = time.perf_counter()
-    module = _module(fmt)
-    module.check_available()
-    if fmt.name == "tensorrt" and opts.timing_cache is None:
-        opts = replace(opts, timing_cache=out_dir / "tensorrt-timing.cache")
-    final = out_dir / (artifact_stem(model, opts) + fmt.suffix)
-    names = output_names(opts.precision)
+
+    def failed(reason: str, parity: dict | None = None) -> ExportResult:
+        return ExportResult(target.name, "failed", None, None, parity or not_executed(reason), time.perf_counter() - start, 0.0, reason)
+
+    target.check_available()
+    final = out_dir / (artifact_stem(model, opts) + target.suffix)
     with tempfile.TemporaryDirectory(prefix=".pgn-export-", dir=out_dir) as tmp:
         artifact = Path(tmp) / final.name
-        say(f"{fmt.name}: converting {final.name}")
+        say(f"{target.name}: converting {final.name}")
         try:
-            module.export(model, artifact, opts)
+            target.export(model, artifact, opts)
         except RuntimeUnavailable:
             raise
         except PGNError as e:
-            return ExportResult(fmt.name, "failed", None, None, not_executed(str(e)), time.perf_counter() - start, 0.0, str(e))
+            return failed(str(e))
         manifest = build_manifest(
-            model=model, options=opts, target=fmt.name, artifact=artifact, output_names=names,
-            exporter=_exporter_info(fmt, module, artifact, opts, model), target_info=_target_info(fmt, opts, model),
+            model=model, options=opts, target=target.name, artifact=artifact, output_names=target.output_names(opts),
+            exporter=target.describe(artifact, opts, model), target_info=target.target_info(opts, model),
             parity={}, status="pending", weights_source=weights_source,
-            shape_range=opts.shape_range(model.size_multiple).to_dict() if opts.dynamic else None,
+            shape_range=opts.shape_range(model.size_multiple).to_dict() if opts.dynamic else None, packages=packages(),
         )
         write_manifest(manifest_path(artifact), manifest)
-        say(f"{fmt.name}: verifying")
+        say(f"{target.name}: verifying")
         try:
-            parity = _verify(fmt, module, model, artifact, opts, names, verify, references)
+            parity = _verify(target, model, artifact, opts, verify, references)
         except PGNError as e:  # structural check failures and runtime errors
-            return ExportResult(fmt.name, "failed", None, None, not_executed(str(e)), time.perf_counter() - start, 0.0, str(e))
+            return failed(str(e))
         if parity.get("executed") and not parity["passed"]:
-            reason = "parity failed: " + "; ".join(parity["failures"][:3])
-            return ExportResult(fmt.name, "failed", None, None, parity, time.perf_counter() - start, 0.0, reason)
+            return failed("parity failed: " + "; ".join(parity["failures"][:3]), parity)
         status = "verified" if parity.get("executed") else "converted-not-run"
         manifest.update(status=status, parity=parity)
         write_manifest(manifest_path(artifact), manifest)
         _move_into_place(artifact, final)
         _move_into_place(manifest_path(artifact), manifest_path(final))
     reason = "" if status == "verified" else parity.get("reason", "")
-    return ExportResult(fmt.name, status, final, manifest_path(final), parity, time.perf_counter() - start, round(size_mb(final), 3), reason)
+    return ExportResult(target.name, status, final, manifest_path(final), parity, time.perf_counter() - start, round(size_mb(final), 3), reason)
 
 
-def _verify(fmt: Format, module, model, artifact: Path, opts: ExportOptions, names, verify: bool, references) -> dict:
-    checks = None
-    if fmt.name == "coreml":
-        checks = module.structural_checks(artifact, opts, names, model.size_multiple)
+def _verify(target: ExportTarget, model, artifact: Path, opts: ExportOptions, verify: bool, references) -> dict:
+    """The parity record: structural checks, then parity against PyTorch where the target's runtime runs here."""
+    checks = target.structural_checks(artifact, opts, model)
     if not verify:
         return not_executed("verification skipped (verify=False)", checks)
-    if fmt.name == "coreml" and sys.platform != "darwin":
-        return not_executed(COREML_NOT_RUN, checks)
-    from .runtimes import load_runtime
-
-    device = "cuda" if fmt.name == "tensorrt" else "cpu"
-    runtime = load_runtime(artifact, target=fmt.name, device=device)
+    missing = target.runtime_missing_here()
+    if missing:
+        return not_executed(missing, checks)
+    runtime = load_runtime(artifact, target=target.name, device=target.verify_device)
     sets = parity_inputs(opts.size, opts.batch, other_size=_other_size(opts, model.size_multiple) if opts.dynamic else None)
-    parity = verify_runtime(runtime, model, sets, Tolerance.for_precision(opts.precision),
+    parity = verify_runtime(runtime, model, sets, target.tolerance(opts.precision),
                             fixed_batch=None if opts.dynamic else opts.batch, references=references)
     if checks is not None:
         parity["structural_checks"] = checks
@@ -258,32 +292,8 @@ def _other_size(opts: ExportOptions, multiple: int) -> tuple[int, int]:
     return h2, w2
 
 
-def _exporter_info(fmt: Format, module, artifact: Path, opts: ExportOptions, model) -> dict:
-    if fmt.name == "onnx":
-        return module.describe(artifact, opts)
-    if fmt.name == "coreml":
-        return module.describe(opts)
-    return {
-        "name": "TensorRT Python API (OnnxParser → build_serialized_network) from "
-        + ("the legacy TorchScript ONNX exporter" if opts.legacy_exporter else "the dynamo ONNX exporter"),
-        "opset": opts.opset or "exporter default",
-    }
-
-
-def _target_info(fmt: Format, opts: ExportOptions, model) -> dict:
-    info: dict[str, Any] = {"runs_on": fmt.runs_on, "verified_by": fmt.verified_by}
-    if fmt.name == "tensorrt":
-        from .tensorrt import describe, require_tensorrt
-
-        info.update(describe(require_tensorrt(), opts, model.size_multiple))
-    return info
-
-
 def _move_into_place(src: Path, dst: Path) -> None:
     """Replace ``dst`` by ``src`` (files or package folders)."""
-    import os
-    import shutil
-
     if dst.is_dir() and not dst.is_symlink():
         shutil.rmtree(dst)
     os.replace(src, dst)

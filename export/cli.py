@@ -11,9 +11,11 @@ from pgn.cliutils import FiniteFloat, describe_os_error, run_cli, write_json
 from pgn.errors import PGNError
 from pgn.heads import HEAD_KINDS
 
-from .formats import resolve_targets
+from .formats import FORMATS, precisions, resolve_targets
 
 BACKBONES = ("resnet4", "resnet6", "resnet8", "unet")
+TARGET_CHOICES = "|".join([*FORMATS, "all"])
+DEFAULT_PRECISIONS = ", ".join(f"{t.default_precision} for {t.name}" for t in FORMATS.values())
 
 
 def _check_target(ctx, param, value: str) -> str:
@@ -26,7 +28,7 @@ def _check_target(ctx, param, value: str) -> str:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.option("--backbone", type=click.Choice(BACKBONES), help="Paper preset to export (optional with --checkpoint).")
-@click.option("--target", default="onnx", show_default=True, callback=_check_target, metavar="onnx|tensorrt|coreml|all",
+@click.option("--target", default="onnx", show_default=True, callback=_check_target, metavar=TARGET_CHOICES,
               help="Artifact format; 'all' writes every one and prints a table.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), metavar="PATH",
               help="Weights to export (ours or the authors'). Without it: random weights, said loudly.")
@@ -34,7 +36,7 @@ def _check_target(ctx, param, value: str) -> str:
 @click.option("--size", nargs=2, type=int, metavar="H W", help="Input height and width (default 224 224).")
 @click.option("--batch", type=click.IntRange(1), help="Batch size (default 1).")
 @click.option("--dynamic", is_flag=True, help="Dynamic batch/height/width (TensorRT/CoreML: bounded ranges).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), help="Default: fp32 for ONNX/TensorRT, fp16 for CoreML.")
+@click.option("--precision", type=click.Choice(precisions()), help=f"Default: {DEFAULT_PRECISIONS}.")
 @click.option("--output", "output_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("exports"),
               show_default=True, metavar="DIR", help="Folder for artifacts and manifests.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",

@@ -1,112 +1,36 @@
-"""The export targets as data: one row per format, with the options it accepts.
+"""The export targets as a table: :data:`FORMATS`, one :class:`export.target.ExportTarget` object per row.
 
-====== ========== ========= ================ ==========================================================
-target suffix     needs GPU default precision options beyond size/batch/dynamic/precision
-====== ========== ========= ================ ==========================================================
-onnx   .onnx      no        fp32             opset, legacy_exporter
-tensorrt .engine  yes       fp32             opset, legacy_exporter, min_size, max_size, max_batch,
-                                             workspace_gb, timing_cache, tf32
-coreml .mlpackage no        fp16             min_size, max_size, max_batch, deployment_target
-====== ========== ========= ================ ==========================================================
-
-An option a format does not list is an error (never silently ignored); an unknown target gets a "did you mean".
+:func:`export.export` and :func:`export.load_runtime` reach a target only through this table, so a new target is
+its module and one row here. Each row says what it accepts (suffix, precisions with the default first, options
+beyond size/batch/dynamic/precision); an option a target does not list is an error, never silently ignored,
+and an unknown target gets a "did you mean".
 """
 
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from dataclasses import replace
+from pathlib import Path
 
 from pgn.errors import PGNError
 
-#: Options every format accepts.
-COMMON_OPTIONS = ("size", "batch", "dynamic", "precision")
+from . import coreml, onnx, tensorrt
+from .options import ExportOptions
+from .target import ExportTarget
+
+#: Every export target by name; ``target="all"`` exports to each, in this order.
+FORMATS: dict[str, ExportTarget] = {t.name: t for t in (onnx.TARGET, tensorrt.TARGET, coreml.TARGET)}
 
 
-@dataclass(frozen=True)
-class Format:
-    """One export target.
-
-    Args:
-        name: the target key (``onnx``, ``tensorrt``, ``coreml``).
-        suffix: file (or package folder) suffix of the artifact.
-        needs_gpu: whether building the artifact needs a CUDA GPU.
-        options: options accepted besides :data:`COMMON_OPTIONS`.
-        precisions: the precisions it can produce; the first is its default.
-        module: the module whose ``export(graph_model, path, options)`` writes the artifact.
-        runs_on: where the artifact runs (for tables and error messages).
-        verified_by: what checks the artifact's numbers after export.
-    """
-
-    name: str
-    suffix: str
-    needs_gpu: bool
-    options: tuple[str, ...]
-    precisions: tuple[str, ...]
-    module: str
-    runs_on: str
-    verified_by: str
-
-    @property
-    def default_precision(self) -> str:
-        """The precision used when none is asked for."""
-        return self.precisions[0]
-
-    @property
-    def all_options(self) -> tuple[str, ...]:
-        """Every option this format accepts."""
-        return COMMON_OPTIONS + self.options
-
-
-FORMATS: dict[str, Format] = {
-    f.name: f
-    for f in (
-        Format(
-            name="onnx",
-            suffix=".onnx",
-            needs_gpu=False,
-            options=("opset", "legacy_exporter"),
-            precisions=("fp32", "fp16"),
-            module="export.onnx",
-            runs_on="any OS: ONNX Runtime (CPU, CUDA), and runtimes that read ONNX",
-            verified_by="ONNX Runtime (CPU execution provider)",
-        ),
-        Format(
-            name="tensorrt",
-            suffix=".engine",
-            needs_gpu=True,
-            options=("opset", "legacy_exporter", "min_size", "max_size", "max_batch", "workspace_gb", "timing_cache", "tf32"),
-            precisions=("fp32", "fp16"),
-            module="export.tensorrt",
-            runs_on="Linux/Windows with an NVIDIA GPU, the same TensorRT version and GPU model that built it",
-            verified_by="the TensorRT engine on the GPU that built it",
-        ),
-        Format(
-            name="coreml",
-            suffix=".mlpackage",
-            needs_gpu=False,
-            options=("min_size", "max_size", "max_batch", "deployment_target"),
-            precisions=("fp16", "fp32"),
-            module="export.coreml",
-            runs_on="macOS 13+/iOS 16+ (Core ML); converts on any OS",
-            verified_by="MLModel.predict on macOS; structural checks elsewhere",
-        ),
-    )
-}
-
-#: ``target="all"`` expands to these, in this order.
-ALL_TARGETS: tuple[str, ...] = tuple(FORMATS)
-
-
-def resolve_targets(target: str) -> list[Format]:
-    """The formats named by ``target`` (a key of :data:`FORMATS` or ``"all"``).
+def resolve_targets(target: str) -> list[ExportTarget]:
+    """The targets named by ``target`` (a key of :data:`FORMATS` or ``"all"``).
 
     Raises:
         PGNError: for an unknown target, with close matches ("did you mean") and the valid choices.
     """
     key = str(target).strip().lower()
     if key == "all":
-        return [FORMATS[name] for name in ALL_TARGETS]
+        return list(FORMATS.values())
     if key in FORMATS:
         return [FORMATS[key]]
     choices = [*FORMATS, "all"]
@@ -115,21 +39,49 @@ def resolve_targets(target: str) -> list[Format]:
     raise PGNError(f"unknown export target {target!r}.{hint} Valid targets: {', '.join(choices)}")
 
 
-def check_options(fmt: Format, given: dict[str, object]) -> None:
-    """Raise a :class:`PGNError` if ``given`` (options set away from their defaults) has one ``fmt`` does not take.
+def target_of(artifact: Path) -> ExportTarget:
+    """The target whose suffix ``artifact`` has; a clear error if none does."""
+    for target in FORMATS.values():
+        if artifact.name.endswith(target.suffix):
+            return target
+    suffixes = ", ".join(t.suffix for t in FORMATS.values())
+    raise PGNError(f"cannot tell the runtime of {artifact.name} from its suffix (known: {suffixes}); pass target=")
+
+
+def precisions() -> tuple[str, ...]:
+    """Every precision some target produces, in table order (``fp32``, ``fp16``, ...)."""
+    return tuple(dict.fromkeys(p for t in FORMATS.values() for p in t.precisions))
+
+
+def packages() -> dict[str, tuple[str, ...]]:
+    """The packages every manifest records the versions of: those of all targets (:attr:`ExportTarget.packages`)."""
+    return {name: dists for t in FORMATS.values() for name, dists in t.packages.items()}
+
+
+def check_options(target: ExportTarget, given: dict[str, object]) -> None:
+    """Raise a :class:`PGNError` if ``given`` (options set away from their defaults) has one ``target`` does not take.
 
     Args:
-        fmt: the target format.
+        target: the export target.
         given: option name → value, only for options the caller actually set.
     """
     for name, value in given.items():
-        if name not in fmt.all_options:
-            takers = [f.name for f in FORMATS.values() if name in f.all_options]
+        if name not in target.all_options:
+            takers = [t.name for t in FORMATS.values() if name in t.all_options]
             where = f"; it applies to {', '.join(takers)}" if takers else ""
             raise PGNError(
-                f"option {name}={value!r} is not supported by target {fmt.name!r}{where}. "
-                f"{fmt.name} accepts: {', '.join(fmt.all_options)}"
+                f"option {name}={value!r} is not supported by target {target.name!r}{where}. "
+                f"{target.name} accepts: {', '.join(target.all_options)}"
             )
     precision = given.get("precision")
-    if precision is not None and precision not in fmt.precisions:
-        raise PGNError(f"precision {precision!r} is not available for {fmt.name}: use one of {', '.join(fmt.precisions)}")
+    if precision is not None and precision not in precisions():
+        raise PGNError(f"unknown precision {precision!r}: use one of {', '.join(precisions())}")
+    if precision is not None and precision not in target.precisions:
+        raise PGNError(f"precision {precision!r} is not available for {target.name}: use one of {', '.join(target.precisions)}")
+
+
+def options_for(target: ExportTarget, options: ExportOptions, output_dir: Path) -> ExportOptions:
+    """``options`` checked against ``target``, with its default precision and its own defaults filled in."""
+    check_options(target, options.given())
+    resolved = replace(options, precision=options.precision or target.default_precision)
+    return target.with_defaults(resolved, Path(output_dir))

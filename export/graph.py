@@ -75,21 +75,20 @@ class GradientRecipe:
         return cls(alpha=float(d["alpha"]), k=float(d["k"]), phi=str(d["phi"]), std=tuple(float(s) for s in d["std"]))
 
 
-def check_exportable(head: "pgn.HeadConfig", target: str, *, dynamic: bool, legacy_exporter: bool) -> None:
-    """Raise a :class:`pgn.errors.PGNError` for head/target combinations that cannot be exported.
+def check_exportable(head: "pgn.HeadConfig", *, dynamic: bool, legacy_exporter: bool) -> None:
+    """Raise a :class:`pgn.errors.PGNError` for a head that cannot be exported with these options, for any target.
 
     The warped head (the authors' experimental head, not in the paper) fixes its low-resolution grid size
     ``round(H / 28)`` at export time, so it needs fixed shapes; its ``grid_sample`` converts only through the
-    dynamo ONNX exporter (coremltools fails on the traced graph, and ONNX Runtime has no kernel for the legacy
-    exporter's GridSample node; both checked with coremltools 9.0 / onnxruntime 1.31).
+    dynamo ONNX exporter (ONNX Runtime has no kernel for the legacy exporter's GridSample node, checked with
+    onnxruntime 1.31). Targets that cannot convert it at all refuse it in :meth:`ExportTarget.validate`.
     """
     if head.kind != "warped":
         return
     if dynamic:
         raise PGNError("the warped head exports only with fixed shapes (its grid size round(H/28) is fixed at export): drop --dynamic")
-    if target == "coreml" or legacy_exporter:
-        what = "CoreML" if target == "coreml" else "the legacy ONNX exporter"
-        raise PGNError(f"the warped head does not convert for {what} (its grid_sample): export it to onnx or tensorrt with the dynamo exporter")
+    if legacy_exporter:
+        raise PGNError("the warped head does not convert for the legacy ONNX exporter (its grid_sample): export it to onnx or tensorrt with the dynamo exporter")
 
 
 def output_names(precision: str) -> tuple[str, str]:
@@ -206,11 +205,6 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
     traced.delete_all_unused_submodules()
     traced.recompile()
     return traced
-
-
-def count_batchnorm(module: nn.Module) -> int:
-    """Number of ``BatchNorm2d`` modules still used by ``module``."""
-    return sum(isinstance(m, nn.BatchNorm2d) for m in module.modules())
 
 
 def _set_submodule(root: nn.Module, target: str, new: nn.Module) -> None:

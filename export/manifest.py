@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
-import tempfile
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import pgn
+from pgn.cliutils import write_text
 from pgn.constants import IMAGENET_MEAN, IMAGENET_STD
 from pgn.errors import PGNError
 
@@ -105,8 +106,14 @@ def io_description(options: ExportOptions, output_names: tuple[str, ...]) -> dic
     return {"inputs": inputs, "outputs": outputs}
 
 
-def versions() -> dict[str, str | None]:
-    """Versions of the software that made (and checked) the artifact; ``None`` where not installed."""
+def versions(packages: Mapping[str, Sequence[str]]) -> dict[str, str | None]:
+    """Versions of the software that made (and checked) the artifact; ``None`` where not installed.
+
+    Args:
+        packages: name in the manifest → the distributions that provide it, first installed one wins (e.g.
+            ``onnxruntime`` from ``onnxruntime-gpu`` or ``onnxruntime``); pgn-toolkit, Python and torch are always
+            recorded.
+    """
     import torch
 
     found: dict[str, str | None] = {
@@ -115,36 +122,16 @@ def versions() -> dict[str, str | None]:
         "platform": f"{platform.system()} {platform.machine()}",
         "torch": torch.__version__,
     }
-    from importlib import metadata
-
-    for dist, key in (
-        ("onnx", "onnx"),
-        ("onnxscript", "onnxscript"),
-        ("onnxruntime-gpu", "onnxruntime"),
-        ("onnxruntime", "onnxruntime"),
-        ("coremltools", "coremltools"),
-        ("tensorrt", "tensorrt"),
-    ):
-        if found.get(key):
-            continue
-        try:
-            found[key] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            found.setdefault(key, None)
-    if not found.get("tensorrt"):
-        found["tensorrt"] = _tensorrt_version()
+    for key, distributions in packages.items():
+        found[key] = next((v for v in map(_installed_version, distributions) if v), None)
     return found
 
 
-def _tensorrt_version() -> str | None:
-    from importlib import metadata
-
-    for dist in ("tensorrt-cu13", "tensorrt-cu12", "tensorrt_cu13", "tensorrt_cu12"):
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return None
+def _installed_version(distribution: str) -> str | None:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def sha256_of(path: str | Path) -> str:
@@ -209,8 +196,10 @@ def build_manifest(
     status: str,
     weights_source: str | None,
     shape_range: dict | None,
+    packages: Mapping[str, Sequence[str]],
 ) -> dict[str, Any]:
-    """Assemble the manifest of one artifact (written by :func:`write_manifest`)."""
+    """Assemble the manifest of one artifact (written by :func:`write_manifest`); ``packages`` are the
+    distributions whose versions it records (see :func:`versions`)."""
     recipe = GradientRecipe.for_head(model.config.head)
     gradient = dict(recipe.to_dict(), output=output_names[1])
     if output_names[1] == "residual":
@@ -239,25 +228,14 @@ def build_manifest(
         "gradient": gradient,
         "exporter": exporter,
         "target_info": target_info,
-        "versions": versions(),
+        "versions": versions(packages),
         "parity": parity,
     }
 
 
 def write_manifest(path: Path, manifest: dict[str, Any]) -> Path:
-    """Write a manifest as indented JSON, atomically (temp file + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(manifest, fh, indent=2, default=_json_default)
-            fh.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write a manifest as indented JSON, atomically (temporary file beside it, then rename)."""
+    return write_text(path, json.dumps(manifest, indent=2, default=_json_default) + "\n")
 
 
 def read_manifest(artifact: str | Path) -> dict[str, Any]:

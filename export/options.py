@@ -1,4 +1,5 @@
-"""What one export is asked to produce: :class:`ExportOptions`, checked against the model and the format."""
+"""What one export is asked to produce: :class:`ExportOptions`, checked against the model (each target checks
+the options it takes, :func:`export.formats.options_for`)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,6 @@ from pathlib import Path
 
 from pgn.errors import PGNError
 from pgn.images import nearest_valid_size
-
-from .formats import Format, check_options
-
-PRECISIONS = ("fp32", "fp16")
 
 #: Ranged (dynamic) shapes default to this smallest and largest height/width and largest batch.
 DEFAULT_MIN_SIZE = 64
@@ -39,7 +36,7 @@ class ExportOptions:
         size: (height, width) of the example input; with ``dynamic`` the optimal shape.
         batch: batch size of the example input.
         dynamic: dynamic batch, height and width (ONNX: unbounded; TensorRT/CoreML: ``min_size``..``max_size``).
-        precision: ``fp32`` or ``fp16``; ``None`` means the format's default.
+        precision: one of the target's precisions (``fp32``, ``fp16``); ``None`` means the target's default.
         opset: ONNX opset (``None``: the exporter's default).
         legacy_exporter: use the TorchScript-based ONNX exporter instead of the dynamo exporter.
         min_size, max_size, max_batch: bounds of ranged shapes (TensorRT profile, CoreML RangeDim).
@@ -72,8 +69,6 @@ class ExportOptions:
                 object.__setattr__(self, name, parse_size(value, name))
         if isinstance(self.batch, bool) or not isinstance(self.batch, int) or self.batch < 1:
             raise PGNError(f"batch must be a positive integer, got {self.batch!r}")
-        if self.precision is not None and self.precision not in PRECISIONS:
-            raise PGNError(f"unknown precision {self.precision!r}: use one of {', '.join(PRECISIONS)}")
         if self.opset is not None and (not isinstance(self.opset, int) or not 13 <= self.opset <= 23):
             raise PGNError(f"opset must be an integer from 13 to 23, got {self.opset!r}")
         if not self.workspace_gb > 0:
@@ -104,13 +99,6 @@ class ExportOptions:
             if value != getattr(defaults, f.name) and f.name not in ("size", "batch"):
                 out[f.name] = value
         return out
-
-    def for_format(self, fmt: Format) -> "ExportOptions":
-        """These options checked against ``fmt``, with the precision resolved to the format's default if unset."""
-        check_options(fmt, self.given())
-        from dataclasses import replace
-
-        return replace(self, precision=self.precision or fmt.default_precision)
 
     @property
     def shape(self) -> tuple[int, int, int, int]:

@@ -45,10 +45,15 @@ class Tolerance:
 
     @classmethod
     def for_precision(cls, precision: str) -> "Tolerance":
-        """fp32: rel ≤ 1e-4 for g and P; fp16: gradient cosine ≥ 0.999 (P errors are reported, not judged)."""
+        """fp32: rel ≤ 1e-4 for g and P; fp16: gradient cosine ≥ 0.999 (P errors are reported, not judged).
+
+        Another precision has no default thresholds: its target defines them (:meth:`ExportTarget.tolerance`).
+        """
         if precision == "fp16":
             return cls("fp16", max_rel_grad=None, max_rel_proxy=None, min_grad_cosine=0.999)
-        return cls("fp32", max_rel_grad=1e-4, max_rel_proxy=1e-4, min_grad_cosine=None)
+        if precision == "fp32":
+            return cls("fp32", max_rel_grad=1e-4, max_rel_proxy=1e-4, min_grad_cosine=None)
+        raise PGNError(f"no parity tolerance for precision {precision!r}: its export target must define one (ExportTarget.tolerance)")
 
     def failures(self, set_name: str, m: dict[str, float]) -> list[str]:
         """Human-readable reasons ``m`` (metrics of one input set) fails; empty if it passes."""

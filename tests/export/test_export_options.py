@@ -3,7 +3,7 @@
 import pytest
 
 import export
-from export.formats import FORMATS, check_options, resolve_targets
+from export.formats import FORMATS, check_options, options_for, resolve_targets
 from export.options import ExportOptions, parse_size
 from pgn.errors import PGNError
 
@@ -11,9 +11,8 @@ from pgn.errors import PGNError
 def test_table_rows_are_complete():
     assert set(FORMATS) == {"onnx", "tensorrt", "coreml"}
     for fmt in FORMATS.values():
-        assert fmt.suffix.startswith(".") and fmt.module.startswith("export.")
-        assert fmt.default_precision in ("fp32", "fp16")
-    assert FORMATS["tensorrt"].needs_gpu and not FORMATS["onnx"].needs_gpu
+        assert fmt.suffix.startswith(".") and fmt.default_precision in ("fp32", "fp16")
+    assert FORMATS["tensorrt"].verify_device == "cuda" and FORMATS["onnx"].verify_device == "cpu"
     assert FORMATS["coreml"].default_precision == "fp16" and FORMATS["onnx"].default_precision == "fp32"
 
 
@@ -67,9 +66,9 @@ def test_size_not_allowed_by_resnet(models, tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-def test_bad_values():
-    with pytest.raises(PGNError, match="unknown precision 'int8'"):
-        ExportOptions(precision="int8")
+def test_bad_values(models, tmp_path):
+    with pytest.raises(PGNError, match="unknown precision 'bf16': use one of fp32, fp16"):
+        export.export(models["unet"], "onnx", output_dir=tmp_path, size=64, precision="bf16")
     with pytest.raises(PGNError, match="batch must be a positive integer"):
         ExportOptions(batch=0)
     with pytest.raises(PGNError, match="pass dynamic=True"):
@@ -78,8 +77,9 @@ def test_bad_values():
         ExportOptions(size=(256, 256), dynamic=True, max_size=(128, 128)).shape_range(4)
     with pytest.raises(PGNError, match="opset must be an integer"):
         ExportOptions(opset=7)
-    with pytest.raises(PGNError, match="precision 'bf16' is not available for onnx"):
+    with pytest.raises(PGNError, match="unknown precision 'bf16'"):
         check_options(FORMATS["onnx"], {"precision": "bf16"})
+    assert not any(tmp_path.iterdir())
 
 
 def test_sizes_parse():
@@ -90,11 +90,11 @@ def test_sizes_parse():
         parse_size("big")
 
 
-def test_default_precision_comes_from_the_format():
+def test_default_precision_comes_from_the_format(tmp_path):
     opts = ExportOptions()
-    assert opts.for_format(FORMATS["coreml"]).precision == "fp16"
-    assert opts.for_format(FORMATS["onnx"]).precision == "fp32"
-    assert ExportOptions(precision="fp32").for_format(FORMATS["coreml"]).precision == "fp32"
+    assert options_for(FORMATS["coreml"], opts, tmp_path).precision == "fp16"
+    assert options_for(FORMATS["onnx"], opts, tmp_path).precision == "fp32"
+    assert options_for(FORMATS["coreml"], ExportOptions(precision="fp32"), tmp_path).precision == "fp32"
 
 
 def test_dynamic_range_defaults_respect_the_size_multiple():

@@ -166,8 +166,8 @@ def _weights_dtype(proto):
 def test_tensorrt10_fp16_uses_the_builder_flag(fake_trt, tmp_path):
     rec = fake_trt("10.9.0")
     opts = ExportOptions(size=(64, 64), precision="fp16", timing_cache=tmp_path / "timing.cache")
-    path = trt_export.export(build("resnet4"), tmp_path / "m.engine", opts)
-    assert path.read_bytes() == b"ENGINE"
+    trt_export.TARGET.export(build("resnet4"), tmp_path / "m.engine", opts)
+    assert (tmp_path / "m.engine").read_bytes() == b"ENGINE"
     assert ("network_flags", 0) in rec.calls and ("flag", "FP16") in rec.calls
     assert [c for c in rec.calls if c[0] == "flag"] == [("flag", "FP16")]  # no TF32
     assert _weights_dtype(rec.onnx) == {onnx.TensorProto.FLOAT}  # weak typing: fp32 graph, builder lowers it
@@ -179,7 +179,7 @@ def test_tensorrt10_fp16_uses_the_builder_flag(fake_trt, tmp_path):
 def test_tensorrt11_fp16_is_strongly_typed_from_an_fp16_onnx(fake_trt, tmp_path):
     rec = fake_trt("11.0.0")
     opts = ExportOptions(size=(64, 64), precision="fp16")
-    trt_export.export(build("resnet4"), tmp_path / "m.engine", opts)
+    trt_export.TARGET.export(build("resnet4"), tmp_path / "m.engine", opts)
     assert ("network_flags", 1 << 5) in rec.calls
     assert not [c for c in rec.calls if c[0] == "flag"]  # BuilderFlag.FP16 does not exist in 11
     assert ("clear_flag", "TF32") in rec.calls
@@ -190,7 +190,7 @@ def test_tensorrt11_fp16_is_strongly_typed_from_an_fp16_onnx(fake_trt, tmp_path)
 def test_tensorrt_dynamic_shapes_get_an_optimization_profile(fake_trt, tmp_path):
     rec = fake_trt("10.9.0")
     opts = ExportOptions(size=(64, 64), batch=2, dynamic=True, max_size=(256, 256), max_batch=4)
-    trt_export.export(build("resnet4"), tmp_path / "m.engine", opts)
+    trt_export.TARGET.export(build("resnet4"), tmp_path / "m.engine", opts)
     profiles = [c for c in rec.calls if c[0] == "profile"]
     assert profiles == [("profile", n, (1, 3, 64, 64), (2, 3, 64, 64), (4, 3, 256, 256)) for n in ("y_hat", "y")]
     assert ("add_profile",) in rec.calls
@@ -208,15 +208,15 @@ def test_unsupported_tensorrt_version(fake_trt):
 def test_fp32_engines_clear_tf32_unless_asked(fake_trt, tmp_path, version):
     """TensorRT enables TF32 by default, which fails the fp32 parity: cleared, and recorded in the manifest."""
     rec = fake_trt(version)
-    trt_export.export(build("resnet4"), tmp_path / "a.engine", ExportOptions(size=(64, 64)))
+    trt_export.TARGET.export(build("resnet4"), tmp_path / "a.engine", ExportOptions(size=(64, 64)))
     assert ("clear_flag", "TF32") in rec.calls and ("flag", "TF32") not in rec.calls
-    info = trt_export.describe(sys.modules["tensorrt"], ExportOptions(size=(64, 64)), 2)
+    info = trt_export.TARGET.target_info(ExportOptions(size=(64, 64)), build("resnet4"))
     assert info["tf32"] is False and info["tf32_flag"].startswith("cleared")
 
     rec.calls.clear()
-    trt_export.export(build("resnet4"), tmp_path / "b.engine", ExportOptions(size=(64, 64), tf32=True))
+    trt_export.TARGET.export(build("resnet4"), tmp_path / "b.engine", ExportOptions(size=(64, 64), tf32=True))
     assert ("flag", "TF32") in rec.calls and ("clear_flag", "TF32") not in rec.calls
-    assert trt_export.describe(sys.modules["tensorrt"], ExportOptions(size=(64, 64), tf32=True), 2)["tf32"] is True
+    assert trt_export.TARGET.target_info(ExportOptions(size=(64, 64), tf32=True), build("resnet4"))["tf32"] is True
 
 
 def test_tf32_is_a_tensorrt_option_only():
@@ -229,7 +229,7 @@ def test_rejected_timing_cache_warns_and_is_replaced(fake_trt, tmp_path):
     cache = tmp_path / "timing.cache"
     cache.write_bytes(b"foreign GPU")
     with pytest.warns(RuntimeWarning, match="rejected the timing cache"):
-        trt_export.export(build("resnet4"), tmp_path / "m.engine", ExportOptions(size=(64, 64), timing_cache=cache))
+        trt_export.TARGET.export(build("resnet4"), tmp_path / "m.engine", ExportOptions(size=(64, 64), timing_cache=cache))
     assert cache.read_bytes() == b"cache:"  # this build's (empty, fake) cache replaced the foreign one
 
 
@@ -241,7 +241,7 @@ def test_accepted_timing_cache_is_silent(fake_trt, tmp_path):
     cache.write_bytes(b"ours")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        trt_export.export(build("resnet4"), tmp_path / "m.engine", ExportOptions(size=(64, 64), timing_cache=cache))
+        trt_export.TARGET.export(build("resnet4"), tmp_path / "m.engine", ExportOptions(size=(64, 64), timing_cache=cache))
     assert cache.read_bytes() == b"cache:ours"
 
 
@@ -259,7 +259,7 @@ class _FakeStream:
 
 def test_engine_runs_on_its_own_stream_ordered_with_the_callers(monkeypatch):
     """execute_async_v3 must not get the legacy default stream (handle 0), and must be ordered both ways."""
-    from export.runtimes import TensorRTRuntime
+    from export.tensorrt import TensorRTRuntime
 
     log = []
     current = _FakeStream(0, log)  # PyTorch's current stream is the legacy default one unless the caller set another
