@@ -39,13 +39,14 @@ from pgn.perceptual import PerceptualLoss
 
 from . import checkpoints as ckpt
 from . import distributed as dist
-from .autoencoders import MovingAverage, PlateauTracker, build_autoencoders, split_sizes
+from .autoencoders import build_autoencoders, split_sizes
 from .config import DistillConfig, save_config
 from .data import default_workers, find_images, make_train_loader, validation_images
 from .metalosses import MetaLossWeights, gradient_metrics, meta_loss, teacher_pass
 from .resume import starting_point
 from .rundir import move_aside, remove_partial_files
 from .runlog import RunLog
+from .running_stats import MovingAverage, PlateauTracker
 from .validation import ValidationSet, evaluate
 
 DIRECT_HEADS = ("direct", "hybrid")  # the authors' "direct" backbone-to-gradient mode (spec §4.3, §7.3)
