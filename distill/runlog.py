@@ -17,7 +17,8 @@ from typing import Any
 
 import torch
 
-from pgn.images import denormalize, save_image_grid
+from pgn.images import save_image_grid
+from pgn.value_spaces import denormalize
 
 METRICS_FILE = "metrics.jsonl"
 CURVE_FILE = "curves.png"

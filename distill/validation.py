@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 
 import pgn
-from pgn.images import normalize
 from pgn.model import PGN
 from pgn.perceptual import PerceptualLoss
+from pgn.value_spaces import normalize
 
 from . import checkpoints as ckpt
 from .autoencoders import split_sizes

@@ -6,7 +6,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from pgn.errors import PGNError
-from pgn.images import nearest_valid_size
+from pgn.inputs import nearest_valid_size
 
 from .formats import Format, check_options
 

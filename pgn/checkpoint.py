@@ -36,9 +36,9 @@ from .constants import GRAD_SCALE_RESNET, GRAD_SCALE_UNET, LEGACY_UNET_GRAD_SCAL
 from .errors import PGNError
 from .files import as_path, atomic_save, check_plain, read_file
 from .heads import HeadConfig
-from .images import check_value_space
 from .model import PAPER_BACKBONES, PGN, PGNConfig, apply_overrides, nonfinite_tensors, preset_config
 from .state_dicts import match_state_dict, names_fit, tensors_of
+from .value_spaces import check_value_space
 
 #: User-facing notices (legacy values rewritten, NaN weights, …): one line each on stderr unless logging is set up.
 logger = logging.getLogger(__name__)

@@ -18,10 +18,10 @@ import torch
 from torch import nn
 
 from .errors import PGNError
-from .images import to_imagenet
 from .inputs import compute_dtype
 from .model import PGN
 from .perceptual import REDUCTIONS, _reduce
+from .value_spaces import to_imagenet
 
 
 class _InjectGradient(torch.autograd.Function):

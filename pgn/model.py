@@ -22,8 +22,8 @@ from .backbones import BACKBONES, backbone_config, config_to_dict
 from .constants import GRAD_SCALE_RESNET, GRAD_SCALE_UNET
 from .errors import PGNError
 from .heads import HEAD_KINDS, GradientHead, HeadConfig
-from .images import check_value_space, from_imagenet, gradient_from_imagenet, to_imagenet
 from .inputs import check_images, compute_dtype
+from .value_spaces import check_value_space, from_imagenet, gradient_from_imagenet, to_imagenet
 
 
 @dataclass(frozen=True)

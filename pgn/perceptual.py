@@ -25,8 +25,8 @@ from torch import nn
 
 from .errors import PGNError
 from .files import read_file
-from .images import check_value_space, to_imagenet
 from .inputs import check_images, compute_dtype
+from .value_spaces import check_value_space, to_imagenet
 
 #: VGG feature configs up to and including relu5_1 ("M" marks a pooling layer), as in torchvision.
 VGG_CONFIGS: dict[str, list[int | str]] = {

@@ -15,8 +15,7 @@ import torch
 from torch import nn
 
 from .errors import PGNError
-from .images import nearest_valid_size
-from .inputs import check_size
+from .inputs import check_size, nearest_valid_size
 from .model import PGN
 from .perceptual import PerceptualLoss, vgg_features
 
