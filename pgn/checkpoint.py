@@ -31,12 +31,13 @@ import torch
 from torch import nn
 
 from .authors import authors_names
-from .backbones import BACKBONES, UNetConfig, backbone_config
+from .backbones import BACKBONES, UNetConfig, build_backbone
 from .constants import GRAD_SCALE_RESNET, GRAD_SCALE_UNET, LEGACY_UNET_GRAD_SCALE
 from .errors import PGNError
 from .files import as_path, atomic_save, check_plain, read_file
 from .heads import HeadConfig
-from .model import PAPER_BACKBONES, PGN, PGNConfig, apply_overrides, nonfinite_tensors, preset_config
+from .model import PGN, PGNConfig, apply_overrides, nonfinite_tensors
+from .presets import paper_backbones, preset_config
 from .state_dicts import match_state_dict, names_fit, tensors_of
 from .value_spaces import check_value_space
 
@@ -192,7 +193,7 @@ def _backbone_keys(kind: str, params: dict) -> tuple[list[str], dict[str, str]] 
     """State-dict keys (ours, and ours → the authors') of backbone ``kind`` built with ``params``; None if invalid."""
     try:
         with torch.device("meta"):  # names only: no memory, no initialization
-            backbone = BACKBONES[kind][0](backbone_config(kind, params))
+            backbone = build_backbone(kind, params)
     except (PGNError, TypeError, ValueError):
         return None
     return list(backbone.state_dict()), authors_names(backbone)
@@ -224,7 +225,7 @@ def _infer_backbone(file_params: dict, state: dict, preset: str | None, override
         base = preset_config(preset)
         candidates.append((base.backbone, dict(base.backbone_params, **applicable(base.backbone))))
     candidates += [(kind, applicable(kind)) for kind in BACKBONES]
-    candidates += [(kind, params) for kind, params, _ in PAPER_BACKBONES.values()]
+    candidates += paper_backbones()
     tensors = tensors_of(state)
     blocks = {key.split(".")[1] for key in tensors if _RESIDUAL_BLOCK_WEIGHT.match(key)}
     if blocks:

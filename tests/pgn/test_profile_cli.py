@@ -7,6 +7,7 @@ from click.testing import CliRunner
 
 import pgn
 from pgn.cli import main
+from pgn.presets import preset_description
 
 # Spec §3.4: exact paper-convention MACs at 224² (billions, 4 decimals) and pure conv multiply-adds.
 EXPECTED = {
@@ -49,8 +50,12 @@ def test_pgn_info_prints_table6_equal_to_paper(tmp_path):
 
 def test_pgn_info_presets_and_checkpoint(tmp_path):
     runner = CliRunner()
-    out = runner.invoke(main, ["--presets"])
+    out = runner.invoke(main, ["--presets", "--json", str(tmp_path / "presets.json")])
     assert out.exit_code == 0 and "resnet8-hybrid" in out.output
+    rows = {r["preset"]: r for r in json.loads((tmp_path / "presets.json").read_text())}
+    assert set(rows) == set(pgn.list_presets())
+    assert rows["unet"]["grad_scale"] == 0.048 and rows["resnet8-direct"]["head"] == "direct"
+    assert all(r["description"] == preset_description(name) and r["description"] for name, r in rows.items())
     path = pgn.save(pgn.build("resnet4"), tmp_path / "m.pt")
     out = runner.invoke(main, ["--checkpoint", str(path)])
     assert out.exit_code == 0 and "pgn-toolkit" in out.output
