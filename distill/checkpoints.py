@@ -27,7 +27,7 @@ import torch
 from pgn.authors import key_names
 from pgn.checkpoint import atomic_save, load_backbone_state, parse_checkpoint, read_file
 from pgn.checkpoint import save as save_pgn
-from pgn.errors import PGNError
+from pgn.errors import PGNError, first_line
 from pgn.model import PGN
 from pgn.state_dicts import match_state_dict
 
@@ -190,7 +190,7 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, path_or_state: str | 
     try:
         optimizer.load_state_dict(sd)
     except (ValueError, KeyError) as e:
-        raise PGNError(f"{where} does not fit the {what}'s optimizer: {e}") from None
+        raise PGNError(f"{where} does not fit the {what}'s optimizer: {first_line(e)}") from None
 
 
 def authors_resume_files(resume_dir: str | Path, epoch: int, num_autoencoders: int) -> dict[str, Any]:

@@ -30,10 +30,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .authors import authors_names
+from .authors import AUTHORS_HEADS, authors_names
 from .backbones import BACKBONES, UNetConfig, build_backbone
 from .constants import GRAD_SCALE_RESNET, GRAD_SCALE_UNET, LEGACY_UNET_GRAD_SCALE
-from .errors import PGNError
+from .errors import PGNError, first_line
 from .files import as_path, atomic_save, check_plain, read_file
 from .heads import HeadConfig
 from .model import PGN, PGNConfig, apply_overrides, nonfinite_tensors
@@ -148,13 +148,7 @@ def _authors_head(kind: str, params: dict) -> HeadConfig:
     grad_type = params.get("grad_type", "mse")
     if grad_type not in ("mse", "l1", "logcosh"):
         raise PGNError(f"the checkpoint's grad_type {grad_type!r} is not supported (supported: mse, l1, logcosh)")
-    head_kind = {
-        ("proxy", "sigmoid"): "constrained",
-        ("proxy", "raw"): "proxy",
-        ("direct", "raw"): "direct",
-        ("direct", "sigmoid"): "hybrid",
-        ("proxy", "warped_target"): "warped",
-    }.get((kind, proxy_type))
+    head_kind = AUTHORS_HEADS.get((kind, proxy_type))
     if head_kind is None:
         raise PGNError(f"unsupported head in checkpoint: backbone_to_grad_type={kind!r} with proxy type {proxy_type!r}")
     kw: dict[str, Any] = {"kind": head_kind, "grad_type": grad_type}
@@ -264,7 +258,7 @@ def parse_checkpoint(obj: Any, *, preset: str | None = None, backbone_overrides:
             c = PGNConfig.from_dict(obj["config"])
             state = obj["state_dict"]
         except (KeyError, TypeError) as e:
-            raise PGNError(f"broken pgn-toolkit checkpoint: bad or missing config ({e})") from None
+            raise PGNError(f"broken pgn-toolkit checkpoint: bad or missing config ({first_line(e)})") from None
         return ParsedCheckpoint(FORMAT_NAME, c.backbone, c.backbone_params, c.head, state, c.value_space, c.preset)
     version = obj.get("version")
     if version == 2:

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .errors import PGNError, describe_os_error
+from .errors import PGNError, describe_os_error, first_line
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -182,8 +182,7 @@ def _unreadable(path: Path, e: BaseException) -> str:
         return f"{path} holds GPU tensors but CUDA is not available on this machine: load it with map_location='cpu'"
     if isinstance(e, PermissionError):
         return f"cannot read {path}: permission denied"
-    first = text.strip().splitlines()[0] if text.strip() else e.__class__.__name__
-    return f"{path} is not a readable checkpoint (truncated or corrupted? {first[:160]})"
+    return f"{path} is not a readable checkpoint (truncated or corrupted? {first_line(e, limit=160)})"
 
 
 def read_file(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
