@@ -285,6 +285,28 @@ class Distiller:
         ranks = state["ranks"]
         self.load_local_state(ranks[self.ctx.rank % len(ranks)])
 
+    def load_initial_files(self, files: ckpt.InitialFiles) -> None:
+        """Initialize from single files (ours or the authors' formats); parts without a file keep their init."""
+        if files.pgn:
+            ckpt.load_pgn_weights(self.model, files.pgn)
+        if files.pgn_optimizer:
+            ckpt.load_optimizer_state(self.optimizer, files.pgn_optimizer, "PGN")
+        for k, path in enumerate(files.autoencoders):
+            if path:
+                ckpt.load_module_weights(self.autoencoders[k], path, f"autoencoder {k}")
+        for k, path in enumerate(files.ae_optimizers):
+            if path:
+                ckpt.load_optimizer_state(self.ae_optimizers[k], path, f"autoencoder {k}")
+
+    def start(self, run_dir: Path, resume: bool) -> tuple[int, str | None]:
+        """Load what the run starts from (:func:`distill.resume.starting_point`); returns (first step, its source or None)."""
+        point = starting_point(self.config, run_dir, resume, self.ctx)
+        if point.state is not None:
+            self.load_global_state(point.state)
+        if point.files is not None:
+            self.load_initial_files(point.files)
+        return point.step, point.source
+
 
 def _optimizer_to_cpu(sd: dict) -> dict:
     state = {k: {n: t.detach().cpu() if isinstance(t, torch.Tensor) else t for n, t in v.items()} for k, v in sd["state"].items()}
@@ -359,7 +381,7 @@ def _train(config: DistillConfig, ctx: dist.DistContext, resume: bool, fresh: bo
     val_images, val_skipped = validation_images(split, config.size, config.val_images, config.min_image_side, seed=config.seed)
     val = ValidationSet.from_images(val_images, seed=config.seed)
     _on_main(lambda: _prepare_run_dir(run_dir, fresh), ctx)
-    start, resumed_from = starting_point(distiller, config, run_dir, resume, ctx)
+    start, resumed_from = distiller.start(run_dir, resume)
     total = config.total_steps
     say = print if ctx.is_main else (lambda *a, **k: None)
     say(f"pgn-distill: teacher {distiller.teacher.weights}")
