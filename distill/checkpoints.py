@@ -1,9 +1,9 @@
-"""Training-state checkpoints: write atomically, keep the last K, resume from the newest readable one (spec §8).
+"""Training-state checkpoints: write atomically, keep the last K, resume from the newest readable one.
 
 Our training state (``<run-dir>/checkpoints/step-000001024.pt``, one file written by rank 0) holds everything a
 run needs to continue exactly where it stopped: the PGN and its optimizer, the PGN grad-norm moving average, and
 for **every rank** its autoencoders, their optimizers and moving averages, the plateau trackers and the random
-number generator states. The reference saves only the PGN, its optimizer and rank 0's autoencoders (spec §8.1).
+number generator states. The authors' code saves only the PGN, its optimizer and rank 0's autoencoders.
 
 Beside it, ``<run-dir>/pgn.pt`` is a plain :func:`pgn.save` checkpoint of the latest weights in the public
 ``unit`` value space, so ``pgn.load("<run-dir>/pgn.pt")`` gives the trained model.

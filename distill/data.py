@@ -1,4 +1,4 @@
-"""Training and held-out images: the bundled photographs, an image folder, ImageNet and FFHQ layouts (spec §7.4).
+"""Training and held-out images: the bundled photographs, an image folder, ImageNet and FFHQ layouts.
 
 Sources (``dataset``):
 

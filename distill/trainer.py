@@ -1,6 +1,6 @@
-"""Distilling a PGN from the VGG teacher with surrogate autoencoders (paper §3, Fig. 1; spec §5–7).
+"""Distilling a PGN from the VGG teacher with surrogate autoencoders (paper §3, Fig. 1).
 
-One iteration, per process (spec §7.2)::
+One iteration, per process, in the order of the authors' code::
 
     y (normalized batch) ─ split ─► AE_k ─► ŷ_k ─ detach, concat ─► ŷ
     PGN(ŷ, y) ─► P, g_PGN                       (train-mode BatchNorm, DDP across processes)
@@ -49,7 +49,7 @@ from .runlog import RunLog
 from .running_stats import MovingAverage, PlateauTracker
 from .validation import ValidationSet, evaluate
 
-DIRECT_HEADS = ("direct", "hybrid")  # the authors' "direct" backbone-to-gradient mode (spec §4.3, §7.3)
+DIRECT_HEADS = ("direct", "hybrid")  # the authors' "direct" backbone-to-gradient mode: autoencoders may learn from true gradients
 
 
 class _PGNOutputs(nn.Module):
@@ -98,7 +98,7 @@ class Distiller:
         self.config, self.ctx = config, ctx
         dev = ctx.device
         torch.backends.cudnn.benchmark = dev.type == "cuda"  # as the authors (fast, not bit-deterministic on GPUs)
-        dist.seed_everything(config.seed)  # the same on every rank: identical initial autoencoders (spec §7.6)
+        dist.seed_everything(config.seed)  # the same on every rank: identical initial autoencoders, as in the authors' runs
         self.model = pgn.build(config.backbone, value_space="imagenet", **config.pgn_overrides()).to(dev).train()
         self.teacher = PerceptualLoss(config.teacher, weights=config.vgg_weights, seed=config.teacher_seed, value_space="imagenet").to(dev)
         self.autoencoders = build_autoencoders(config.ae_depths, config.ae_block_type, config.ae_conv_type).to(dev).train()
@@ -108,7 +108,7 @@ class Distiller:
             self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.pgn_sgd_lr)
         self.ae_optimizers = [torch.optim.Adam(ae.parameters(), lr=config.ae_lr) for ae in self.autoencoders]
         self.grad_norm_ma = MovingAverage(config.pgn_grad_norm_avg)
-        if config.ae_shared_grad_norm_ma:  # the authors' aliasing bug (spec §13.4), on request
+        if config.ae_shared_grad_norm_ma:  # the authors' code aliases one average for all autoencoders (a bug), on request
             shared = MovingAverage(config.ae_grad_norm_avg)
             self.ae_grad_norm_ma = [shared] * len(self.autoencoders)
         else:
@@ -126,7 +126,7 @@ class Distiller:
 
     # ----------------------------------------------------------------------------------------------------
     def autoencoders_use_true_gradient(self, step: int) -> bool:
-        """Direct/hybrid heads: true gradients in warm-up epochs, then on even epochs (spec §7.3)."""
+        """Direct/hybrid heads: true gradients in warm-up epochs, then on even epochs, as the authors' code does."""
         if self.model.config.head.kind not in DIRECT_HEADS:
             return False
         epoch = step // self.config.batches_per_epoch
@@ -137,7 +137,7 @@ class Distiller:
     def train_step(self, y: torch.Tensor, step: int) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
         """One iteration on the normalized batch ``y`` (0-based ``step``); returns local scalars and tensors.
 
-        The order is the reference's (spec §7.2); see the module docs.
+        The order is the authors' code's; see the module docs.
         """
         cfg = self.config
         sizes = split_sizes(y.shape[0], len(self.autoencoders))

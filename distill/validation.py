@@ -8,7 +8,7 @@ Two measurements, both on the held-out images of :func:`distill.data.validation_
 * ``val/ae_cos``: ŷ = the current training autoencoders' reconstructions of the held-out images (a copy of each
   autoencoder is used, so their BatchNorm statistics are not touched): the training distribution, unseen images.
 
-The PGN runs in eval mode, as in the authors' validation (spec §10).
+The PGN runs in eval mode, as in the authors' validation.
 """
 
 from __future__ import annotations

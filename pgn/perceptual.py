@@ -1,4 +1,4 @@
-"""The VGG perceptual loss a PGN imitates (the "teacher"), and its true gradient (spec §2).
+"""The VGG perceptual loss a PGN imitates (the "teacher"), and its true gradient.
 
 ``VGG(ŷ, y) = Σ_l mean_{c,h,w} |φ_l(ŷ) − φ_l(y)|`` over the output of every ReLU up to relu5_1 (13 taps for
 VGG-19, 7 for VGG-11), with every MaxPool replaced by AvgPool(2), one value per sample and no batch mean.

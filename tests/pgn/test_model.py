@@ -119,8 +119,8 @@ def test_other_proxy_losses_match_autograd(grad_type, pair):
     torch.testing.assert_close(out.grad, g_auto, rtol=1e-4, atol=1e-9)
 
 
-def test_constrained_head_formula_from_spec(pair):
-    """Spec §14: g = 40·(2/(CHW))·(ŷ − 1.1·((sigmoid(B) − μ)/σ)) in normalized space."""
+def test_constrained_head_formula(pair):
+    """Paper Eq. 6-7 as the authors' code computes it: g = 40·(2/(CHW))·(ŷ − 1.1·((sigmoid(B) − μ)/σ)), normalized space."""
     model = pgn.build("resnet4", value_space="imagenet")
     x, y = pair
     out = model.outputs(x, y)
