@@ -33,8 +33,8 @@ import torch
 from torch import nn
 
 import pgn
-from pgn.cliutils import check_output, describe_os_error, error_line, os_error_in
-from pgn.errors import PGNError
+from pgn.cliutils import check_output, error_line
+from pgn.errors import PGNError, describe_os_error, os_error_in
 from pgn.perceptual import PerceptualLoss
 
 from . import checkpoints as ckpt
