@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple
 
 from .constants import GRAD_SCALE_RESNET, GRAD_SCALE_UNET
-from .errors import PGNError
+from .errors import PGNError, first_line
 from .heads import HeadConfig
 from .model import PGNConfig
 
@@ -86,8 +86,7 @@ def register_preset(name: str, description: str = "") -> Callable[[Callable[[], 
     def deco(fn: Callable[[], PGNConfig]) -> Callable[[], PGNConfig]:
         if name in _REGISTRY:
             raise ValueError(f"preset {name!r} is already registered")
-        doc = (fn.__doc__ or "").strip().splitlines()
-        _REGISTRY[name] = _Registered(fn, description or (doc[0] if doc else ""))
+        _REGISTRY[name] = _Registered(fn, description or first_line(fn.__doc__ or ""))
         return fn
 
     return deco
