@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 import pgn
-from pgn.images import normalize
+from pgn.value_spaces import normalize
 
 #: Keys of the losses a demo can compare, in table order.
 LOSS_KEYS = ("mse", "vgg19", "vgg11", "pgn", "pgn-onnx")
