@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from benchmarks.models import build_pgn, make_inputs
-from benchmarks.quantize import cpu_int8_features, quantize_int8
+from benchmarks.quantize import quantize_int8
 from benchmarks.runners import compare_outputs
 
 ort = pytest.importorskip("onnxruntime")
@@ -51,6 +51,3 @@ def test_int8_model_runs_and_tracks_fp32(tmp_path):
     assert acc["grad_cosine_min"] > 0.99
     assert acc["grad_rel_error_max"] > 0  # it really is quantized
 
-
-def test_cpu_int8_features_are_known_flags():
-    assert set(cpu_int8_features()) <= {"avx512_vnni", "avx_vnni", "amx_int8"}
