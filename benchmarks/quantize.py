@@ -15,12 +15,12 @@ like the original.
 from __future__ import annotations
 
 import hashlib
-import json
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from pgn.cliutils import write_json
 from pgn.errors import PGNError
 
 INT8_RECIPE = {
@@ -119,6 +119,4 @@ def write_int8_manifest(src: str | Path, dst: str | Path) -> Path:
                       "quantized_ops": list(QUANTIZED_OPS)},
         parity={"checked_by": "pgn-bench accuracy check (gradient cosine against fp32 PyTorch)"},
     )
-    path = manifest_path(dst)
-    path.write_text(json.dumps(manifest, indent=2) + "\n")
-    return path
+    return write_json(manifest, manifest_path(dst))
