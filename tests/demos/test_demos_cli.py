@@ -2,7 +2,6 @@
 
 import importlib.util
 import json
-import textwrap
 
 import pytest
 from click.testing import CliRunner
@@ -98,30 +97,12 @@ def test_dip_tiny(tmp_path):
     assert (out / "dip_quality.png").is_file() and (out / "dip_stability_curves.png").is_file()
 
 
-GEN_FILE = textwrap.dedent(
-    """
-    import torch
-    from torch import nn
-
-    class Gen(nn.Module):
-        def __init__(self):
-            super().__init__()
-            torch.manual_seed(0)
-            self.lin = nn.Linear(8, 3 * 32 * 32)
-
-        def forward(self, w):
-            return torch.tanh(self.lin(w.flatten(1))).view(-1, 3, 32, 32)
-    """
-)
-
-
 @pytest.mark.parametrize("user_generator", [False, True])
-def test_invert_tiny(tmp_path, user_generator):
+def test_invert_tiny(tmp_path, user_generator, user_generator_file):
     out = tmp_path / "inv"
     args = ["invert", "-o", str(out), "--size", "32", "--prefit-steps", "2", "--steps", "2", *FAST]
     if user_generator:
-        (tmp_path / "gen.py").write_text(GEN_FILE)
-        args += ["--generator", f"{tmp_path / 'gen.py'}:Gen", "--latent-shape", "2,4"]
+        args += ["--generator", f"{user_generator_file}:Gen", "--latent-shape", "2,4"]
     else:
         args += ["--train-steps", "2"]
     result = invoke(args)

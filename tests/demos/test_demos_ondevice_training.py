@@ -4,6 +4,7 @@ import sys
 
 import pytest
 import torch
+from proxy_runtimes import TorchProxyRuntime
 
 import pgn
 from demos.frames import edge_map, face_frames
@@ -11,16 +12,6 @@ from demos.generators import Embedder, PoseGenerator, personalize
 from demos.losses import PGNLossTerm
 from demos.ondevice_training import FinetuneLossGraph, finetune_on_device, training_available
 from demos.students import Student
-
-
-class TorchProxyRuntime:
-    def __init__(self, model):
-        self.model = model
-
-    def run(self, y_hat, y):
-        with torch.no_grad():
-            out = self.model.outputs(torch.from_numpy(y_hat), torch.from_numpy(y))
-        return {"proxy": out.proxy.numpy(), "grad": out.grad.numpy()}
 
 
 def _setup():
