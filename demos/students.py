@@ -1,4 +1,4 @@
-"""Students: copies of one generator initialization, each fitted with its own loss (spec §10).
+"""Students: copies of one generator initialization, each fitted side by side with its own loss.
 
 A step is split at the generated image: ``ŷ = forward(generator)``; the loss part computes ``∂loss/∂ŷ`` on a
 detached copy (timed and memory-measured by :class:`~demos.measure.LossMeter`); then ``ŷ.backward(∂loss/∂ŷ)``
@@ -37,8 +37,8 @@ class Student:
         name: row name.
         loss: the :class:`~demos.losses.Loss` to minimize.
         generator: this student's own module (``parameters()`` with ``requires_grad`` are optimized).
-        lr: Adam learning rate (PyTorch defaults otherwise, as in the reference).
-        clip_grad_norm: optional max norm of the generator gradient (off by default, as in the reference).
+        lr: Adam learning rate (PyTorch defaults otherwise, as in the authors' code).
+        clip_grad_norm: optional max norm of the generator gradient (off by default, as in the authors' code).
         measure_memory: measure the loss part's peak memory (see :mod:`demos.measure`).
     """
 

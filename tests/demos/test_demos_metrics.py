@@ -1,4 +1,4 @@
-"""SSIM (spec §10.3), MSE, gradient cosine, LPIPS availability."""
+"""SSIM (window 11, σ = 1.5, zero padding, in [0, 1] space), MSE, gradient cosine, LPIPS availability."""
 
 import sys
 import types
