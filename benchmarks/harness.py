@@ -44,7 +44,7 @@ def run_task(task: Task, workdir: Path, threads: int, timeout: float) -> dict:
     """Run ``task`` in a fresh ``python -m benchmarks.worker`` process; returns its result dict (never raises)."""
     index = len(list(workdir.glob("task-*.json")))
     task_path, result_path = workdir / f"task-{index}.json", workdir / f"result-{index}.json"
-    write_json(task.to_dict(), task_path, indent=None)
+    write_json(task.to_dict(), task_path)
     cmd = [sys.executable, "-m", "benchmarks.worker", str(task_path), str(result_path)]
     try:
         proc = subprocess.run(cmd, env=worker_env(threads), capture_output=True, text=True, timeout=timeout)

@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # the parent turns this into a row that says what failed
         reason = f"{type(e).__name__}: {first_line(e)}" if str(e).strip() else type(e).__name__
         result = {"status": "failed", "reason": reason, "traceback": traceback.format_exc()}
-    write_json(result, result_path, indent=None)
+    write_json(result, result_path)
     return 0
 
 

@@ -118,8 +118,8 @@ def fitting_options(lr: str, pgn_mse_weight: str, vgg_mse_weight: str):
     """``--lr``, ``--pgn-mse-weight`` and ``--vgg-mse-weight``, with the demo's defaults (as the help states them)."""
     return stacked([
         click.option("--lr", type=FiniteFloat(0, min_open=True), help=f"Adam learning rate (default: {lr})."),
-        click.option("--pgn-mse-weight", type=FiniteFloat(0), help=f"λ_MSE paired with the PGN (default: {pgn_mse_weight})."),
-        click.option("--vgg-mse-weight", type=FiniteFloat(0), help=f"λ_MSE paired with VGG (default: {vgg_mse_weight})."),
+        click.option("--pgn-mse-weight", type=FiniteFloat(0), help=f"λ_MSE with the PGN (default: {pgn_mse_weight})."),
+        click.option("--vgg-mse-weight", type=FiniteFloat(0), help=f"λ_MSE with VGG (default: {vgg_mse_weight})."),
     ])
 
 
