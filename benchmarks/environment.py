@@ -10,19 +10,33 @@ import sys
 from pathlib import Path
 
 #: CPU flags that decide which kernels run (vector width, bf16 and int8 dot products).
-CPU_FLAGS_OF_INTEREST = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8", "amx_tile", "asimd", "sve")
+CPU_FLAGS_OF_INTEREST = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8", "amx_tile",
+                         "asimd", "asimddp", "sve")
+#: The int8 dot-product instructions ONNX Runtime's int8 convolutions use (x86 VNNI and AMX, ARM ``sdot``): without
+#: one of them an int8 model is rarely faster than fp32.
+INT8_DOT_PRODUCT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp")
 PACKAGES = ("torch", "torchvision", "numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxscript", "tensorrt", "coremltools", "pgn-toolkit")
+CPUINFO = Path("/proc/cpuinfo")
+
+
+def cpuinfo_value(*keys: str) -> str | None:
+    """The value of the first ``/proc/cpuinfo`` line whose key is one of ``keys`` (lower case); None off Linux."""
+    try:
+        text = CPUINFO.read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip().lower() in keys:
+            return value.strip()
+    return None
 
 
 def cpu_name() -> str:
-    """The CPU's model name (``lscpu`` / ``/proc/cpuinfo`` on Linux, ``sysctl`` on macOS)."""
-    if sys.platform.startswith("linux"):
-        try:
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-        except OSError:
-            pass
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, ``sysctl`` on macOS)."""
+    name = cpuinfo_value("model name") if sys.platform.startswith("linux") else None
+    if name:
+        return name
     if sys.platform == "darwin":
         try:
             return subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True, timeout=5).stdout.strip()
@@ -31,17 +45,10 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def cpu_flags() -> list[str]:
-    """Which of :data:`CPU_FLAGS_OF_INTEREST` this CPU has (Linux; empty elsewhere)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            flags = set(line.split(":", 1)[1].split())
-            return [f for f in CPU_FLAGS_OF_INTEREST if f in flags]
-    return []
+def cpu_flags(of_interest: tuple[str, ...] = CPU_FLAGS_OF_INTEREST) -> list[str]:
+    """Which of ``of_interest`` this CPU has (x86 ``flags``, ARM ``Features``; Linux only, empty elsewhere)."""
+    flags = set((cpuinfo_value("flags", "features") or "").split())
+    return [f for f in of_interest if f in flags]
 
 
 def load_average() -> list[float] | None:

@@ -35,6 +35,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from pgn.cliutils import write_json, write_text
+
 from .runtimes import module_available
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -219,7 +221,7 @@ def merge_bench(parts: list[Path], out: Path, stem: str) -> dict | None:
     merged.write_json(out / f"{stem}.json")
     from .report import render_markdown
 
-    (out / f"{stem}.md").write_text(f"`{merged.config['command']}`\n\n{render_markdown(merged)}")
+    write_text(out / f"{stem}.md", f"`{merged.config['command']}`\n\n{render_markdown(merged)}")
     if module_available("matplotlib"):
         from .report import plot_time_memory
 
@@ -310,7 +312,7 @@ def write_summary(out: Path, env: dict, steps: list[Step], batches: dict, valida
     """``summary.json`` and ``summary.md``: steps, goals, validation cost, fp16 accuracy, distillation."""
     payload = {"environment": env, "wall_seconds": round(wall, 1), "smoke": smoke, "steps": [s.to_dict() for s in steps],
                "batches": batches, "check_values_cost": validation, "distill": distill}
-    (out / "summary.json").write_text(json.dumps(payload, indent=1, default=str) + "\n")
+    write_json(payload, out / "summary.json", indent=1)
     md = [f"# GPU check: {env.get('gpu', 'CPU smoke run' if smoke else 'no GPU')}", "",
           f"torch {env['torch']} (CUDA {env['cuda_build']}), Python {env['python']}; {wall / 60:.1f} minutes in all.", ""]
     if env["missing"]:
@@ -334,7 +336,7 @@ def write_summary(out: Path, env: dict, steps: list[Step], batches: dict, valida
         md += ["", f"## Distillation ({distill['backend']} on {distill['device']}, {distill['steps']} steps)", "",
                f"train loss {distill['train_loss_first_last']}, held-out gradient cosine {distill['val_cos_first_last']}; "
                f"teacher {distill['teacher']}. Files in `distill/`."]
-    (out / "summary.md").write_text("\n".join(md) + "\n")
+    write_text(out / "summary.md", "\n".join(md) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -356,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.results_root / ("cpu-smoke" if args.smoke else gpu_slug(env.get("gpu", "gpu")))
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    (out / "environment.json").write_text(json.dumps(env, indent=1) + "\n")
+    write_json(env, out / "environment.json", indent=1)
     with tempfile.TemporaryDirectory(prefix="pgn-gpu-check-") as tmp:
         work = Path(tmp)
         steps = plan_steps(plan, out, work)
@@ -364,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
             wanted = [w.strip() for w in args.only.split(",") if w.strip()]
             steps = [s for s in steps if any(s.name.startswith(w) for w in wanted)]
         if args.dry_run:
-            (out / "plan.json").write_text(json.dumps([s.to_dict() for s in steps], indent=1) + "\n")
+            write_json([s.to_dict() for s in steps], out / "plan.json", indent=1)
             print(f"gpu_check: plan of {len(steps)} steps written to {out / 'plan.json'}")
             return 0
         for step in steps:

@@ -17,6 +17,8 @@ import tempfile
 from contextlib import nullcontext
 from pathlib import Path
 
+from pgn.cliutils import write_json
+
 from .config import BenchmarkConfig
 from .environment import collect_environment, load_average
 from .measure import TimingStats
@@ -42,7 +44,7 @@ def run_task(task: Task, workdir: Path, threads: int, timeout: float) -> dict:
     """Run ``task`` in a fresh ``python -m benchmarks.worker`` process; returns its result dict (never raises)."""
     index = len(list(workdir.glob("task-*.json")))
     task_path, result_path = workdir / f"task-{index}.json", workdir / f"result-{index}.json"
-    task_path.write_text(json.dumps(task.to_dict()))
+    write_json(task.to_dict(), task_path)
     cmd = [sys.executable, "-m", "benchmarks.worker", str(task_path), str(result_path)]
     try:
         proc = subprocess.run(cmd, env=worker_env(threads), capture_output=True, text=True, timeout=timeout)

@@ -20,6 +20,8 @@ import sys
 from functools import lru_cache
 from pathlib import Path
 
+from pgn.errors import first_line
+
 #: Seconds a probe may take (loading CUDA libraries is slow on a cold machine).
 PROBE_TIMEOUT = 180.0
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -52,7 +54,7 @@ def start_onnxruntime(provider: str) -> str | None:
             return f"ONNX Runtime could not start {provider} (the session fell back to {', '.join(active) or 'nothing'})"
         session.run(None, {"x": np.ones((1, 4), np.float32)})
     except Exception as e:  # noqa: BLE001 - any failure is the reason
-        return f"ONNX Runtime could not start {provider}: {_first_line(str(e))}"
+        return f"ONNX Runtime could not start {provider}: {_quote(e)}"
     return None
 
 
@@ -63,11 +65,11 @@ def start_tensorrt() -> str | None:
     except ImportError as e:
         return f'the tensorrt Python package is not installed ({e}): pip install "pgn-toolkit[tensorrt]" (needs an NVIDIA GPU)'
     except OSError as e:
-        return f"tensorrt is installed but its libraries cannot load: {_first_line(str(e))}"
+        return f"tensorrt is installed but its libraries cannot load: {_quote(e)}"
     try:
         builder = trt.Builder(trt.Logger(trt.Logger.ERROR))
     except Exception as e:  # noqa: BLE001
-        return f"TensorRT {trt.__version__} cannot create a builder: {_first_line(str(e))}"
+        return f"TensorRT {trt.__version__} cannot create a builder: {_quote(e)}"
     if builder is None:
         return f"TensorRT {trt.__version__} cannot create a builder (no usable CUDA driver or GPU)"
     return None
@@ -115,16 +117,16 @@ def _verdict(stdout: str) -> dict | None:
     return None
 
 
+def _quote(e: BaseException) -> str:
+    """The first line of a runtime's error, without the terminal colours ONNX Runtime puts in its messages."""
+    return first_line(_ANSI.sub("", str(e))) or "no details"
+
+
 def _child_env() -> dict:
     root = str(Path(__file__).resolve().parent.parent)  # this checkout, importable in the child
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     return env
-
-
-def _first_line(text: str) -> str:
-    lines = [line.strip() for line in _ANSI.sub("", text).splitlines() if line.strip()]
-    return lines[0][:300] if lines else "no details"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,21 +6,21 @@ from the ones the accuracy check uses (:data:`benchmarks.models.CALIBRATION_PHOT
 quantized: the closed-form head (sigmoid, normalization, ŷ − P), residual additions and upsampling stay in
 fp32. Quantizing every op is no faster here and loses accuracy: the gradient output itself then passes through
 a uint8 quantizer (on a random-init ResNet-4 at 224², the centered-proxy cosine drops from 0.996 to 0.983, on
-the UNet from 0.98 to 0.73). On x86 CPUs with VNNI
-(``avx512_vnni`` / ``avx_vnni`` in ``/proc/cpuinfo``) ONNX Runtime's int8 convolutions use the dot-product
-instructions. The fp32 model's input and output names and its metadata are kept, so the quantized file loads
+the UNet from 0.98 to 0.73). ONNX Runtime's int8 convolutions are fast only with dot-product instructions
+(x86 VNNI or AMX, ARM ``asimddp``); each int8 row records which of them the CPU has
+(``runtime_info["cpu_int8_dot_product"]``). The fp32 model's input and output names and its metadata are kept, so the quantized file loads
 like the original.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from pgn.cliutils import write_json
 from pgn.errors import PGNError
 
 INT8_RECIPE = {
@@ -32,20 +32,6 @@ INT8_RECIPE = {
 }
 #: ONNX op types that are quantized (see the module docs for why only convolutions).
 QUANTIZED_OPS = ("Conv",)
-
-
-def cpu_int8_features() -> list[str]:
-    """The CPU's int8 dot-product extensions (``avx512_vnni``, ``avx_vnni``, ``amx_int8``) from /proc/cpuinfo."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.split(":", 1)[1].split())
-            break
-    return [f for f in ("avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
 
 
 class _Calibration:
@@ -133,6 +119,4 @@ def write_int8_manifest(src: str | Path, dst: str | Path) -> Path:
                       "quantized_ops": list(QUANTIZED_OPS)},
         parity={"checked_by": "pgn-bench accuracy check (gradient cosine against fp32 PyTorch)"},
     )
-    path = manifest_path(dst)
-    path.write_text(json.dumps(manifest, indent=2) + "\n")
-    return path
+    return write_json(manifest, manifest_path(dst))

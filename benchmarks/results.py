@@ -137,7 +137,7 @@ class BenchmarkResult:
     @classmethod
     def from_dict(cls, d: dict) -> "BenchmarkResult":
         """Rebuild from :meth:`to_dict` output (e.g. to re-plot a saved run); a one-line error for anything else."""
-        from pgn.errors import PGNError
+        from pgn.errors import PGNError, first_line
 
         if not isinstance(d, dict):
             raise PGNError(f"not a {SCHEMA} result: a JSON {type(d).__name__}, where pgn-bench --json writes an object")
@@ -147,4 +147,4 @@ class BenchmarkResult:
             rows = [Row(**r) for r in d["rows"]]
             return cls(config=dict(d["config"]), environment=dict(d["environment"]), rows=rows, schema=d["schema"])
         except (KeyError, TypeError, ValueError) as e:
-            raise PGNError(f"a damaged {SCHEMA} result ({type(e).__name__}: {e}): re-run the measurement") from None
+            raise PGNError(f"a damaged {SCHEMA} result ({type(e).__name__}: {first_line(e)}): re-run the measurement") from None

@@ -1,6 +1,6 @@
 """An exact rewrite of the UNet's slow grouped convolutions, for the ``onnxruntime-dw`` runtime.
 
-The UNet's separable convs use ``groups = gcd(cin, cout)`` (spec §3.2). At the last decoder level this is a 3×3
+The UNet's separable convs use ``groups = gcd(cin, cout)``, as the authors' UNet does. At the last decoder level this is a 3×3
 conv from 192 to 64 channels in 64 groups: three input channels and one output channel per group. ONNX
 Runtime's blocked (NCHWc) CPU kernels take only true depthwise or wide-group convolutions, so this one runs in
 the generic path (a tiny matrix product per group) and forces layout conversions around the concatenation in

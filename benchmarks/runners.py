@@ -23,6 +23,7 @@ import torch
 from pgn.errors import PGNError
 from pgn.perceptual import FP16_LOSS_SCALE, input_gradient
 
+from .environment import INT8_DOT_PRODUCT_FLAGS, cpu_flags
 from .models import ModelSpec, build_pgn, build_teacher, resolve_model
 from .runtimes import RuntimeSpec, bf16_native, resolve_runtime
 
@@ -206,7 +207,11 @@ class ExportedRunner(Runner):
 
     def info(self) -> dict:
         info = dict(getattr(self.rt, "info", {}) or {})
-        return {"library": getattr(self.rt, "name", self.runtime.family), **_jsonable(info)}
+        out = {"library": getattr(self.rt, "name", self.runtime.family), **_jsonable(info)}
+        if self.runtime.precision == "int8" and self.device == "cpu":
+            # int8 convolutions beat fp32 only with dot-product instructions: say which of them this CPU has
+            out["cpu_int8_dot_product"] = cpu_flags(INT8_DOT_PRODUCT_FLAGS)
+        return out
 
 
 def disable_memory_pattern(rt) -> None:

@@ -18,7 +18,8 @@ import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-MODES = ("prepare", "measure")
+from pgn.cliutils import write_json
+from pgn.errors import first_line
 
 
 @dataclass(frozen=True)
@@ -191,11 +192,6 @@ def _size_mb(path: Path) -> float:
     return path.stat().st_size / 2**20
 
 
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{e.__class__.__name__}: {text[0] if text else ''}".strip().rstrip(":")
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point: ``python -m benchmarks.worker TASK.json RESULT.json``."""
     argv = sys.argv[1:] if argv is None else argv
@@ -207,8 +203,9 @@ def main(argv: list[str] | None = None) -> int:
             warnings.simplefilter("ignore")
             result = measure(task) if task.mode == "measure" else prepare(task)
     except Exception as e:  # the parent turns this into a row that says what failed
-        result = {"status": "failed", "reason": _one_line(e), "traceback": traceback.format_exc()}
-    result_path.write_text(json.dumps(result))
+        reason = f"{type(e).__name__}: {first_line(e)}" if str(e).strip() else type(e).__name__
+        result = {"status": "failed", "reason": reason, "traceback": traceback.format_exc()}
+    write_json(result, result_path)
     return 0
 
 

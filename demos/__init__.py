@@ -1,4 +1,4 @@
-"""Demos of fitting generators with a PGN instead of a VGG perceptual loss (paper §4, spec §10).
+"""Demos of fitting generators with a PGN instead of a VGG perceptual loss (paper §4), following the authors' validation protocols.
 
 * :mod:`demos.finetune` — few-shot fine-tuning of a talking-head style generator, including the on-device path
   (the PGN as an exported ONNX graph, trained through an MSE towards its proxy).

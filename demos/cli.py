@@ -13,6 +13,10 @@ import click
 
 from pgn.cliutils import FiniteFloat, run_cli, write_json
 
+from .dip import HEAD_PRESETS, PARTS
+from .losses import LOSS_KEYS
+from .resources import VGG_WEIGHT_CHOICES
+
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
 
@@ -51,8 +55,6 @@ class HeadCheckpoint(click.ParamType):
     name = "HEAD=PATH"
 
     def convert(self, value, param, ctx):  # noqa: D102
-        from .dip import HEAD_PRESETS
-
         if isinstance(value, tuple):
             return value
         head, sep, path = str(value).partition("=")
@@ -64,9 +66,9 @@ class HeadCheckpoint(click.ParamType):
 
 
 def _check_vgg_weights(ctx, param, value):
-    if value is None or value in ("auto", "imagenet", "random") or Path(value).is_file():
+    if value is None or value in VGG_WEIGHT_CHOICES or Path(value).is_file():
         return value
-    raise click.BadParameter(f"{value!r} is neither auto, imagenet, random nor an existing weights file")
+    raise click.BadParameter(f"{value!r} is neither {', '.join(VGG_WEIGHT_CHOICES)} nor an existing weights file")
 
 
 def _check_pgn_checkpoint(ctx, param, value):
@@ -85,7 +87,7 @@ COMMON_OPTIONS = [
     click.option("--output", "-o", "output_dir", type=click.Path(file_okay=False, path_type=Path), help="Output folder for results.json, results.md and images (default: pgn-runs/<demo>)."),
     click.option("--size", type=click.IntRange(8, 4096), help="Image height and width in pixels (default: 64)."),
     click.option("--seed", type=int, help="Seed of initializations, frames and noise (default: 0)."),
-    click.option("--vgg-weights", metavar="auto|imagenet|random|PATH", callback=_check_vgg_weights,
+    click.option("--vgg-weights", metavar="|".join(VGG_WEIGHT_CHOICES) + "|PATH", callback=_check_vgg_weights,
                  help="VGG teacher weights. auto (default): ImageNet if cached in the torch hub folder, else random with a loud warning."),
     click.option("--pgn-checkpoint", metavar="PATH|paper", callback=_check_pgn_checkpoint,
                  help="Trained PGN (pgn-distill output or the authors' file; 'paper' = released file in the cache). Default: untrained, with a loud warning."),
@@ -97,11 +99,36 @@ COMMON_OPTIONS = [
 ]
 
 
-def common_options(fn):
-    """Stack the options every demo shares."""
-    for option in reversed(COMMON_OPTIONS):
-        fn = option(fn)
-    return fn
+def stacked(options: list):
+    """One decorator applying ``options`` in the order listed (as they appear in ``--help``)."""
+
+    def apply(fn):
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return apply
+
+
+#: The options every demo shares.
+common_options = stacked(COMMON_OPTIONS)
+
+
+def fitting_options(lr: str, pgn_mse_weight: str, vgg_mse_weight: str):
+    """``--lr``, ``--pgn-mse-weight`` and ``--vgg-mse-weight``, with the demo's defaults (as the help states them)."""
+    return stacked([
+        click.option("--lr", type=FiniteFloat(0, min_open=True), help=f"Adam learning rate (default: {lr})."),
+        click.option("--pgn-mse-weight", type=FiniteFloat(0), help=f"λ_MSE with the PGN (default: {pgn_mse_weight})."),
+        click.option("--vgg-mse-weight", type=FiniteFloat(0), help=f"λ_MSE with VGG (default: {vgg_mse_weight})."),
+    ])
+
+
+def image_options(default: str, count: str):
+    """``--images DIR`` and ``--num-images``: the targets of a demo that fits images."""
+    return stacked([
+        click.option("--images", "images_dir", type=click.Path(path_type=Path), help=f"Folder of target images (default: {default})."),
+        click.option("--num-images", type=click.IntRange(1), help=count),
+    ])
 
 
 def run_demo(config_cls, run_fn, *, threads: int | None, json_path: Path | None, **kwargs) -> None:
@@ -153,11 +180,9 @@ def main() -> None:
 @click.option("--train-frames", type=click.IntRange(1), help="Frames to fine-tune on (default: 8, as the paper).")
 @click.option("--holdout-frames", type=click.IntRange(1), help="Frames to evaluate on (default: 8).")
 @click.option("--steps", type=click.IntRange(1), help="Fine-tuning steps T (default: 50, as the paper).")
-@click.option("--lr", type=FiniteFloat(0, min_open=True), help="Adam learning rate (default: 5e-5, as the paper).")
-@click.option("--pgn-mse-weight", type=FiniteFloat(0), help="λ_MSE paired with the PGN (default: 20).")
-@click.option("--vgg-mse-weight", type=FiniteFloat(0), help="λ_MSE paired with VGG (default: 0).")
-@click.option("--losses", type=CommaList(choices=("mse", "vgg19", "vgg11", "pgn", "pgn-onnx", "pgn-ort-train")),
-              help="Losses to compare (default: all of mse,vgg19,vgg11,pgn,pgn-onnx,pgn-ort-train; the last needs onnxruntime-training).")
+@fitting_options(lr="5e-5, as the paper", pgn_mse_weight="20", vgg_mse_weight="0")
+@click.option("--losses", type=CommaList(choices=LOSS_KEYS),
+              help=f"Losses to compare (default: all of {','.join(LOSS_KEYS)}; the last needs onnxruntime-training).")
 @click.option("--meta-steps", type=click.IntRange(0), help="Meta-training episodes of the generator (default: 200).")
 @click.option("--generator-checkpoint", type=click.Path(dir_okay=False, path_type=Path), help="Reuse a meta_trained_generator.pt from an earlier run.")
 def finetune(**kwargs) -> None:
@@ -176,22 +201,18 @@ def finetune(**kwargs) -> None:
     """
     from .finetune import FinetuneConfig, run_finetune
 
-    threads, json_path = kwargs.pop("threads"), kwargs.pop("json_path")
-    run_demo(FinetuneConfig, run_finetune, threads=threads, json_path=json_path, **kwargs)
+    run_demo(FinetuneConfig, run_finetune, **kwargs)
 
 
 @main.command(context_settings=CONTEXT)
 @common_options
-@click.option("--images", "images_dir", type=click.Path(path_type=Path), help="Folder of target images (default: the bundled photographs).")
-@click.option("--num-images", type=click.IntRange(1), help="Images in the quality part (default: 2; paper: 400).")
+@image_options("the bundled photographs", "Images in the quality part (default: 2; paper: 400).")
 @click.option("--iterations", type=click.IntRange(1), help="Iterations T of the quality part (default: 150; paper: 3000).")
-@click.option("--lr", type=FiniteFloat(0, min_open=True), help="Adam learning rate (default: 0.01).")
-@click.option("--pgn-mse-weight", type=FiniteFloat(0), help="λ_MSE with the PGN (default: 0).")
-@click.option("--vgg-mse-weight", type=FiniteFloat(0), help="λ_MSE with VGG-19 (default: 0).")
+@fitting_options(lr="0.01", pgn_mse_weight="0", vgg_mse_weight="0")
 @click.option("--input-noise-prob", type=FiniteFloat(0, 1), help="Probability that a run adds per-step input noise (default: 0, as the published evaluation).")
 @click.option("--need-sigmoid/--no-sigmoid", default=None, help="Sigmoid at the skip net's output (default: off, as the authors' code).")
 @click.option("--eval-every", type=click.IntRange(1), help="Iterations between points of the quality curves (default: 10).")
-@click.option("--parts", type=CommaList(choices=("quality", "stability")), help="Which parts to run (default: quality,stability).")
+@click.option("--parts", type=CommaList(choices=PARTS), help=f"Which parts to run (default: {','.join(PARTS)}).")
 @click.option("--stability-images", type=click.IntRange(1), help="Images per head in the stability part (default: 2; paper: 100).")
 @click.option("--stability-iterations", type=click.IntRange(1), help="Maximum iterations per stability run (default: 150; paper: 10000).")
 @click.option("--divergence-threshold", type=FiniteFloat(1, min_open=True, allow_inf=True), help="Divergence when PL >= this × the initial PL (default: 2; 'inf' disables).")
@@ -213,15 +234,13 @@ def dip(**kwargs) -> None:
     """
     from .dip import DipConfig, run_dip
 
-    threads, json_path = kwargs.pop("threads"), kwargs.pop("json_path")
     kwargs["head_checkpoints"] = dict(kwargs["head_checkpoints"]) or None
-    run_demo(DipConfig, run_dip, threads=threads, json_path=json_path, **kwargs)
+    run_demo(DipConfig, run_dip, **kwargs)
 
 
 @main.command(context_settings=CONTEXT)
 @common_options
-@click.option("--images", "images_dir", type=click.Path(path_type=Path), help="Folder of target images (default: the bundled portrait's face and photographs).")
-@click.option("--num-images", type=click.IntRange(1), help="Targets inverted jointly (default: 2).")
+@image_options("the bundled portrait's face and photographs", "Targets inverted jointly (default: 2).")
 @click.option("--generator", metavar="MODULE:ATTR|FILE.py:ATTR", help="Your generator: an nn.Module (or a function building one) mapping latents to images. Default: the built-in one.")
 @click.option("--latent-shape", type=CommaList(int, name="SHAPE"), help="Latent shape per image for --generator, e.g. 14,512.")
 @click.option("--output-range", type=CommaList(float, length=2, name="LOW,HIGH"), help="Generator output range (default: -1,1 as StyleGAN).")
@@ -229,9 +248,7 @@ def dip(**kwargs) -> None:
 @click.option("--train-steps", type=click.IntRange(0), help="Training steps of the built-in generator (default: 200).")
 @click.option("--prefit-steps", type=click.IntRange(0), help="MSE-only pre-fit steps T0 (default: 100; paper: 5000).")
 @click.option("--steps", type=click.IntRange(1), help="Steps T per loss after the pre-fit (default: 100; paper: 1000).")
-@click.option("--lr", type=FiniteFloat(0, min_open=True), help="Adam learning rate (default: 0.01).")
-@click.option("--pgn-mse-weight", type=FiniteFloat(0), help="λ_MSE with the PGN (default: 20).")
-@click.option("--vgg-mse-weight", type=FiniteFloat(0), help="λ_MSE with VGG-19 (default: 1).")
+@fitting_options(lr="0.01", pgn_mse_weight="20", vgg_mse_weight="1")
 def invert(**kwargs) -> None:
     """Generator inversion (Image2StyleGAN protocol): MSE pre-fit, then MSE vs VGG-19 + MSE vs PGN + 20·MSE.
 
@@ -243,8 +260,7 @@ def invert(**kwargs) -> None:
     """
     from .invert import InvertConfig, run_invert
 
-    threads, json_path = kwargs.pop("threads"), kwargs.pop("json_path")
-    run_demo(InvertConfig, run_invert, threads=threads, json_path=json_path, **kwargs)
+    run_demo(InvertConfig, run_invert, **kwargs)
 
 
 if __name__ == "__main__":  # pragma: no cover

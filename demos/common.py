@@ -1,18 +1,18 @@
-"""Pieces every demo shares: common settings, the evaluation of a set of images, progress bars, students' rows."""
+"""Pieces every demo shares: common settings, the scores of a set of images, progress bars, reading target images."""
 
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 import pgn
+from pgn.images import center_crop, list_images, read_image, resize_min_side
 
 from .losses import Loss
 from .metrics import LPIPSMetric, gradient_cosine, mean_std, mse, ssim
-from .resources import PGNSource, Warnings, load_pgn, load_teacher
 
 
 @dataclass
@@ -47,6 +47,36 @@ def progress_bar(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True, file=sys.stderr)
 
 
+@dataclass
+class Scores:
+    """Per-sample reconstruction scores of a set of images: MSE ([0, 1] space), VGG-19 perceptual loss, SSIM, LPIPS.
+
+    ``lpips`` is a string saying why when LPIPS is unavailable. :meth:`extend` adds the scores of more images
+    (DIP scores one image at a time); :meth:`cells` gives the table cells.
+    """
+
+    mse: list[float] = field(default_factory=list)
+    pl_vgg19: list[float] = field(default_factory=list)
+    ssim: list[float] = field(default_factory=list)
+    lpips: list[float] | str = field(default_factory=list)
+
+    def extend(self, other: "Scores") -> None:
+        """Append ``other``'s samples (an unavailable LPIPS stays unavailable)."""
+        self.mse += other.mse
+        self.pl_vgg19 += other.pl_vgg19
+        self.ssim += other.ssim
+        self.lpips = other.lpips if isinstance(other.lpips, str) else self.lpips + other.lpips
+
+    def cells(self, prefix: str = "") -> dict:
+        """Table cells ``{prefix}mse_x1e3``, ``pl_vgg19``, ``ssim``, ``lpips``: mean ± std, MSE ×10³ as the paper prints it."""
+        return {
+            f"{prefix}mse_x1e3": summary([v * 1e3 for v in self.mse]),
+            f"{prefix}pl_vgg19": summary(self.pl_vgg19),
+            f"{prefix}ssim": summary(self.ssim),
+            f"{prefix}lpips": summary(self.lpips),
+        }
+
+
 class Evaluator:
     """Reconstruction metrics of images against their targets, with the VGG-19 teacher and LPIPS of one run."""
 
@@ -56,19 +86,18 @@ class Evaluator:
 
     @torch.no_grad()
     def perceptual(self, y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """VGG-19 perceptual loss per sample (spec §2.3)."""
+        """VGG-19 perceptual loss per sample: the mean absolute feature difference at each ReLU up to relu5_1, summed."""
         return self.teacher19.per_sample(y_hat.detach(), y.detach())
 
-    def images(self, y_hat: torch.Tensor, y: torch.Tensor) -> dict:
+    def scores(self, y_hat: torch.Tensor, y: torch.Tensor) -> Scores:
         """Per-sample MSE ([0, 1] space), PL_VGG-19, SSIM and LPIPS (or the reason it is missing)."""
-        out = {
-            "mse": mse(y_hat, y).tolist(),
-            "pl_vgg19": self.perceptual(y_hat, y).tolist(),
-            "ssim": ssim(y_hat.clamp(0, 1), y).tolist(),
-        }
         lp = self.lpips(y_hat.clamp(0, 1), y)
-        out["lpips"] = lp.tolist() if lp is not None else LPIPSMetric.UNAVAILABLE
-        return out
+        return Scores(
+            mse=mse(y_hat, y).tolist(),
+            pl_vgg19=self.perceptual(y_hat, y).tolist(),
+            ssim=ssim(y_hat.clamp(0, 1), y).tolist(),
+            lpips=lp.tolist() if lp is not None else LPIPSMetric.UNAVAILABLE,
+        )
 
     def gradient_cosine(self, loss: Loss, y_hat: torch.Tensor, y: torch.Tensor) -> list[float]:
         """Cosine similarity per sample between ``loss``'s own gradient and the VGG-19 gradient at ``y_hat``."""
@@ -84,33 +113,6 @@ def summary(values) -> dict | str:
     return {"mean": m, "std": s}
 
 
-def scaled(values, factor: float) -> dict | str:
-    """:func:`summary` of ``values × factor`` (e.g. MSE ×10³ as the paper prints it)."""
-    if isinstance(values, str):
-        return values
-    return summary([v * factor for v in values])
-
-
-def setup_resources(config: CommonConfig) -> tuple[Warnings, Evaluator, pgn.PerceptualLoss, PGNSource]:
-    """Load the VGG-19 teacher (for metrics), LPIPS and the PGN, collecting warnings."""
-    warnings = Warnings()
-    teacher = load_teacher("vgg19", config.vgg_weights, warnings, seed=config.seed)
-    lpips = LPIPSMetric.try_load()
-    source = load_pgn(config.pgn_checkpoint, config.pgn_preset, warnings, seed=config.seed)
-    return warnings, Evaluator(teacher, lpips), teacher, source
-
-
-def announce(console, setup: dict, warnings: list[str]) -> None:
-    """Print which weights a demo runs with, and the warnings so far, before the long part starts."""
-    if console is None:
-        return
-    from .report import print_warnings
-
-    for key, value in setup.items():
-        console.print(f"[bold]{key}[/bold]: {value}")
-    print_warnings(console, warnings)
-
-
 def check_size(size: int, multiple: int, what: str) -> None:
     """A clear error unless ``size`` is a positive multiple of ``multiple``."""
     if size <= 0 or size % multiple:
@@ -118,6 +120,17 @@ def check_size(size: int, multiple: int, what: str) -> None:
         raise pgn.PGNError(f"--size {size} does not suit {what}: use a multiple of {multiple} (e.g. {low} or {low + multiple})")
 
 
-def teacher_description(teacher: pgn.PerceptualLoss) -> str:
-    """How the VGG weights are printed in every report."""
-    return str(teacher.weights)
+def square(image: torch.Tensor, size: int) -> torch.Tensor:
+    """A (3, H, W) image resized (shorter side to ``size``) and centre-cropped to ``size``×``size``."""
+    return center_crop(resize_min_side(image, size), size)
+
+
+def read_images(folder: Path, n: int, size: int, lower: str, noun: str = "image") -> tuple[torch.Tensor, list[str]]:
+    """The first ``n`` images of ``folder`` (sorted by name) as (n, 3, size, size) in [0, 1], and their file names.
+
+    A one-line error if the folder has fewer; it names the options that ask for them (``lower``).
+    """
+    files = list_images(folder)
+    if len(files) < n:
+        raise pgn.PGNError(f"{folder} has {len(files)} {noun}(s), need {n}: add {noun}s or lower {lower}")
+    return torch.stack([square(read_image(f), size) for f in files[:n]]), [f.name for f in files[:n]]

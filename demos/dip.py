@@ -1,4 +1,4 @@
-"""``pgn-demo dip``: Deep Image Prior with a PGN (paper §4, Tables 2 and 5; spec §10.1).
+"""``pgn-demo dip``: Deep Image Prior with a PGN (paper §4, Tables 2 and 5), as the authors ran it.
 
 Two parts:
 
@@ -17,23 +17,23 @@ down). Flags restore the paper's settings.
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
+from weakref import WeakKeyDictionary
 
 import torch
 
 from pgn.errors import PGNError
-from pgn.images import center_crop, list_images, read_image, resize_min_side, sample_images, save_image_grid
+from pgn.images import sample_images, save_image_grid
 
-from .common import CommonConfig, announce, Evaluator, check_size, progress_bar, scaled, setup_resources, summary
+from .common import CommonConfig, Scores, check_size, read_images, square, summary
 from .generators.skip_net import SkipNet, SkipNetConfig
 from .losses import MSELoss, PerceptualLossTerm, PGNLossTerm
 from .plots import plot_curves
 from .report import Column, DemoReport, Table
-from .resources import Warnings, load_pgn, load_teacher
+from .resources import Warnings, load_pgn
+from .runner import RECONSTRUCTION_COLUMNS, DemoRun, timing_cells
 from .stability import OUTCOMES, RunRecord, StabilityMonitor, StopRule, summarize_runs
-from .students import Student
 
 #: The three heads of the stability experiment and their default presets (the paper used ResNet-8 for all three).
 HEAD_PRESETS = {"direct": "resnet8-direct", "proxy": "resnet8-proxy", "constrained": "resnet8"}
@@ -99,42 +99,42 @@ class DipConfig(CommonConfig):
 def load_targets(config: DipConfig, n: int) -> tuple[torch.Tensor, list[str]]:
     """``n`` target images (n, 3, size, size) in [0, 1] and their names."""
     if config.images_dir is not None:
-        files = list_images(config.images_dir)
-        if len(files) < n:
-            raise PGNError(f"{config.images_dir} has {len(files)} image(s), need {n}: add images or lower --num-images/--stability-images")
-        return torch.stack([center_crop(resize_min_side(read_image(f), config.size), config.size) for f in files[:n]]), [f.name for f in files[:n]]
+        return read_images(config.images_dir, n, config.size, "--num-images/--stability-images")
     photos = sample_images()
     names = [k for k in IMAGE_ORDER if k in photos] + sorted(k for k in photos if k not in IMAGE_ORDER)
     if len(names) < n:
         raise PGNError(f"only {len(names)} bundled photographs; lower the image count or pass --images DIR")
-    return torch.stack([center_crop(resize_min_side(photos[k], config.size), config.size) for k in names[:n]]), names[:n]
+    return torch.stack([square(photos[k], config.size) for k in names[:n]]), names[:n]
 
 
 @dataclass
-class DipRun:
-    """One image's fixed input, initialization and input-noise decision (shared by all its students)."""
+class DipInit:
+    """One image's seeded skip net and fixed input, shared by all its students.
+
+    In a run with input noise (``noise_std`` > 0) every student draws its own noise stream, seeded alike, so
+    all students see the same inputs.
+    """
 
     net: SkipNet
     z: torch.Tensor
-    noisy: bool
+    noise_std: float
     seed: int
+    _streams: WeakKeyDictionary = field(default_factory=WeakKeyDictionary, repr=False)
 
-    def forward(self, std: float):
-        """A ``forward(generator)`` with its own seeded noise stream, so every student sees the same inputs."""
-        g = torch.Generator().manual_seed(self.seed)
-
-        def fwd(net: torch.nn.Module) -> torch.Tensor:
-            z = self.z + std * torch.randn(self.z.shape, generator=g) if self.noisy else self.z
-            return net(z)
-
-        return fwd
+    def forward(self, net: torch.nn.Module) -> torch.Tensor:
+        """``net``'s output for the fixed input, plus the next draw of ``net``'s noise stream in a noisy run."""
+        if not self.noise_std:
+            return net(self.z)
+        if net not in self._streams:
+            self._streams[net] = torch.Generator().manual_seed(self.seed)
+        return net(self.z + self.noise_std * torch.randn(self.z.shape, generator=self._streams[net]))
 
     def clean(self, net: torch.nn.Module) -> torch.Tensor:
         """The output for the fixed input without noise."""
         return net(self.z)
 
 
-def make_run(config: DipConfig, index: int) -> DipRun:
+def make_init(config: DipConfig, index: int) -> DipInit:
     """The initialization of image ``index``: seeded skip net, fixed uniform input, and the input-noise coin flip."""
     seed = config.seed * 1000 + index
     torch.manual_seed(seed)
@@ -142,7 +142,7 @@ def make_run(config: DipConfig, index: int) -> DipRun:
     g = torch.Generator().manual_seed(seed)
     z = torch.rand(1, 3, config.size, config.size, generator=g) * config.input_scale
     noisy = bool(torch.rand((), generator=g) < config.input_noise_prob)
-    return DipRun(net, z, noisy, seed)
+    return DipInit(net, z, config.input_noise_std if noisy else 0.0, seed)
 
 
 class CachedPerceptual:
@@ -160,60 +160,54 @@ class CachedPerceptual:
 # Quality (Table 2)
 
 
-def run_quality(config: DipConfig, evaluator: Evaluator, pgn_loss: PGNLossTerm, vgg_teacher, monitor_pl: CachedPerceptual) -> tuple:
-    """Fit every target with the three students; returns table rows, grid rows, curves, image names, student labels."""
+def run_quality(run: DemoRun, monitor_pl: CachedPerceptual) -> tuple[Table, list[dict]]:
+    """Fit every target with the PGN, VGG-19 and MSE students; the table, and the image grid and curves."""
+    config: DipConfig = run.config
     targets, names = load_targets(config, config.num_images)
-    losses = [pgn_loss, PerceptualLossTerm(vgg_teacher, config.vgg_mse_weight), MSELoss()]
-    per_loss: dict[str, dict[str, list]] = {loss.label: {} for loss in losses}
-    timings: dict[str, list[dict]] = {loss.label: [] for loss in losses}
+    losses = [run.pgn_loss(config.pgn_mse_weight), PerceptualLossTerm(run.teacher(), config.vgg_mse_weight), MSELoss()]
+    scores = {loss.key: Scores() for loss in losses}
+    cosines: dict[str, list[float]] = {loss.key: [] for loss in losses}
+    timings: dict[str, list[dict]] = {loss.key: [] for loss in losses}
     grid_rows, curves = [], {}
-    bar = progress_bar(config.num_images * config.iterations, "DIP quality", config.progress)
+    bar = run.progress(config.num_images * config.iterations * len(losses), "DIP quality")
     for i in range(config.num_images):
-        run, y = make_run(config, i), targets[i : i + 1]
-        students = [Student.from_init(loss.label, loss, run.net, config.lr, measure_memory=config.measure_memory) for loss in losses]
-        forwards = [run.forward(config.input_noise_std) for _ in students]
-        for t in range(config.iterations):
-            for student, fwd in zip(students, forwards):
-                result = student.step(fwd, y)
+        init, y = make_init(config, i), targets[i : i + 1]
+        finals = []
+        for loss in losses:
+            curve = curves.setdefault(f"{loss.label} ({names[i]})", [])
+
+            def observe(t, result):
                 if t % config.eval_every == 0 or t == config.iterations - 1:
-                    curves.setdefault(f"{student.name} ({names[i]})", []).append((t, float(monitor_pl(result.image, y))))
-            bar.update(1)
-        finals = {}
-        for student in students:
+                    curve.append((t, float(monitor_pl(result.image, y))))
+
+            student = run.fit(loss, init.net, init.forward, y, config.iterations, config.lr, bar=bar, observe=observe)
             with torch.no_grad():
-                final = run.clean(student.generator)
-            finals[student.name] = final
-            metrics = evaluator.images(final, y)
-            metrics["grad_cos"] = evaluator.gradient_cosine(student.loss, final, y)
-            for key, values in metrics.items():
-                if isinstance(values, str):  # "n/a (...)" for an unavailable metric
-                    per_loss[student.name][key] = values
-                else:
-                    per_loss[student.name].setdefault(key, []).extend(values)
-            timings[student.name].append(student.meter.summary())
+                final = init.clean(student.generator)
+            scores[loss.key].extend(run.evaluator.scores(final, y))
+            cosines[loss.key] += run.evaluator.gradient_cosine(loss, final, y)
+            timings[loss.key].append(student.meter.summary())
+            finals.append(final)
         with torch.no_grad():
-            proxy = pgn_loss.model.proxy(finals[pgn_loss.label], y)
-        grid_rows.append(torch.cat([y] + [finals[loss.label] for loss in losses] + [proxy]))
+            proxy = run.pgn.model.proxy(finals[0], y)
+        grid_rows.append(torch.cat([y, *finals, proxy]))
     bar.close()
-    rows = []
-    for loss in losses:
-        m = per_loss[loss.label]
-        times = [s["time_ms"] for s in timings[loss.label] if s["time_ms"] is not None]
-        mems = [s["peak_mem_mib"] for s in timings[loss.label] if s["peak_mem_mib"] is not None]
-        rows.append(
-            {
-                "loss": loss.describe(),
-                "key": loss.key,
-                "mse_x1e3": scaled(m["mse"], 1e3),
-                "pl_vgg19": summary(m["pl_vgg19"]),
-                "ssim": summary(m["ssim"]),
-                "lpips": summary(m["lpips"]),
-                "grad_cos": summary(m["grad_cos"]),
-                "loss_time_ms": sum(times) / len(times) if times else None,
-                "loss_peak_mem_mib": max(mems) if mems else None,
-            }
-        )
-    return rows, grid_rows, curves, names, [loss.label for loss in losses]
+    rows = [{"loss": loss.describe(), "key": loss.key, **scores[loss.key].cells(), "grad_cos": summary(cosines[loss.key]),
+             **timing_cells(timings[loss.key])} for loss in losses]
+    notes = [
+        f"{config.num_images} image(s) at {config.size}×{config.size}, T = {config.iterations}, Adam lr {config.lr:g}, "
+        f"input noise probability {config.input_noise_prob:g}; paper: 400 ImageNet images at 224², T = 3000.",
+        "MSE in [0, 1] RGB space ×10³; PL = VGG-19 perceptual loss; grad cos = the loss's own gradient vs the VGG-19 "
+        "gradient at the final image (normalized space); ms/step and peak MiB cover the loss part only.",
+    ]
+    table = Table("quality", "Deep Image Prior reconstruction (paper Table 2)", RECONSTRUCTION_COLUMNS, rows, notes)
+    path = save_image_grid(grid_rows, config.output_dir / "dip_quality.png")
+    plot = plot_curves(curves, config.output_dir / "dip_quality_curves.png", "DIP: perceptual loss of each student")
+    images = [
+        {"path": str(path), "caption": "DIP reconstructions", "columns": ["ground truth", *(loss.label for loss in losses), "PGN proxy target"],
+         "rows": ", ".join(names)},
+        {"path": str(plot), "caption": "DIP perceptual loss per iteration"},
+    ]
+    return table, images
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -231,28 +225,28 @@ def stability_pgns(config: DipConfig, warnings: Warnings) -> dict[str, tuple]:
     return out
 
 
-def run_stability(config: DipConfig, pgns: dict, monitor_pl: CachedPerceptual) -> tuple[list[dict], dict, dict]:
-    """Fit each target with each head's PGN, stopping on divergence or stagnation; Table 5 rows and per-run records."""
+def run_stability(run: DemoRun, pgns: dict, monitor_pl: CachedPerceptual) -> tuple[Table, list[dict], dict]:
+    """Fit each target with each head's PGN, stopping on divergence or stagnation; the table, its curves, and every run."""
+    config: DipConfig = run.config
     targets, names = load_targets(config, config.stability_images)
     rule = StopRule(config.divergence_threshold, config.patience)
     records: dict[str, list[RunRecord]] = {}
     curves: dict[str, list] = {}
-    bar = progress_bar(len(pgns) * config.stability_images * config.stability_iterations, "DIP stability", config.progress)
+    bar = run.progress(len(pgns) * config.stability_images * config.stability_iterations, "DIP stability")
     for head, (model, _) in pgns.items():
         loss = PGNLossTerm(model, config.pgn_mse_weight, label=HEAD_LABELS[head])
         records[head] = []
         for i in range(config.stability_images):
-            run, y = make_run(config, i), targets[i : i + 1]
-            student = Student.from_init(head, loss, run.net, config.lr, measure_memory=False)
-            fwd, monitor = run.forward(config.input_noise_std), StabilityMonitor(rule)
-            for t in range(config.stability_iterations):
-                result = student.step(fwd, y)
+            init, y, monitor = make_init(config, i), targets[i : i + 1], StabilityMonitor(rule)
+            curve = curves.setdefault(f"{HEAD_LABELS[head]} ({names[i]})", [])
+
+            def observe(t, result):
                 pl = monitor_pl(result.image, y)
-                curves.setdefault(f"{HEAD_LABELS[head]} ({names[i]})", []).append((t, float(pl)))
-                bar.update(1)
-                if monitor.update(pl) is not None:
-                    bar.update(config.stability_iterations - t - 1)
-                    break
+                curve.append((t, float(pl)))
+                return monitor.update(pl) is not None
+
+            run.fit(loss, init.net, init.forward, y, config.stability_iterations, config.lr, bar=bar, observe=observe,
+                    measure_memory=False)
             records[head].append(monitor.record)
     bar.close()
     rows = []
@@ -263,23 +257,21 @@ def run_stability(config: DipConfig, pgns: dict, monitor_pl: CachedPerceptual) -
             for k, v in s[outcome].items():
                 row[f"{outcome}_{k}"] = v
         rows.append(row)
-    return rows, {h: [r.to_dict() for r in recs] for h, recs in records.items()}, curves
+    notes = [
+        f"{config.stability_images} image(s) per head, up to {config.stability_iterations} iterations, divergence at PL ≥ "
+        f"{config.divergence_threshold:g}× initial, stagnation after {config.patience} iterations without strict improvement; "
+        "paper: 100 images, 10000 iterations, patience 2000. Iterations and PLs are means over the runs with that outcome.",
+    ]
+    table = Table("stability", "DIP stability by PGN head (paper Table 5)", STABILITY_COLUMNS, rows, notes)
+    plot = plot_curves(curves, config.output_dir / "dip_stability_curves.png", "DIP stability: perceptual loss per head")
+    images = [{"path": str(plot), "caption": "DIP stability runs: perceptual loss per iteration"}]
+    return table, images, {h: [r.to_dict() for r in recs] for h, recs in records.items()}
 
 
 # --------------------------------------------------------------------------------------------------------
 # The demo
 
 
-QUALITY_COLUMNS = [
-    Column("loss", "Loss"),
-    Column("mse_x1e3", "MSE×10³", "{:.2f}"),
-    Column("pl_vgg19", "PL VGG-19", "{:.3f}"),
-    Column("ssim", "SSIM", "{:.3f}"),
-    Column("lpips", "LPIPS", "{:.3f}"),
-    Column("grad_cos", "grad cos vs VGG-19", "{:.3f}"),
-    Column("loss_time_ms", "ms/step (loss)", "{:.1f}"),
-    Column("loss_peak_mem_mib", "peak MiB (loss)", "{:.1f}"),
-]
 STABILITY_COLUMNS = [
     Column("head", "Head"),
     Column("diverged_count", "diverged #", "{:d}"),
@@ -298,47 +290,17 @@ STABILITY_COLUMNS = [
 
 def run_dip(config: DipConfig, console=None) -> DemoReport:
     """Run the DIP demo; writes results.json, results.md, image grids and loss curves; returns the report."""
-    start = time.perf_counter()
-    config.output_dir.mkdir(parents=True, exist_ok=True)
-    warnings, evaluator, teacher, source = setup_resources(config)
-    check_size(config.size, source.model.size_multiple, "the PGN")
-    announce(console, {"vgg_weights": str(teacher.weights), "pgn": source.description}, warnings.items)
-    monitor_pl = CachedPerceptual(PerceptualLossTerm(load_teacher("vgg19", config.vgg_weights, warnings, seed=config.seed)))
-    setup = {"vgg_weights": str(teacher.weights), "pgn": source.description, "lpips": evaluator.lpips.reason or "available"}
-    tables, images, extra = [], [], {}
+    run = DemoRun.start("dip", config, console)
+    monitor_pl = CachedPerceptual(PerceptualLossTerm(run.teacher()))
+    tables, images, extra, setup = [], [], {}, {}
     if "quality" in config.parts:
-        vgg_student = load_teacher("vgg19", config.vgg_weights, warnings, seed=config.seed)
-        pgn_loss = PGNLossTerm(source.model, config.pgn_mse_weight, label=f"PGN {source.model.config.preset or 'checkpoint'}")
-        rows, grid_rows, curves, names, labels = run_quality(config, evaluator, pgn_loss, vgg_student, monitor_pl)
-        notes = [
-            f"{config.num_images} image(s) at {config.size}×{config.size}, T = {config.iterations}, Adam lr {config.lr:g}, "
-            f"input noise probability {config.input_noise_prob:g}; paper: 400 ImageNet images at 224², T = 3000.",
-            "MSE in [0, 1] RGB space ×10³; PL = VGG-19 perceptual loss; grad cos = the loss's own gradient vs the VGG-19 "
-            "gradient at the final image (normalized space); ms/step and peak MiB cover the loss part only.",
-        ]
-        tables.append(Table("quality", "Deep Image Prior reconstruction (paper Table 2)", QUALITY_COLUMNS, rows, notes))
-        path = save_image_grid(grid_rows, config.output_dir / "dip_quality.png")
-        images.append({"path": str(path), "caption": "DIP reconstructions", "columns": ["ground truth"] + labels + ["PGN proxy target"], "rows": ", ".join(names)})
-        plot = plot_curves(curves, config.output_dir / "dip_quality_curves.png", "DIP: perceptual loss of each student")
-        images.append({"path": str(plot), "caption": "DIP perceptual loss per iteration"})
+        table, quality_images = run_quality(run, monitor_pl)
+        tables.append(table)
+        images += quality_images
     if "stability" in config.parts:
-        pgns = stability_pgns(config, warnings)
+        pgns = stability_pgns(config, run.warnings)
         setup.update({f"stability_{h}": desc for h, (_, desc) in pgns.items()})
-        rows, runs, curves = run_stability(config, pgns, monitor_pl)
-        extra["stability_runs"] = runs
-        notes = [
-            f"{config.stability_images} image(s) per head, up to {config.stability_iterations} iterations, divergence at PL ≥ "
-            f"{config.divergence_threshold:g}× initial, stagnation after {config.patience} iterations without strict improvement; "
-            "paper: 100 images, 10000 iterations, patience 2000. Iterations and PLs are means over the runs with that outcome.",
-        ]
-        tables.append(Table("stability", "DIP stability by PGN head (paper Table 5)", STABILITY_COLUMNS, rows, notes))
-        plot = plot_curves(curves, config.output_dir / "dip_stability_curves.png", "DIP stability: perceptual loss per head")
-        images.append({"path": str(plot), "caption": "DIP stability runs: perceptual loss per iteration"})
-    report = DemoReport("dip", _config_dict(config), setup, warnings.items, tables, images, extra)
-    report.elapsed_s = time.perf_counter() - start
-    report.write(config.output_dir)
-    return report
-
-
-def _config_dict(config: DipConfig) -> dict:
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
+        table, stability_images, extra["stability_runs"] = run_stability(run, pgns, monitor_pl)
+        tables.append(table)
+        images += stability_images
+    return run.finish(tables, images, extra, **setup)

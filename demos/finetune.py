@@ -22,29 +22,24 @@ Example::
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 
 from pgn.constants import PAPER_MSE_WEIGHT
 from pgn.errors import PGNError
-from pgn.images import resize_min_side, sample_images, save_image_grid
+from pgn.images import save_image_grid
 
-from .common import CommonConfig, announce, Evaluator, check_size, progress_bar, scaled, setup_resources, summary
-from .frames import edge_map, face_frames, photo_frames, read_frames
-from .generators.talking_head import Embedder, MetaTrainConfig, PoseGenerator, TalkingHeadConfig, meta_train, personalize
-from .losses import LOSS_KEYS, MSELoss, PerceptualLossTerm, PGNLossTerm
-
-#: Losses of the fine-tuning demo: the common ones plus the whole step on ONNX Runtime training.
-FINETUNE_LOSS_KEYS = LOSS_KEYS + ("pgn-ort-train",)
+from .common import CommonConfig, Evaluator, check_size, summary
+from .frames import edge_map, face_frames, photo_frames, pretraining_photos, read_frames
+from .generators.talking_head import META_TRAINING, Embedder, PoseGenerator, TalkingHeadConfig, meta_train, personalize
+from .losses import LOSS_KEYS, MSELoss, PerceptualLossTerm
 from .measure import LossMeter
 from .ondevice import OnDevicePGNLoss, RuntimeStatus, check_recipe_applies, open_onnx_runtime
 from .ondevice_training import finetune_on_device, training_available
 from .report import Column, DemoReport, Table
-from .resources import load_teacher
-from .students import Student
+from .runner import GRAD_COS_COLUMN, LOSS_COLUMN, TIMING_COLUMNS, DemoRun, score_columns, timing_cells
 
 CHECKPOINT_FORMAT = "pgn-demo-talking-head-v1"
 
@@ -74,15 +69,15 @@ class FinetuneConfig(CommonConfig):
     lr: float = 5e-5
     pgn_mse_weight: float = PAPER_MSE_WEIGHT
     vgg_mse_weight: float = 0.0
-    losses: tuple[str, ...] = FINETUNE_LOSS_KEYS
+    losses: tuple[str, ...] = LOSS_KEYS
     meta_steps: int = 200
     generator_checkpoint: Path | None = None
     grid_frames: int = 4
 
     def __post_init__(self):
-        unknown = [k for k in self.losses if k not in FINETUNE_LOSS_KEYS]
+        unknown = [k for k in self.losses if k not in LOSS_KEYS]
         if unknown or not self.losses:
-            raise PGNError(f"unknown loss(es) {unknown or '(none)'}: choose from {', '.join(FINETUNE_LOSS_KEYS)}")
+            raise PGNError(f"unknown loss(es) {unknown or '(none)'}: choose from {', '.join(LOSS_KEYS)}")
         if self.train_frames < 1 or self.holdout_frames < 1:
             raise PGNError("need at least 1 train and 1 holdout frame")
         if self.steps < 1 or self.meta_steps < 0:
@@ -96,7 +91,7 @@ class FinetuneConfig(CommonConfig):
 
 def _episode_sampler(size: int):
     """Posed crops of one random bundled photograph (the portrait excluded) and their edge maps."""
-    photos = [resize_min_side(img, int(2 * size / 0.6) + 1) for name, img in sorted(sample_images().items()) if "astronaut" not in name]
+    photos = pretraining_photos(size)
 
     def sample(n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         photo = photos[int(torch.randint(0, len(photos), (), generator=g))]
@@ -138,64 +133,86 @@ def load_generator(path: Path) -> tuple[PoseGenerator, Embedder, dict]:
     return generator.eval(), embedder.eval(), {"meta_steps": obj.get("meta_steps"), "size": obj.get("size")}
 
 
-def prepare_generator(config: FinetuneConfig) -> tuple[PoseGenerator, Embedder, dict]:
+def prepare_generator(run: DemoRun) -> tuple[PoseGenerator, Embedder, dict]:
     """Load the meta-trained generator, or meta-train one (and save it into the output folder)."""
+    config: FinetuneConfig = run.config
     if config.generator_checkpoint is not None:
         generator, embedder, info = load_generator(config.generator_checkpoint)
         return generator, embedder, {**info, "source": str(config.generator_checkpoint)}
     torch.manual_seed(config.seed)
     generator, embedder = PoseGenerator(), Embedder()
-    bar = progress_bar(config.meta_steps, "meta-training generator", config.progress)
-    losses = meta_train(
-        generator,
-        embedder,
-        _episode_sampler(config.size),
-        MetaTrainConfig(steps=config.meta_steps, seed=config.seed),
-        progress=lambda step, loss: (bar.update(1), bar.set_postfix(l1=f"{loss:.3f}")),
-    )
-    bar.close()
+    sampler, meta = _episode_sampler(config.size), replace(META_TRAINING, steps=config.meta_steps, seed=config.seed)
+    final_l1 = run.pretrain("meta-training generator", config.meta_steps,
+                            lambda progress: meta_train(generator, embedder, sampler, meta, progress))
     path = save_generator(config.output_dir / "meta_trained_generator.pt", generator, embedder, config.meta_steps, config.size)
-    tail = losses[-20:]
     return generator, embedder, {
         "meta_steps": config.meta_steps,
         "source": f"meta-trained here ({config.meta_steps} episodes), saved to {path.name}",
-        "final_l1": sum(tail) / len(tail) if tail else None,
+        "final_l1": final_l1,
     }
 
 
-def load_frames(config: FinetuneConfig) -> tuple[torch.Tensor, torch.Tensor, str]:
+@dataclass
+class Frames:
+    """The person's train and holdout frames, their pose inputs (edge maps), and where the frames came from."""
+
+    train: torch.Tensor
+    holdout: torch.Tensor
+    source: str
+    poses_train: torch.Tensor = field(init=False)
+    poses_holdout: torch.Tensor = field(init=False)
+
+    def __post_init__(self):
+        self.poses_train, self.poses_holdout = edge_map(self.train), edge_map(self.holdout)
+
+    def forward_train(self, generator: torch.nn.Module) -> torch.Tensor:
+        """The generator's images of the train poses (what fine-tuning fits)."""
+        return generator(self.poses_train)
+
+    @torch.no_grad()
+    def render(self, generator: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        """The generator's images of the train and of the holdout poses."""
+        return generator(self.poses_train), generator(self.poses_holdout)
+
+    def row(self, evaluator: Evaluator, name: str, outputs: tuple[torch.Tensor, torch.Tensor]) -> dict:
+        """A table row: the train and holdout scores of ``outputs`` (from :meth:`render`)."""
+        return {"loss": name, "status": "ok", **evaluator.scores(outputs[0], self.train).cells("train_"),
+                **evaluator.scores(outputs[1], self.holdout).cells("holdout_")}
+
+
+def load_frames(config: FinetuneConfig) -> Frames:
     """Train and holdout frames and where they came from."""
     if config.frames_dir is not None:
         train, holdout = read_frames(config.frames_dir, config.size, config.train_frames, config.holdout_frames)
-        return train, holdout, f"folder {config.frames_dir}"
+        return Frames(train, holdout, f"folder {config.frames_dir}")
     train, holdout = face_frames(config.size, config.train_frames, config.holdout_frames, seed=config.seed)
-    return train, holdout, "bundled portrait (scikit-image astronaut), posed crops"
+    return Frames(train, holdout, "bundled portrait (scikit-image astronaut), posed crops")
 
 
 # --------------------------------------------------------------------------------------------------------
 # Losses and the run
 
 
-def build_losses(config: FinetuneConfig, warnings, source, batch: int) -> tuple[list, dict, RuntimeStatus | None]:
+def build_losses(run: DemoRun, batch: int) -> tuple[list, dict, RuntimeStatus | None]:
     """The losses to compare in table order, the reasons for those that cannot run (key → reason), and the runtime."""
+    config: FinetuneConfig = run.config
     losses, skipped = [], {}
     status = None
     if {"pgn-onnx", "pgn-ort-train"} & set(config.losses):
-        check_recipe_applies(source.model)
-        status = open_onnx_runtime(source.model, (config.size, config.size), batch, config.output_dir / "onnx")
+        check_recipe_applies(run.pgn.model)
+        status = open_onnx_runtime(run.pgn.model, (config.size, config.size), batch, config.output_dir / "onnx")
         if not status.ok:
-            warnings.add(f"on-device rows skipped: {status.status}")
+            run.warnings.add(f"on-device rows skipped: {status.status}")
     for key in config.losses:
         if key == "mse":
             losses.append(MSELoss())
         elif key in ("vgg19", "vgg11"):
-            teacher = load_teacher(key, config.vgg_weights, warnings, seed=config.seed)
-            losses.append(PerceptualLossTerm(teacher, mse_weight=config.vgg_mse_weight))
+            losses.append(PerceptualLossTerm(run.teacher(key), mse_weight=config.vgg_mse_weight))
         elif key == "pgn":
-            losses.append(PGNLossTerm(source.model, config.pgn_mse_weight, label=f"PGN {_pgn_name(source)}"))
+            losses.append(run.pgn_loss(config.pgn_mse_weight))
         elif key == "pgn-onnx":
             if status.ok:
-                losses.append(OnDevicePGNLoss(status.runtime, source.model.alpha, config.pgn_mse_weight, label=f"PGN {_pgn_name(source)} ONNX Runtime"))
+                losses.append(OnDevicePGNLoss(status.runtime, run.pgn.model.alpha, config.pgn_mse_weight, label=f"PGN {run.pgn_name} ONNX Runtime"))
             else:
                 skipped[key] = status.status
         elif key == "pgn-ort-train":
@@ -205,133 +222,75 @@ def build_losses(config: FinetuneConfig, warnings, source, batch: int) -> tuple[
     return losses, skipped, status
 
 
-def _pgn_name(source) -> str:
-    return source.model.config.preset or source.model.config.backbone
-
-
 def run_finetune(config: FinetuneConfig, console=None) -> DemoReport:
     """Run the fine-tuning demo; writes results.json, results.md and image grids; returns the report."""
-    start = time.perf_counter()
-    config.output_dir.mkdir(parents=True, exist_ok=True)
-    warnings, evaluator, teacher, source = setup_resources(config)
-    check_size(config.size, source.model.size_multiple, f"the PGN ({_pgn_name(source)})")
-    announce(console, {"vgg_weights": str(teacher.weights), "pgn": source.description}, warnings.items)
-    train, holdout, frames_source = load_frames(config)
-    poses_train, poses_holdout = edge_map(train), edge_map(holdout)
-    generator, embedder, gen_info = prepare_generator(config)
-    init = personalize(generator, embedder, train, poses_train)
-    losses, skipped, runtime_status = build_losses(config, warnings, source, batch=train.shape[0])
-
-    def fwd_train(g):
-        return g(poses_train)
-
-    with torch.no_grad():
-        before_train, before_holdout = init(poses_train), init(poses_holdout)
-    rows = [_row("before fine-tuning", evaluator, before_train, train, before_holdout, holdout)]
-    outputs = {"before": before_holdout}
-    train_outputs = {"before": before_train}
-    extra: dict = {}
+    run = DemoRun.start("finetune", config, console)
+    frames = load_frames(config)
+    generator, embedder, gen_info = prepare_generator(run)
+    init = personalize(generator, embedder, frames.train, frames.poses_train)
+    losses, skipped, runtime_status = build_losses(run, batch=frames.train.shape[0])
+    outputs = {"before": frames.render(init)}  # key -> (train images, holdout images)
+    rows = [frames.row(run.evaluator, "before fine-tuning", outputs["before"])]
+    extra: dict = {"generator_info": gen_info}
     for loss in losses:
-        student = Student.from_init(loss.label, loss, init, config.lr, measure_memory=config.measure_memory)
-        bar = progress_bar(config.steps, f"fine-tune {loss.label}", config.progress)
-        for _ in range(config.steps):
-            result = student.step(fwd_train, train)
-            bar.update(1)
-            bar.set_postfix(loss=f"{float(result.loss.mean()):.4g}")
-        bar.close()
-        final_train, final_holdout = student.render(fwd_train), student.render(lambda g: g(poses_holdout))
-        row = _row(loss.describe(), evaluator, final_train, train, final_holdout, holdout)
-        row["key"] = loss.key
-        row.update(_timing(student))
-        row["grad_cos_start"] = summary(evaluator.gradient_cosine(loss, before_train, train))
-        row["grad_cos"] = summary(evaluator.gradient_cosine(loss, final_train, train))
+        student = run.fit(loss, init, frames.forward_train, frames.train, config.steps, config.lr)
+        outputs[loss.key] = frames.render(student.generator)
+        rows.append({**frames.row(run.evaluator, loss.describe(), outputs[loss.key]), "key": loss.key,
+                     **timing_cells([student.meter.summary()]),
+                     "grad_cos_start": summary(run.evaluator.gradient_cosine(loss, outputs["before"][0], frames.train)),
+                     "grad_cos": summary(run.evaluator.gradient_cosine(loss, outputs[loss.key][0], frames.train))})
         if isinstance(loss, OnDevicePGNLoss):
             extra["ondevice_recipe_max_relative_deviation"] = loss.max_recipe_deviation
-        rows.append(row)
-        outputs[loss.key] = final_holdout
-        train_outputs[loss.key] = final_train
-    columns = [(loss.key, loss.label) for loss in losses]
+    labels = {loss.key: loss.label for loss in losses}
     if "pgn-ort-train" in config.losses and "pgn-ort-train" not in skipped:
-        row, final_train, final_holdout = _ort_training_row(config, evaluator, source, runtime_status, init, poses_train, train, poses_holdout, holdout)
+        row, outputs["pgn-ort-train"] = _ort_training_row(run, frames, runtime_status, init)
         rows.append(row)
-        outputs["pgn-ort-train"], train_outputs["pgn-ort-train"] = final_holdout, final_train
-        columns.append(("pgn-ort-train", ORT_TRAIN_LABEL))
+        labels["pgn-ort-train"] = ORT_TRAIN_LABEL
     for key, reason in skipped.items():
         rows.append({"loss": SKIPPED_LABELS.get(key, key), "key": key, "status": reason})
-    teachers = {loss.key: str(loss.teacher.weights) for loss in losses if isinstance(loss, PerceptualLossTerm)}
-    report = _report(config, warnings, teacher, source, frames_source, gen_info, rows, extra, teachers, evaluator.lpips.reason)
-    report.images += _grids(config, train, holdout, train_outputs, outputs, columns)
-    report.elapsed_s = time.perf_counter() - start
-    report.write(config.output_dir)
-    return report
+    teachers = {f"{loss.key}_weights": str(loss.teacher.weights) for loss in losses if isinstance(loss, PerceptualLossTerm) and loss.key != "vgg19"}
+    table = Table("finetune", "Few-shot fine-tuning (talking-head style)", COLUMNS, rows, _notes(config, rows, extra), CONSOLE_KEYS)
+    return run.finish([table], _grids(config, frames, outputs, labels), extra, frames=frames.source, generator=gen_info["source"], **teachers)
 
 
 ORT_TRAIN_LABEL = "PGN ONNX Runtime, generator trained by ORT training"
 SKIPPED_LABELS = {"pgn-onnx": "PGN ONNX Runtime", "pgn-ort-train": ORT_TRAIN_LABEL}
 
 
-def _ort_training_row(config, evaluator, source, status, init, poses_train, train, poses_holdout, holdout):
+def _ort_training_row(run: DemoRun, frames: Frames, status: RuntimeStatus, init) -> tuple[dict, tuple[torch.Tensor, torch.Tensor]]:
     """The whole step on device: the generator trained by ONNX Runtime training, the PGN in ONNX Runtime."""
+    config: FinetuneConfig = run.config
+    alpha = run.pgn.model.alpha
     meter = LossMeter(memory=config.measure_memory)
-    bar = progress_bar(config.steps, "fine-tune on ORT training", config.progress)
+    bar = run.progress(config.steps, "fine-tune on ORT training")
 
     def tick(loss: float) -> None:
         bar.update(1)
-        bar.set_postfix(loss=f"{loss / train.shape[0]:.4g}")
+        bar.set_postfix(loss=f"{loss / frames.train.shape[0]:.4g}")
 
-    tuned = finetune_on_device(init, poses_train, train, status.runtime, source.model.alpha, config.pgn_mse_weight,
+    tuned = finetune_on_device(init, frames.poses_train, frames.train, status.runtime, alpha, config.pgn_mse_weight,
                                config.lr, config.steps, config.output_dir / "ort_training", meter, tick)
     bar.close()
-    with torch.no_grad():
-        final_train, final_holdout = tuned(poses_train), tuned(poses_holdout)
-    loss = OnDevicePGNLoss(status.runtime, source.model.alpha, config.pgn_mse_weight)
-    row = _row(f"{ORT_TRAIN_LABEL} + {config.pgn_mse_weight:g}·MSE", evaluator, final_train, train, final_holdout, holdout)
-    s = meter.summary()
-    row.update({"key": "pgn-ort-train", "loss_time_ms": s["time_ms"], "loss_peak_mem_mib": s["peak_mem_mib"],
-                "loss_peak_mem_median_mib": s["peak_mem_median_mib"], "timing_covers": "whole step (generator + PGN + Adam)",
-                "grad_cos": summary(evaluator.gradient_cosine(loss, final_train, train))})
-    return row, final_train, final_holdout
-
-
-def _row(name: str, evaluator: Evaluator, out_train, train, out_holdout, holdout) -> dict:
-    tr, ho = evaluator.images(out_train, train), evaluator.images(out_holdout, holdout)
-    return {
-        "loss": name,
-        "status": "ok",
-        "train_mse_x1e3": scaled(tr["mse"], 1e3),
-        "train_pl_vgg19": summary(tr["pl_vgg19"]),
-        "train_ssim": summary(tr["ssim"]),
-        "train_lpips": summary(tr["lpips"]),
-        "holdout_mse_x1e3": scaled(ho["mse"], 1e3),
-        "holdout_pl_vgg19": summary(ho["pl_vgg19"]),
-        "holdout_ssim": summary(ho["ssim"]),
-        "holdout_lpips": summary(ho["lpips"]),
-    }
-
-
-def _timing(student: Student) -> dict:
-    s = student.meter.summary()
-    return {"loss_time_ms": s["time_ms"], "loss_peak_mem_mib": s["peak_mem_mib"], "loss_peak_mem_median_mib": s["peak_mem_median_mib"]}
+    outputs = frames.render(tuned)
+    loss = OnDevicePGNLoss(status.runtime, alpha, config.pgn_mse_weight)
+    row = {**frames.row(run.evaluator, f"{ORT_TRAIN_LABEL} + {config.pgn_mse_weight:g}·MSE", outputs), "key": "pgn-ort-train",
+           **timing_cells([meter.summary()]), "timing_covers": "whole step (generator + PGN + Adam)",
+           "grad_cos": summary(run.evaluator.gradient_cosine(loss, outputs[0], frames.train))}
+    return row, outputs
 
 
 COLUMNS = [
-    Column("loss", "Loss"),
-    Column("loss_time_ms", "ms/step (loss)", "{:.1f}"),
-    Column("loss_peak_mem_mib", "peak MiB (loss)", "{:.1f}"),
-    Column("train_mse_x1e3", "train MSE×10³", "{:.2f}"),
-    Column("train_pl_vgg19", "train PL VGG-19", "{:.3f}"),
-    Column("train_lpips", "train LPIPS", "{:.3f}"),
-    Column("holdout_mse_x1e3", "holdout MSE×10³", "{:.2f}"),
-    Column("holdout_pl_vgg19", "holdout PL VGG-19", "{:.3f}"),
-    Column("holdout_ssim", "holdout SSIM", "{:.3f}"),
-    Column("holdout_lpips", "holdout LPIPS", "{:.3f}"),
-    Column("grad_cos", "grad cos vs VGG-19", "{:.3f}"),
+    LOSS_COLUMN,
+    *TIMING_COLUMNS,
+    *score_columns("train_", ("mse_x1e3", "pl_vgg19", "lpips")),
+    *score_columns("holdout_"),
+    GRAD_COS_COLUMN,
     Column("status", "status"),
 ]
 CONSOLE_KEYS = ("loss", "loss_time_ms", "loss_peak_mem_mib", "train_mse_x1e3", "train_pl_vgg19", "holdout_mse_x1e3", "holdout_pl_vgg19", "grad_cos", "status")
 
 
-def _report(config, warnings, teacher, source, frames_source, gen_info, rows, extra, teachers, lpips_reason) -> DemoReport:
+def _notes(config: FinetuneConfig, rows: list[dict], extra: dict) -> list[str]:
     notes = [
         f"T = {config.steps} Adam steps, lr {config.lr:g}, λ_MSE = {config.pgn_mse_weight:g} with the PGN, "
         f"{config.vgg_mse_weight:g} with VGG; {config.train_frames} train / {config.holdout_frames} holdout frames at "
@@ -339,8 +298,9 @@ def _report(config, warnings, teacher, source, frames_source, gen_info, rows, ex
         "ms/step and peak MiB cover the loss part only (loss forward + backward to the image; for ONNX Runtime the "
         "runtime call + MSE to its proxy); peak MiB is the largest growth of the process's peak RSS during it over the "
         "first 5 steps (first-call allocations that stay, such as ONNX Runtime's arena, included).",
-        "MSE in [0, 1] RGB space ×10³; PL = VGG-19 perceptual loss (spec §2.3); grad cos = cosine similarity of the "
-        "loss's own gradient (without the λ_MSE term) to the VGG-19 gradient after fine-tuning, in normalized space.",
+        "MSE in [0, 1] RGB space ×10³; PL = VGG-19 perceptual loss (mean absolute feature difference per ReLU up to "
+        "relu5_1, summed); grad cos = cosine similarity of the loss's own gradient (without the λ_MSE term) to the "
+        "VGG-19 gradient after fine-tuning, in normalized space.",
     ]
     if any(r.get("key") == "pgn-ort-train" and r.get("status") == "ok" for r in rows):
         notes.append("For the ORT-training row, ms/step and peak MiB cover the whole device step: generator forward, PGN "
@@ -350,29 +310,17 @@ def _report(config, warnings, teacher, source, frames_source, gen_info, rows, ex
             "On-device recipe check: max |∇ weighted-MSE-to-P − runtime gradient| / max|runtime gradient| = "
             f"{extra['ondevice_recipe_max_relative_deviation']:.2e} over all steps."
         )
-    table = Table("finetune", "Few-shot fine-tuning (talking-head style)", COLUMNS, rows, notes, CONSOLE_KEYS)
-    setup = {
-        "vgg_weights": str(teacher.weights),
-        "pgn": source.description,
-        "frames": frames_source,
-        "generator": gen_info["source"],
-        "lpips": lpips_reason or "available",
-    }
-    setup.update({f"{key}_weights": desc for key, desc in teachers.items() if key != "vgg19"})
-    return DemoReport("finetune", _config_dict(config), setup, warnings.items, [table], extra={**extra, "generator_info": gen_info})
+    return notes
 
 
-def _config_dict(config: FinetuneConfig) -> dict:
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
-
-
-def _grids(config, train, holdout, train_outputs, holdout_outputs, columns) -> list[dict]:
-    k = min(config.grid_frames, holdout.shape[0], train.shape[0])
-    names = ["ground truth", "before fine-tuning"] + [label for _, label in columns]
-    keys = ["before"] + [key for key, _ in columns]
+def _grids(config: FinetuneConfig, frames: Frames, outputs: dict, labels: dict[str, str]) -> list[dict]:
+    """The holdout and train grids (Figure 6 layout): ground truth, before fine-tuning, then one column per loss."""
+    k = min(config.grid_frames, frames.holdout.shape[0], frames.train.shape[0])
+    names = ["ground truth", "before fine-tuning", *labels.values()]
+    keys = ["before", *labels]
     images = []
-    for split, gt, outs in (("holdout", holdout, holdout_outputs), ("train", train, train_outputs)):
-        rows = [torch.stack([gt[i]] + [outs[key][i] for key in keys]) for i in range(k)]
+    for index, split, gt in ((1, "holdout", frames.holdout), (0, "train", frames.train)):
+        rows = [torch.stack([gt[i]] + [outputs[key][index][i] for key in keys]) for i in range(k)]
         path = save_image_grid(rows, config.output_dir / f"finetune_{split}.png")
         images.append({"path": str(path), "caption": f"{split.capitalize()} frames (paper Figure 6 layout)", "columns": names, "rows": f"the first {k} {split} frames"})
     return images

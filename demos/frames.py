@@ -14,16 +14,23 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Collection
 
 import torch
 import torch.nn.functional as F
 
 from pgn.errors import PGNError
-from pgn.images import center_crop, face_image, list_images, read_image, resize_min_side
+from pgn.images import face_image, resize_min_side, sample_images
+
+from .common import read_images
 
 #: Face centre (x, y) and crop side in pixels of the 512×512 bundled portrait.
 FACE_CENTER = (228.0, 110.0)
 FACE_CROP = 220.0
+#: The bundled portrait's name among :func:`pgn.images.sample_images`.
+PORTRAIT = "skimage/astronaut"
+#: :func:`photo_frames` crops this fraction of a photograph's shorter side.
+PHOTO_CROP = 0.6
 
 
 @dataclass(frozen=True)
@@ -83,10 +90,17 @@ def face_frames(size: int, train: int = 8, holdout: int = 8, seed: int = 0) -> t
 def photo_frames(photo: torch.Tensor, n: int, size: int, generator: torch.Generator) -> torch.Tensor:
     """``n`` random posed crops of a (non-face) photo: the "identities" of pre-training; (n, 3, size, size)."""
     _, h, w = photo.shape
-    side = 0.6 * min(h, w)
+    side = PHOTO_CROP * min(h, w)
     seed = int(torch.randint(0, 2**31 - 1, (), generator=generator))
     poses = random_poses(n, seed, max_shift=0.12)
     return torch.stack([render_frame(photo, (w / 2, h / 2), side, p, size) for p in poses])
+
+
+def pretraining_photos(size: int, exclude: Collection[str] = (PORTRAIT,)) -> list[torch.Tensor]:
+    """The bundled photographs but ``exclude``, for :func:`photo_frames` of ``size``: shrunk so that a crop spans
+    about twice the frame (no aliasing, little work)."""
+    side = int(2 * size / PHOTO_CROP) + 1
+    return [resize_min_side(img, side) for name, img in sorted(sample_images().items()) if name not in exclude]
 
 
 def read_frames(folder: str | Path, size: int, train: int, holdout: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,16 +109,8 @@ def read_frames(folder: str | Path, size: int, train: int, holdout: int) -> tupl
     Each frame is resized (shorter side) and centre-cropped to ``size``. A one-line error if the folder has no
     readable images or too few of them.
     """
-    files = list_images(folder)
-    need = train + holdout
-    if len(files) < need:
-        raise PGNError(
-            f"{folder} has {len(files)} frame(s), need {need} ({train} train + {holdout} holdout): add frames or "
-            "lower --train-frames/--holdout-frames"
-        )
-    frames = [center_crop(resize_min_side(read_image(f), size), size) for f in files[:need]]
-    batch = torch.stack(frames)
-    return batch[:train], batch[train:need]
+    batch, _ = read_images(Path(folder), train + holdout, size, "--train-frames/--holdout-frames", noun="frame")
+    return batch[:train], batch[train:]
 
 
 def edge_map(frames: torch.Tensor) -> torch.Tensor:

@@ -1,9 +1,9 @@
-"""``pgn-demo invert``: generator inversion in the style of Image2StyleGAN (paper §4, Table 2; spec §10.2).
+"""``pgn-demo invert``: generator inversion in the style of Image2StyleGAN (paper §4, Table 2), the authors' protocol.
 
 Protocol: the latent of each target starts at the generator's mean latent (or zeros) and is pre-fitted with MSE
 only for T0 steps (MSE in the generator's output space, Adam lr 0.01, gradient-norm clipping at 10); from that
 common starting point three students optimize the latent for T more steps (Adam lr 0.01): MSE, VGG-19 + 1·MSE,
-and PGN + 20·MSE (all MSE terms in normalized space, as in the reference). The paper used StyleGAN at 256² on 100
+and PGN + 20·MSE (all MSE terms in normalized space, as in the authors' code). The paper used StyleGAN at 256² on 100
 FFHQ images with T0 = 5000, T = 1000.
 
 The generator is the small built-in :class:`~demos.generators.LatentGenerator` (trained here in a few hundred
@@ -14,8 +14,7 @@ steps on the bundled photographs, the targets excluded), or any PyTorch module g
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -23,18 +22,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from pgn.constants import PAPER_MSE_WEIGHT
-from pgn.errors import PGNError
-from pgn.images import center_crop, list_images, read_image, resize_min_side, sample_images, save_image_grid
+from pgn.errors import PGNError, first_line
+from pgn.images import sample_images, save_image_grid
 
-from .common import CommonConfig, announce, check_size, progress_bar, scaled, setup_resources, summary
-from .frames import FACE_CENTER, FACE_CROP, Pose, photo_frames, render_frame
-from .generators.latent import AutoencoderTrainConfig, LatentGenerator, LatentGeneratorConfig, train_autoencoder
+from .common import CommonConfig, check_size, read_images, square, summary
+from .frames import FACE_CENTER, FACE_CROP, PORTRAIT, Pose, photo_frames, pretraining_photos, render_frame
+from .generators.latent import AUTOENCODER_TRAINING, LatentGenerator, LatentGeneratorConfig, train_autoencoder
 from .generators.user import load_module
-from .losses import MSELoss, PerceptualLossTerm, PGNLossTerm
+from .losses import MSELoss, PerceptualLossTerm
 from .plots import plot_curves
-from .report import Column, DemoReport, Table
-from .resources import load_teacher
-from .students import Student
+from .report import DemoReport, Table
+from .runner import RECONSTRUCTION_COLUMNS, DemoRun, timing_cells
 
 #: Bundled targets, in order: the portrait's face, then photographs. They are excluded from generator training.
 DEFAULT_TARGETS = ("face", "sklearn/china", "skimage/chelsea", "skimage/coffee")
@@ -114,40 +112,35 @@ def load_targets(config: InvertConfig, size: int) -> tuple[torch.Tensor, list[st
     """``num_images`` targets (N, 3, size, size) in [0, 1] and their names."""
     n = config.num_images
     if config.images_dir is not None:
-        files = list_images(config.images_dir)
-        if len(files) < n:
-            raise PGNError(f"{config.images_dir} has {len(files)} image(s), need {n}: add images or lower --num-images")
-        return torch.stack([center_crop(resize_min_side(read_image(f), size), size) for f in files[:n]]), [f.name for f in files[:n]]
+        return read_images(config.images_dir, n, size, "--num-images")
     if n > len(DEFAULT_TARGETS):
         raise PGNError(f"at most {len(DEFAULT_TARGETS)} bundled targets; lower --num-images or pass --images DIR")
     photos = sample_images()
     out = []
     for name in DEFAULT_TARGETS[:n]:
         if name == "face":
-            out.append(render_frame(photos["skimage/astronaut"], FACE_CENTER, FACE_CROP, Pose(), size))
+            out.append(render_frame(photos[PORTRAIT], FACE_CENTER, FACE_CROP, Pose(), size))
         else:
-            out.append(center_crop(resize_min_side(photos[name], size), size))
+            out.append(square(photos[name], size))
     return torch.stack(out), list(DEFAULT_TARGETS[:n])
 
 
-def builtin_generator(config: InvertConfig) -> tuple[LatentGenerator, dict]:
+def builtin_generator(run: DemoRun) -> tuple[LatentGenerator, dict]:
     """Train the built-in generator on posed crops of the bundled photographs that are not targets."""
+    config: InvertConfig = run.config
     torch.manual_seed(config.seed)
     gen = LatentGenerator(LatentGeneratorConfig(size=config.size, seed=config.seed))
-    excluded = {"skimage/astronaut"} | set(DEFAULT_TARGETS)
-    photos = [resize_min_side(img, int(2 * config.size / 0.6) + 1) for k, img in sorted(sample_images().items()) if k not in excluded]
+    photos = pretraining_photos(config.size, exclude={PORTRAIT, *DEFAULT_TARGETS})
 
     def sample(n: int, g: torch.Generator) -> torch.Tensor:
         picks = torch.randint(0, len(photos), (n,), generator=g).tolist()
         return torch.cat([photo_frames(photos[i], 1, config.size, g) for i in picks]) * 2 - 1
 
-    bar = progress_bar(config.train_steps, "training built-in generator", config.progress)
-    losses = train_autoencoder(gen, sample, AutoencoderTrainConfig(steps=config.train_steps, seed=config.seed),
-                               progress=lambda step, loss: (bar.update(1), bar.set_postfix(l1=f"{loss:.3f}")))
-    bar.close()
+    training = replace(AUTOENCODER_TRAINING, steps=config.train_steps, seed=config.seed)
+    final_l1 = run.pretrain("training built-in generator", config.train_steps,
+                            lambda progress: train_autoencoder(gen, sample, training, progress))
     gen.requires_grad_(False)
-    tail = losses[-20:]
-    return gen, {"source": f"built-in LatentGenerator trained here ({config.train_steps} steps)", "final_l1": sum(tail) / len(tail) if tail else None}
+    return gen, {"source": f"built-in LatentGenerator trained here ({config.train_steps} steps)", "final_l1": final_l1}
 
 
 def user_generator(config: InvertConfig) -> tuple[nn.Module, dict]:
@@ -159,7 +152,7 @@ def user_generator(config: InvertConfig) -> tuple[nn.Module, dict]:
             out = gen(torch.zeros(1, *config.latent_shape))
         except Exception as e:
             raise PGNError(f"--generator {config.generator} failed on a (1, {', '.join(map(str, config.latent_shape))}) latent: "
-                           f"{e.__class__.__name__}: {e}; check --latent-shape") from None
+                           f"{e.__class__.__name__}: {first_line(e)}; check --latent-shape") from None
     if not isinstance(out, torch.Tensor) or out.dim() != 4 or out.shape[1] != 3:
         raise PGNError(f"--generator must return (N, 3, H, W) images, got {getattr(out, 'shape', type(out).__name__)}")
     return gen, {"source": f"user module {config.generator}", "output_size": list(out.shape[-2:])}
@@ -181,13 +174,15 @@ def initial_latent(gen: nn.Module, config: InvertConfig, shape: tuple[int, ...],
     return torch.randn(n, *shape, generator=torch.Generator().manual_seed(config.seed)), "standard normal"
 
 
-def prefit(image: LatentImage, targets: torch.Tensor, config: InvertConfig) -> list[tuple[int, float]]:
-    """T0 steps of MSE in the generator's output space (spec §10.2 step 1); returns the loss curve."""
+def prefit(run: DemoRun, image: LatentImage, targets: torch.Tensor) -> list[tuple[int, float]]:
+    """T0 steps of MSE in the generator's output space with gradient-norm clipping, as the authors pre-fit their
+    latents; returns the loss curve."""
+    config: InvertConfig = run.config
     lo, hi = config.output_range
     y_gen = targets * (hi - lo) + lo
     opt = torch.optim.Adam([image.latent], lr=config.lr)
     curve = []
-    bar = progress_bar(config.prefit_steps, "MSE pre-fit", config.progress)
+    bar = run.progress(config.prefit_steps, "MSE pre-fit")
     for t in range(config.prefit_steps):
         out = image() * (hi - lo) + lo
         loss = (out - y_gen).pow(2).flatten(1).mean(dim=1).sum()
@@ -201,28 +196,13 @@ def prefit(image: LatentImage, targets: torch.Tensor, config: InvertConfig) -> l
     return curve
 
 
-COLUMNS = [
-    Column("loss", "Loss"),
-    Column("mse_x1e3", "MSE×10³", "{:.2f}"),
-    Column("pl_vgg19", "PL VGG-19", "{:.3f}"),
-    Column("ssim", "SSIM", "{:.3f}"),
-    Column("lpips", "LPIPS", "{:.3f}"),
-    Column("grad_cos", "grad cos vs VGG-19", "{:.3f}"),
-    Column("loss_time_ms", "ms/step (loss)", "{:.1f}"),
-    Column("loss_peak_mem_mib", "peak MiB (loss)", "{:.1f}"),
-]
-
-
 def run_invert(config: InvertConfig, console=None) -> DemoReport:
     """Run the inversion demo; writes results.json, results.md, an image grid and curves; returns the report."""
-    start = time.perf_counter()
-    config.output_dir.mkdir(parents=True, exist_ok=True)
-    warnings, evaluator, teacher, source = setup_resources(config)
-    announce(console, {"vgg_weights": str(teacher.weights), "pgn": source.description}, warnings.items)
+    run = DemoRun.start("invert", config, console, check_pgn_size=False)
     if config.generator is None:
         check_size(config.size, 8, "the built-in generator (a power of two >= 8)")
         LatentGeneratorConfig(size=config.size)  # validates the power of two
-        gen, gen_info = builtin_generator(config)
+        gen, gen_info = builtin_generator(run)
         shape = gen.latent_shape
     else:
         gen, gen_info = user_generator(config)
@@ -231,41 +211,30 @@ def run_invert(config: InvertConfig, console=None) -> DemoReport:
         size = tuple(gen(torch.zeros(1, *shape)).shape[-2:])
     if size[0] != size[1]:
         raise PGNError(f"the generator makes {size[0]}x{size[1]} images; the demo needs square images")
-    check_size(size[0], source.model.size_multiple, "the PGN")
+    run.check_pgn_size(size[0])
     targets, names = load_targets(config, size[0])
     latent, latent_init = initial_latent(gen, config, shape, targets.shape[0])
     start_image = LatentImage(gen, latent, config.output_range)
     with torch.no_grad():
         initial = start_image()
-    prefit_curve = prefit(start_image, targets, config)
+    prefit_curve = prefit(run, start_image, targets)
     with torch.no_grad():
         prefitted = start_image()
-    losses = [
-        MSELoss(),
-        PerceptualLossTerm(load_teacher("vgg19", config.vgg_weights, warnings, seed=config.seed), config.vgg_mse_weight),
-        PGNLossTerm(source.model, config.pgn_mse_weight, label=f"PGN {source.model.config.preset or 'checkpoint'}"),
-    ]
-    rows = [_row("after MSE pre-fit (start)", evaluator, prefitted, targets)]
-    finals, curves = {}, {"MSE pre-fit": [(t, v) for t, v in prefit_curve]}
+    losses = [MSELoss(), PerceptualLossTerm(run.teacher(), config.vgg_mse_weight), run.pgn_loss(config.pgn_mse_weight)]
+    rows = [{"loss": "after MSE pre-fit (start)", **run.evaluator.scores(prefitted, targets).cells()}]
+    finals, curves = {}, {"MSE pre-fit": prefit_curve}
     for loss in losses:
-        student = Student.from_init(loss.label, loss, start_image, config.lr, measure_memory=config.measure_memory)
-        bar = progress_bar(config.steps, f"invert {loss.label}", config.progress)
         curve = curves.setdefault(loss.label, [])
-        for t in range(config.steps):
-            result = student.step(_generate, targets)
+
+        def observe(t, result):
             curve.append((config.prefit_steps + t, float(F.mse_loss(result.image, targets))))
-            bar.update(1)
-        bar.close()
-        final = student.render(_generate)
-        finals[loss.key] = final
-        row = _row(loss.describe(), evaluator, final, targets)
-        row["key"] = loss.key
-        row["grad_cos"] = summary(evaluator.gradient_cosine(loss, final, targets))
-        s = student.meter.summary()
-        row["loss_time_ms"], row["loss_peak_mem_mib"] = s["time_ms"], s["peak_mem_mib"]
-        rows.append(row)
+
+        student = run.fit(loss, start_image, _generate, targets, config.steps, config.lr, observe=observe)
+        finals[loss.key] = final = student.render(_generate)
+        rows.append({"loss": loss.describe(), **run.evaluator.scores(final, targets).cells(), "key": loss.key,
+                     "grad_cos": summary(run.evaluator.gradient_cosine(loss, final, targets)), **timing_cells([student.meter.summary()])})
     with torch.no_grad():
-        proxy = source.model.proxy(finals["pgn"], targets)
+        proxy = run.pgn.model.proxy(finals["pgn"], targets)
     grid_rows = [torch.stack([targets[i], initial[i], prefitted[i]] + [finals[loss.key][i] for loss in losses] + [proxy[i]]) for i in range(targets.shape[0])]
     grid = save_image_grid(grid_rows, config.output_dir / "invert.png")
     plot = plot_curves(curves, config.output_dir / "invert_curves.png", "Inversion: MSE to the target ([0, 1] space)", ylabel="MSE")
@@ -276,21 +245,10 @@ def run_invert(config: InvertConfig, console=None) -> DemoReport:
         "MSE in [0, 1] RGB space ×10³; grad cos = the loss's own gradient vs the VGG-19 gradient at the final image; "
         "ms/step and peak MiB cover the loss part only.",
     ]
-    table = Table("invert", "Generator inversion (Image2StyleGAN protocol, paper Table 2)", COLUMNS, rows, notes)
-    setup = {"vgg_weights": str(teacher.weights), "pgn": source.description, "generator": gen_info["source"],
-             "latent_init": latent_init, "targets": ", ".join(names), "lpips": evaluator.lpips.reason or "available"}
+    table = Table("invert", "Generator inversion (Image2StyleGAN protocol, paper Table 2)", RECONSTRUCTION_COLUMNS, rows, notes)
     images = [
         {"path": str(grid), "caption": "Inversions", "columns": ["target", "initial latent", "after MSE pre-fit"] + [l.label for l in losses] + ["PGN proxy target"], "rows": ", ".join(names)},
         {"path": str(plot), "caption": "MSE to the target per step"},
     ]
-    config_dict = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
-    report = DemoReport("invert", config_dict, setup, warnings.items, [table], images, {"generator_info": gen_info})
-    report.elapsed_s = time.perf_counter() - start
-    report.write(config.output_dir)
-    return report
-
-
-def _row(name: str, evaluator, out: torch.Tensor, targets: torch.Tensor) -> dict:
-    m = evaluator.images(out, targets)
-    return {"loss": name, "mse_x1e3": scaled(m["mse"], 1e3), "pl_vgg19": summary(m["pl_vgg19"]),
-            "ssim": summary(m["ssim"]), "lpips": summary(m["lpips"])}
+    return run.finish([table], images, {"generator_info": gen_info}, generator=gen_info["source"], latent_init=latent_init,
+                      targets=", ".join(names))

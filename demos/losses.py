@@ -1,11 +1,11 @@
-"""The losses students are fitted with: MSE, a VGG perceptual loss, and a PGN (spec §10).
+"""The losses students are fitted with: MSE, a VGG perceptual loss, and a PGN.
 
 Every loss takes (N, 3, H, W) RGB [0, 1] images and returns one differentiable value per sample. As in the
 paper and the authors' code, the MSE terms (the MSE student and the ``λ_MSE`` terms paired with VGG or PGN) are
 taken in ImageNet-normalized space, which is what the paper's coefficients (λ_MSE = 20 with a PGN) assume.
 
 The PGN loss is :class:`pgn.PGNLoss`: its value is the surrogate ``α·MSE(ŷ, sg[P])`` and its backward injects
-exactly the PGN gradient ``g`` into ``ŷ``, which is the same update as the reference's surrogate ``Σ ŷ·g``
+exactly the PGN gradient ``g`` into ``ŷ``, which is the same update as the authors' surrogate ``Σ ŷ·g``
 (``tests/demos/test_demos_equivalences.py`` checks both against each other).
 """
 
@@ -16,10 +16,11 @@ from dataclasses import dataclass
 import torch
 
 import pgn
-from pgn.images import normalize
+from pgn.value_spaces import normalize
 
-#: Keys of the losses a demo can compare, in table order.
-LOSS_KEYS = ("mse", "vgg19", "vgg11", "pgn", "pgn-onnx")
+#: Keys of the losses a demo can compare, in table order (``pgn-ort-train``: the whole fine-tuning step on ONNX
+#: Runtime training, :mod:`demos.ondevice_training`).
+LOSS_KEYS = ("mse", "vgg19", "vgg11", "pgn", "pgn-onnx", "pgn-ort-train")
 
 
 def normalized_mse(y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

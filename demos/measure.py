@@ -73,11 +73,6 @@ class LossMeter:
             return False
         return True
 
-    @property
-    def memory_available(self) -> bool:
-        """True when peak memory is being measured."""
-        return self._memory_ok
-
     def _reset_peak(self) -> int:
         gc.collect()
         if self._libc is not None:

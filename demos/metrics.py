@@ -4,8 +4,8 @@ All image arguments are (N, 3, H, W) float RGB in [0, 1]; every metric returns o
 
 * MSE is reported in [0, 1] RGB space (the number people compare; ×10³ in the tables, as the paper prints it).
   The losses the students *optimize* use ImageNet-normalized MSE, as the paper's λ_MSE values assume.
-* SSIM follows spec §10.3 (Gaussian window 11, σ = 1.5, per-channel, zero padding 5, C1 = 0.01², C2 = 0.03²,
-  mean over C, H, W). The reference applied it to normalized images although its constants assume a [0, 1]
+* SSIM is the authors' validation SSIM (Gaussian window 11, σ = 1.5, per-channel, zero padding 5, C1 = 0.01², C2 = 0.03²,
+  mean over C, H, W). The authors' code applied it to normalized images although its constants assume a [0, 1]
   range; we apply it in [0, 1], where the constants mean what they say.
 * LPIPS is computed only if the ``lpips`` package and its backbone weights are available offline; otherwise
   its column says why not.
@@ -43,7 +43,7 @@ def _gaussian_window(channels: int, dtype: torch.dtype, device: torch.device) ->
 
 
 def ssim_map(y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """The per-pixel SSIM map (N, C, H, W) of spec §10.3 (zero padding, so borders are pulled down)."""
+    """The per-pixel SSIM map (N, C, H, W): Gaussian window 11, σ = 1.5, zero padding (so borders are pulled down)."""
     y_hat, y = y_hat.detach().double(), y.detach().double()
     c = y_hat.shape[1]
     w = _gaussian_window(c, y_hat.dtype, y_hat.device)

@@ -27,7 +27,7 @@ import torch
 
 import pgn
 from pgn.constants import IMAGENET_STD
-from pgn.errors import PGNError
+from pgn.errors import PGNError, first_line
 
 from .losses import Loss
 
@@ -98,7 +98,7 @@ def open_onnx_runtime(model: pgn.PGN, size: tuple[int, int], batch: int, output_
     try:
         runtime = load_runtime(result.artifact, target="onnx", device="cpu")
     except RuntimeUnavailable as e:
-        return RuntimeStatus(None, f"ONNX Runtime unavailable: {e}", Path(result.artifact), result.status)
+        return RuntimeStatus(None, f"ONNX Runtime unavailable: {first_line(e)}", Path(result.artifact), result.status)
     return RuntimeStatus(runtime, "ok", Path(result.artifact), result.status)
 
 

@@ -19,6 +19,7 @@ import pgn
 from pgn.errors import PGNError
 from pgn.perceptual import imagenet_weights_path
 
+#: ``--vgg-weights`` values besides a weights file.
 VGG_WEIGHT_CHOICES = ("auto", "imagenet", "random")
 DEFAULT_PGN_PRESET = "resnet4"
 

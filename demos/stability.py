@@ -1,4 +1,4 @@
-"""Early termination of a fitting run by its true perceptual loss: divergence and stagnation (spec §10, paper Table 5).
+"""Early termination of a fitting run by its true perceptual loss: divergence and stagnation (paper Table 5).
 
 Checked every iteration ``j`` on ``PL_j``, the VGG-19 perceptual loss of the image *before* step ``j``
 (``PL_0`` is the loss of the initial output):

@@ -1,4 +1,4 @@
-"""Students: copies of one generator initialization, each fitted with its own loss (spec §10).
+"""Students: copies of one generator initialization, each fitted side by side with its own loss.
 
 A step is split at the generated image: ``ŷ = forward(generator)``; the loss part computes ``∂loss/∂ŷ`` on a
 detached copy (timed and memory-measured by :class:`~demos.measure.LossMeter`); then ``ŷ.backward(∂loss/∂ŷ)``
@@ -37,8 +37,7 @@ class Student:
         name: row name.
         loss: the :class:`~demos.losses.Loss` to minimize.
         generator: this student's own module (``parameters()`` with ``requires_grad`` are optimized).
-        lr: Adam learning rate (PyTorch defaults otherwise, as in the reference).
-        clip_grad_norm: optional max norm of the generator gradient (off by default, as in the reference).
+        lr: Adam learning rate (PyTorch defaults otherwise, as in the authors' code).
         measure_memory: measure the loss part's peak memory (see :mod:`demos.measure`).
     """
 
@@ -46,7 +45,6 @@ class Student:
     loss: Loss
     generator: nn.Module
     lr: float
-    clip_grad_norm: float | None = None
     measure_memory: bool = True
     meter: LossMeter = field(init=False)
     optimizer: torch.optim.Optimizer = field(init=False)
@@ -70,8 +68,6 @@ class Student:
             (grad,) = torch.autograd.grad(values.sum(), x)
         self.optimizer.zero_grad(set_to_none=True)
         y_hat.backward(grad)
-        if self.clip_grad_norm:
-            torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], self.clip_grad_norm)
         self.optimizer.step()
         return StepResult(x.detach(), values.detach())
 

@@ -1,4 +1,4 @@
-"""Training Perceptual Gradient Networks as in the paper (Nikulin et al., 2020, §3; spec §5–9).
+"""Training Perceptual Gradient Networks as in the paper (Nikulin et al., 2020, §3) and the authors' code.
 
     from distill import DistillConfig, train
     result = train(DistillConfig(backbone="resnet4", vgg_weights="imagenet", data="/data/ImageNet"))

@@ -1,16 +1,14 @@
-"""Surrogate generators: the small autoencoders whose outputs ŷ the PGN learns on (paper Fig. 9c, spec §5).
+"""Surrogate generators: the small autoencoders whose outputs ŷ the PGN learns on (paper Fig. 9c).
 
 Each process runs one autoencoder per entry of ``ae_depths`` (default depths 0, 1, 2). The per-process batch is
 split into contiguous sub-batches, one per autoencoder; each autoencoder is then updated with Adam on the
 *synthetic* gradient the PGN predicts for its outputs, its grad norm clipped against a moving average, and it is
 re-initialized when its reconstruction L1 stops improving.
 
-Parameter counts (spec §14): depth 0 → 54,019; depth 1 → 111,491; depth 2 → 408,195.
+Parameter counts (the authors' networks have the same): depth 0 → 54,019; depth 1 → 111,491; depth 2 → 408,195.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -23,7 +21,7 @@ STEM_WIDTH = 128
 
 
 class SurrogateAutoencoder(nn.Module):
-    """Encoder–decoder without skip connections, derived from the PGN UNet (spec §5.1).
+    """Encoder–decoder without skip connections, derived from the PGN UNet, layer for layer the authors' autoencoder.
 
     Encoder: Conv7×7(3→128, stride 2, no bias) → BN → ReLU; depth ≥ 1 adds MaxPool(3, 2, 1) → block(128→128);
     each further depth level adds a stride-2 block doubling the width; then a 1×1 separable conv bottleneck.
@@ -107,49 +105,3 @@ def split_sizes(batch_size: int, parts: int) -> list[int]:
         raise PGNError(f"cannot split a batch of {batch_size} among {parts} autoencoders (need batch ≥ autoencoders)")
     base, extra = divmod(batch_size, parts)
     return [base + 1 if k < extra else base for k in range(parts)]
-
-
-@dataclass
-class MovingAverage:
-    """``value ← decay·value + (1 − decay)·x``: the running grad norm that clipping is measured against."""
-
-    value: float
-    decay: float = 0.99
-
-    def update(self, x: float) -> float:
-        """Fold in a new observation; returns the new value."""
-        self.value = self.decay * self.value + (1.0 - self.decay) * float(x)
-        return self.value
-
-
-@dataclass
-class PlateauTracker:
-    """Best reconstruction L1 of one autoencoder and the global sample count when it was reached (spec §5.4)."""
-
-    best_l1: float | None = None
-    best_sample: int = 0
-
-    def observe(self, l1: float, sample: int) -> None:
-        """Record this step's L1; a strict improvement (or the first observation) moves the best."""
-        if self.best_l1 is None or l1 < self.best_l1:
-            self.best_l1, self.best_sample = float(l1), int(sample)
-
-    def reset_probability(self, l1: float, sample: int, patience: int, prob: float, hi_threshold: float) -> float:
-        """Chance to reset now: ``prob`` after ``patience`` samples without improvement, 1 if L1 > threshold."""
-        if self.best_l1 is not None and sample - self.best_sample >= patience:
-            return prob
-        if l1 > hi_threshold:
-            return 1.0
-        return 0.0
-
-    def clear(self) -> None:
-        """Forget the best (after a reset)."""
-        self.best_l1, self.best_sample = None, 0
-
-    def state_dict(self) -> dict:
-        """Plain-data state for checkpoints."""
-        return {"best_l1": self.best_l1, "best_sample": self.best_sample}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Inverse of :meth:`state_dict`."""
-        self.best_l1, self.best_sample = state["best_l1"], int(state["best_sample"])

@@ -1,9 +1,9 @@
-"""Training-state checkpoints: write atomically, keep the last K, resume from the newest readable one (spec §8).
+"""Training-state checkpoints: write atomically, keep the last K, resume from the newest readable one.
 
 Our training state (``<run-dir>/checkpoints/step-000001024.pt``, one file written by rank 0) holds everything a
 run needs to continue exactly where it stopped: the PGN and its optimizer, the PGN grad-norm moving average, and
 for **every rank** its autoencoders, their optimizers and moving averages, the plateau trackers and the random
-number generator states. The reference saves only the PGN, its optimizer and rank 0's autoencoders (spec §8.1).
+number generator states. The authors' code saves only the PGN, its optimizer and rank 0's autoencoders.
 
 Beside it, ``<run-dir>/pgn.pt`` is a plain :func:`pgn.save` checkpoint of the latest weights in the public
 ``unit`` value space, so ``pgn.load("<run-dir>/pgn.pt")`` gives the trained model.
@@ -18,6 +18,7 @@ from __future__ import annotations
 import random
 import re
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +26,10 @@ import numpy as np
 import torch
 
 from pgn.authors import key_names
-from pgn.checkpoint import atomic_save, load_backbone_state, parse_checkpoint, read_file
+from pgn.checkpoint import load_backbone_state, parse_checkpoint
 from pgn.checkpoint import save as save_pgn
-from pgn.errors import PGNError
+from pgn.errors import PGNError, first_line
+from pgn.files import atomic_save, read_file
 from pgn.model import PGN
 from pgn.state_dicts import match_state_dict
 
@@ -98,15 +100,6 @@ def latest_training_state(run_dir: str | Path, skipped: list[tuple[Path, str]] |
             else:
                 skipped.append((path, str(e)))
     return None
-
-
-def training_state_at(run_dir: str | Path, step: int) -> tuple[Path, dict[str, Any]]:
-    """The training state written after exactly ``step`` steps."""
-    path = checkpoint_path(run_dir, step)
-    if not path.is_file():
-        have = ", ".join(str(s) for s, _ in list_checkpoints(run_dir)) or "none"
-        raise PGNError(f"no checkpoint after step {step} in {run_dir} (available steps: {have})")
-    return path, read_training_state(path)
 
 
 def save_plain_pgn(model: PGN, path: str | Path, meta: dict | None = None) -> Path:
@@ -190,14 +183,28 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, path_or_state: str | 
     try:
         optimizer.load_state_dict(sd)
     except (ValueError, KeyError) as e:
-        raise PGNError(f"{where} does not fit the {what}'s optimizer: {e}") from None
+        raise PGNError(f"{where} does not fit the {what}'s optimizer: {first_line(e)}") from None
 
 
-def authors_resume_files(resume_dir: str | Path, epoch: int, num_autoencoders: int) -> dict[str, Any]:
-    """Paths of the authors' per-epoch files in ``resume_dir`` (or its ``models/``); missing PGN file → error.
+@dataclass(frozen=True)
+class InitialFiles:
+    """Single files a run starts from: the authors' per-epoch files or the ``--pgn-checkpoint`` family of flags.
 
-    Returns ``{"pgn", "pgn_opt", "ae": [..], "ae_opt": [..]}``; missing optional files are ``None``.
+    ``None`` (or a ``None`` entry in the per-autoencoder lists) means a fresh initialization of that part.
     """
+
+    pgn: str | None = None
+    pgn_optimizer: str | None = None
+    autoencoders: tuple[str | None, ...] = ()
+    ae_optimizers: tuple[str | None, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.pgn or self.pgn_optimizer or any(self.autoencoders) or any(self.ae_optimizers))
+
+
+def authors_resume_files(resume_dir: str | Path, epoch: int, num_autoencoders: int) -> InitialFiles:
+    """The authors' per-epoch files in ``resume_dir`` (or its ``models/``); a missing PGN file is an error,
+    missing optional files are ``None``."""
     base = Path(resume_dir)
     if not (base / f"{epoch}.pth").is_file() and (base / "models" / f"{epoch}.pth").is_file():
         base = base / "models"
@@ -205,15 +212,15 @@ def authors_resume_files(resume_dir: str | Path, epoch: int, num_autoencoders: i
     if not pgn_file.is_file():
         raise PGNError(f"--resume-dir/--resume-epoch: {pgn_file} not found (the authors' layout is <dir>/<epoch>.pth)")
 
-    def opt(p: Path) -> str | None:
+    def optional(p: Path) -> str | None:
         return str(p) if p.is_file() else None
 
-    return {
-        "pgn": str(pgn_file),
-        "pgn_opt": opt(base / f"{epoch}_opt.pth"),
-        "ae": [opt(base / f"{epoch}_ae_{k}.pth") for k in range(num_autoencoders)],
-        "ae_opt": [opt(base / f"{epoch}_ae_{k}_opt.pth") for k in range(num_autoencoders)],
-    }
+    return InitialFiles(
+        pgn=str(pgn_file),
+        pgn_optimizer=optional(base / f"{epoch}_opt.pth"),
+        autoencoders=tuple(optional(base / f"{epoch}_ae_{k}.pth") for k in range(num_autoencoders)),
+        ae_optimizers=tuple(optional(base / f"{epoch}_ae_{k}_opt.pth") for k in range(num_autoencoders)),
+    )
 
 
 def parse_optional_paths(values: list[str] | None, count: int, flag: str) -> list[str | None]:

@@ -14,18 +14,18 @@ from typing import Any
 
 import click
 
+from pgn.authors import AUTHORS_HEADS
+from pgn.backbones.blocks import BLOCK_TYPES, CONV_TYPES
 from pgn.cliutils import run_cli, write_json
+from pgn.heads import GRAD_TYPES, HEAD_KINDS
 
-from .config import LOSS_PRESETS, DistillConfig, load_config
+from .config import DATASETS, DEVICES, LOSS_PRESETS, OPTIMIZERS, TEACHERS, DistillConfig, load_config
 
 #: Options whose values are lists; the authors wrote them space-separated (argparse nargs='+').
 LIST_OPTIONS = (
     "--ae-depths", "--ae-max-layer", "--down-channels", "--resnet-down-channels", "--up-channels",
     "--resnet-up-channels", "--ae-checkpoints", "--ae-checkpoints-opt",
 )
-#: The authors' (backbone-to-grad, proxy type) pairs → our head names.
-AUTHORS_HEADS = {("proxy", "sigmoid"): "constrained", ("proxy", "raw"): "proxy", ("direct", "raw"): "direct",
-                 ("direct", "sigmoid"): "hybrid", ("proxy", "warped_target"): "warped"}
 
 
 class ListParam(click.ParamType):
@@ -74,20 +74,20 @@ OPTIONS = [
     _opt("--num-blocks", "--resnet-num-blocks", type=int, help="Residual blocks of a ResNet backbone."),
     _opt("--down-channels", "--resnet-down-channels", type=ListParam(), help="ResNet stem + stride-2 widths, e.g. 64,128."),
     _opt("--up-channels", "--resnet-up-channels", type=ListParam(), help="ResNet upsampling widths, e.g. 64."),
-    _opt("--head", type=click.Choice(["constrained", "proxy", "direct", "hybrid", "warped"]), help="Gradient head (default: the preset's, constrained)."),
-    _opt("--pgn-backbone-to-grad", type=click.Choice(["proxy", "direct"]), help="Authors' flag; with --pgn-proxy-type picks the head."),
-    _opt("--pgn-proxy-type", type=click.Choice(["raw", "sigmoid", "warped_target"]), help="Authors' flag; with --pgn-backbone-to-grad picks the head."),
+    _opt("--head", type=click.Choice(HEAD_KINDS), help="Gradient head (default: the preset's, constrained)."),
+    _opt("--pgn-backbone-to-grad", type=click.Choice(sorted({to_grad for to_grad, _ in AUTHORS_HEADS})), help="Authors' flag; with --pgn-proxy-type picks the head."),
+    _opt("--pgn-proxy-type", type=click.Choice(sorted({proxy for _, proxy in AUTHORS_HEADS})), help="Authors' flag; with --pgn-backbone-to-grad picks the head."),
     _opt("--grad-scale", "--pgn-proxy-grad-scale", type=float, help="1/α of the head (0.025 for ResNets, 0.048 for the UNet)."),
     _opt("--beta", "--pgn-proxy-sigmoid-scale", type=float, help="β of the constrained proxy (1.1)."),
     _opt("--out-scale", "--pgn-out-scale", type=float, help="1/γ of the direct/hybrid heads (512)."),
-    _opt("--grad-type", "--pgn-proxy-grad-type", type=click.Choice(["mse", "l1", "logcosh"]), help="Per-sample loss towards the proxy (mse)."),
+    _opt("--grad-type", "--pgn-proxy-grad-type", type=click.Choice(GRAD_TYPES), help="Per-sample loss towards the proxy (mse)."),
     # teacher
-    _opt("--teacher", "--ploss-model", type=click.Choice(["vgg19", "vgg11"]), help="Perceptual network to imitate (vgg19)."),
+    _opt("--teacher", "--ploss-model", type=click.Choice(TEACHERS), help="Perceptual network to imitate (vgg19)."),
     _opt("--vgg-weights", metavar="imagenet|random|PATH", help="Teacher weights: imagenet (default, torchvision), random (mechanics only) or a state-dict file."),
     _opt("--teacher-seed", type=int, help="Seed of random teacher weights (0)."),
     # data
     _opt("--data", "--data-dir", metavar="PATH|samples", help="Training images: 'samples' (bundled photos, default), a folder, an ImageNet or FFHQ root."),
-    _opt("--dataset", "--dataset-name", type=click.Choice(["auto", "samples", "folder", "imagenet", "ffhq"], case_sensitive=False), help="Layout of --data (auto-detected)."),
+    _opt("--dataset", "--dataset-name", type=click.Choice(DATASETS, case_sensitive=False), help="Layout of --data (auto-detected)."),
     _opt("--size", type=int, help="Training crop size (224)."),
     _opt("--batch-size", "--worker-batch-size", type=int, help="Images per process and step (48)."),
     _opt("--workers", "-j", type=int, help="Data-loading processes per training process (0 for samples, else up to 4)."),
@@ -102,7 +102,7 @@ OPTIONS = [
     _opt("--debug", is_flag=True, default=False, help="Authors' flag: 8 steps per epoch, a checkpoint every epoch."),
     # PGN optimization
     _opt("--lr", type=float, help="PGN Adam learning rate (1e-3)."),
-    _opt("--pgn-optimizer", type=click.Choice(["adam", "sgd"]), help="PGN optimizer (adam)."),
+    _opt("--pgn-optimizer", type=click.Choice(OPTIMIZERS), help="PGN optimizer (adam)."),
     _opt("--pgn-sgd-lr", type=float, help="SGD learning rate (1.0)."),
     _opt("--pgn-grad-norm-avg", type=float, help="Initial moving average of the PGN grad norm (200)."),
     _opt("--pgn-grad-norm-clip-coef", type=float, help="Clip the PGN grad norm at this × its average (5)."),
@@ -120,8 +120,8 @@ OPTIONS = [
     _opt("--pgn-loss-proxy-mse-gen", is_flag=True, default=False, help="Authors' flag: MSE(P, ŷ) term on with weight 1000 unless given."),
     # autoencoders
     _opt("--ae-depths", "--ae-max-layer", type=ListParam(), help="One autoencoder per depth (0,1,2)."),
-    _opt("--ae-block-type", type=click.Choice(["doubleblaze", "singleblaze", "singleres", "doubleres"]), help="Autoencoder block (doubleblaze)."),
-    _opt("--ae-conv-type", type=click.Choice(["sep", "full"]), help="Autoencoder conv (sep)."),
+    _opt("--ae-block-type", type=click.Choice(BLOCK_TYPES), help="Autoencoder block (doubleblaze)."),
+    _opt("--ae-conv-type", type=click.Choice(CONV_TYPES), help="Autoencoder conv (sep)."),
     _opt("--ae-lr", type=float, help="Autoencoder Adam learning rate (1e-3)."),
     _opt("--ae-grad-norm-avg", type=float, help="Initial moving average of each autoencoder's grad norm (200)."),
     _opt("--ae-grad-norm-clip-coef", type=float, help="Clip at this × the average (5)."),
@@ -145,7 +145,7 @@ OPTIONS = [
     _opt("--fresh", is_flag=True, default=False, help="Start over in a used --run-dir: its files are first moved to <run-dir>/previous-<time>/."),
     _opt("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), help="Start from this config.json (CLI options win)."),
     _opt("--seed", type=int, help="Seed, the same on every process (42)."),
-    _opt("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="auto: cuda:LOCAL_RANK when available, else CPU."),
+    _opt("--device", type=click.Choice(DEVICES), help="auto: cuda:LOCAL_RANK when available, else CPU."),
     _opt("--dist-backend", type=click.Choice(["nccl", "gloo"]), help="Process-group backend (NCCL on GPUs, gloo on CPU)."),
     _opt("--dist-init-method", help="Process-group init URL (env://, set by torchrun)."),
     _opt("--no-distributed", is_flag=True, default=False, help="Authors' flag: insist on a single process."),

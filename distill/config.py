@@ -1,6 +1,6 @@
 """The one configuration of a distillation run (a dataclass), its presets, and its JSON round trip.
 
-Defaults reproduce the authors' published recipe (spec §5–7, §11): ResNet-4, 224×224, 48 images per process,
+Defaults reproduce the authors' published recipe (their training command and code defaults): ResNet-4, 224×224, 48 images per process,
 3 autoencoders of depths 0/1/2, Adam 1e-3 for everything, grad-norm clipping at 5× a moving average started at
 200, meta-loss ``2^26·mean(g_PGN − g_true)² + 0.2·VGG(P, y) + 0.5·L1(P, y)``. Every run writes the resolved
 config to ``<run-dir>/config.json``; ``pgn-distill --config that.json`` runs it again.
@@ -26,7 +26,8 @@ from pgn.cliutils import write_json
 from pgn.errors import PGNError
 
 #: Meta-loss weight presets (λ_VGG, λ_L1). ``reference`` = the authors' CLI defaults, used by the published
-#: training command; ``paper`` = Eq. 10 of the paper. They are swapped (spec §13.1).
+#: training command; ``paper`` = Eq. 10 of the paper. The two are swapped; the released checkpoints were
+#: trained with the reference values.
 LOSS_PRESETS: dict[str, tuple[float, float]] = {
     "reference": (META_VGG_WEIGHT_REFERENCE, META_L1_WEIGHT_REFERENCE),
     "paper": (META_VGG_WEIGHT_PAPER, META_L1_WEIGHT_PAPER),
@@ -86,19 +87,19 @@ class DistillConfig:
         steps: total steps; overrides ``epochs`` when set.
         time_limit_minutes: stop cleanly (with a checkpoint) after this much wall-clock time.
 
-    PGN optimization (spec §7.1):
+    PGN optimization:
         lr, pgn_optimizer (``adam``/``sgd``), pgn_sgd_lr, pgn_grad_norm_avg (initial moving average of the
         grad norm), pgn_grad_norm_clip_coef (clip at coef × average).
 
-    Meta-loss (spec §6): loss_preset (``reference`` 0.2/0.5 or ``paper`` 0.5/0.2), grad_weight, vgg_weight,
+    Meta-loss (paper Eq. 10): loss_preset (``reference`` 0.2/0.5 or ``paper`` 0.5/0.2), grad_weight, vgg_weight,
         l1_weight, mse_gt_weight, mse_gen_weight, grad_loss_scale (2^26). ``None`` weights come from the preset.
 
-    Autoencoders (spec §5): ae_depths (one autoencoder per entry), ae_block_type, ae_conv_type, ae_lr,
+    Autoencoders: ae_depths (one autoencoder per entry), ae_block_type, ae_conv_type, ae_lr,
         ae_grad_norm_avg, ae_grad_norm_clip_coef, ae_shared_grad_norm_ma (the authors' shared-average bug),
         ae_min_samples_before_reset, ae_reset_prob, ae_l1_hi_reset_threshold, warmup_epochs, alternate_gt
-        (direct/hybrid heads only, spec §7.3).
+        (direct/hybrid heads only: whether the autoencoders learn from true gradients on even epochs).
 
-    Initialization (the authors' flags, spec §8.3): start_epoch; resume_dir + resume_epoch (their per-epoch
+    Initialization (the authors' flags): start_epoch; resume_dir + resume_epoch (their per-epoch
         files); pgn_checkpoint, pgn_checkpoint_opt, ae_checkpoints, ae_checkpoints_opt (single files; ``None``
         entries in the autoencoder lists mean fresh initialization).
 

@@ -1,4 +1,4 @@
-"""Training and held-out images: the bundled photographs, an image folder, ImageNet and FFHQ layouts (spec §7.4).
+"""Training and held-out images: the bundled photographs, an image folder, ImageNet and FFHQ layouts.
 
 Sources (``dataset``):
 
@@ -38,7 +38,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pgn.errors import PGNError
-from pgn.images import IMAGE_SUFFIXES, list_images, normalize
+from pgn.images import IMAGE_SUFFIXES, list_images
+from pgn.value_spaces import normalize
 
 #: The bundled photographs kept out of training (validation only).
 HELD_OUT_SAMPLES = ("skimage/chelsea", "sklearn/flower")

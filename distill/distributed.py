@@ -1,4 +1,4 @@
-"""One process per device under ``torchrun``; everything degrades to a single process without it (spec §7.6).
+"""One process per device under ``torchrun``; everything degrades to a single process without it.
 
 ``torchrun`` sets ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE`` (and the rendezvous variables); we detect them,
 join the process group (NCCL on GPUs, gloo on CPUs) and put each process on ``cuda:LOCAL_RANK`` or the CPU.

@@ -1,4 +1,4 @@
-"""The PGN's meta-loss (paper Eq. 10, spec §6) and the gradient-quality metrics logged every step (spec §9).
+"""The PGN's meta-loss (paper Eq. 10, in the form of the authors' code) and the gradient-quality metrics logged every step.
 
 Per sample ``i`` (all in ImageNet-normalized space, as the authors train)::
 
@@ -8,7 +8,7 @@ Per sample ``i`` (all in ImageNet-normalized space, as the authors train)::
 with ``S = 2^26`` and the per-sample values **summed** over the batch (no batch mean), as in the reference.
 
 Weights: the published recipe used λ_VGG = 0.2, λ_L1 = 0.5 (the reference's CLI defaults, our default preset
-``reference``); the paper's text gives λ_VGG = 0.5, λ_L1 = 0.2 (preset ``paper``). See spec §13.1.
+``reference``); the paper's text gives λ_VGG = 0.5, λ_L1 = 0.2 (preset ``paper``).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 import torch
 
+from pgn.constants import META_GRAD_LOSS_SCALE, META_L1_WEIGHT_REFERENCE, META_VGG_WEIGHT_REFERENCE
 from pgn.perceptual import PerceptualLoss
 
 
@@ -27,11 +28,11 @@ class MetaLossWeights:
     """Named weights of the meta-loss terms (see the module docs); defaults = the authors' published recipe."""
 
     grad: float = 1.0
-    vgg: float = 0.2
-    l1: float = 0.5
+    vgg: float = META_VGG_WEIGHT_REFERENCE
+    l1: float = META_L1_WEIGHT_REFERENCE
     mse_gt: float = 0.0
     mse_gen: float = 0.0
-    grad_loss_scale: float = 2.0**26
+    grad_loss_scale: float = META_GRAD_LOSS_SCALE
 
 
 class TeacherPass(NamedTuple):
@@ -51,7 +52,7 @@ def feature_distance(teacher: PerceptualLoss, x: torch.Tensor, target_features: 
 
 
 def teacher_pass(teacher: PerceptualLoss, y_hat: torch.Tensor, y: torch.Tensor) -> TeacherPass:
-    """True per-sample gradient and loss at normalized ``y_hat`` (spec §2.4), features of ``y`` computed once."""
+    """True per-sample gradient and loss at normalized ``y_hat``, features of ``y`` computed once."""
     with torch.no_grad():
         target = [t.detach() for t in teacher.activations(y)]
     with torch.enable_grad():
@@ -92,7 +93,7 @@ def meta_loss(
 
 
 def gradient_metrics(g_pgn: torch.Tensor, g_true: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-sample agreement of predicted and true gradients (spec §9), each (N,).
+    """Per-sample agreement of predicted and true gradients, each (N,).
 
     ``cos`` (cosine similarity of the flattened gradients), ``rel_err`` (‖g_PGN − g_true‖ / ‖g_true‖),
     ``norm_pgn``, ``norm_true``, ``norm_ratio`` (‖g_PGN‖ / ‖g_true‖) and ``err_norm`` (‖g_PGN − g_true‖).

@@ -1,13 +1,15 @@
 """Where a run starts: the newest checkpoint (``--resume``), the authors' per-epoch files, single files, or scratch.
 
-Rank 0 looks at the run directory and reads the checkpoint; every rank receives the same answer (a broadcast), so
-a run directory on rank 0's disk is enough, also across machines.
+:func:`starting_point` only decides and reads; :meth:`distill.trainer.Distiller.start` applies the answer to the
+models. Rank 0 looks at the run directory and reads the checkpoint; every rank receives the same answer (a
+broadcast), so a run directory on rank 0's disk is enough, also across machines.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from pgn.errors import PGNError
 
@@ -16,12 +18,19 @@ from . import distributed as dist
 from .config import DistillConfig, changed_settings
 from .rundir import PREVIOUS_PREFIX, run_history
 
-if TYPE_CHECKING:
-    from .trainer import Distiller
+
+@dataclass(frozen=True)
+class StartingPoint:
+    """What a run starts from: at most one of a training state and initial files; neither means scratch."""
+
+    step: int  #: the first step to run
+    source: str | None = None  #: for the log: the checkpoint or the authors' epoch resumed from
+    state: dict[str, Any] | None = None  #: a training state written by this trainer (``--resume``)
+    files: ckpt.InitialFiles | None = None  #: single files to initialize from (the authors' layouts)
 
 
-def starting_point(distiller: "Distiller", config: DistillConfig, run_dir: Path, resume: bool, ctx: dist.DistContext) -> tuple[int, str | None]:
-    """Load whatever the run starts from; returns (first step, description of the source or None).
+def starting_point(config: DistillConfig, run_dir: Path, resume: bool, ctx: dist.DistContext) -> StartingPoint:
+    """Decide what the run starts from, reading the checkpoint if it resumes one.
 
     ``--resume`` never starts over in a used run folder: if its checkpoints cannot be read, or it holds an earlier
     run but no checkpoint, or the checkpoint was trained with other settings, this raises a one-line
@@ -37,27 +46,26 @@ def starting_point(distiller: "Distiller", config: DistillConfig, run_dir: Path,
         found, problem = dist.broadcast_from_main(_find_resumable(config, run_dir, history) if ctx.is_main else None)
         if problem:
             raise PGNError(problem)
-        if found is None:
-            if ctx.is_main:
-                print(f"pgn-distill: no checkpoint in {run_dir} yet: starting a new run")
-        else:
+        if found is not None:
             path, state = found
             if state["world_size"] != ctx.world_size and ctx.is_main:
                 print(f"pgn-distill: warning: checkpoint written by {state['world_size']} process(es), now {ctx.world_size}: "
                       f"autoencoders are reused round-robin and the continuation is not exact")
-            distiller.load_global_state(state)
-            return int(state["step"]), str(path)
+            return StartingPoint(int(state["step"]), str(path), state=state)
+        if ctx.is_main:
+            print(f"pgn-distill: no checkpoint in {run_dir} yet: starting a new run")
+    n = len(config.ae_depths)
     if config.resume_dir is not None:
-        files = ckpt.authors_resume_files(config.resume_dir, config.resume_epoch, len(distiller.autoencoders))
-        load_initial_files(distiller, files["pgn"], files["pgn_opt"], files["ae"], files["ae_opt"])
-        return (config.resume_epoch + 1) * config.batches_per_epoch, f"{config.resume_dir} epoch {config.resume_epoch}"
-    n = len(distiller.autoencoders)
-    ae = ckpt.parse_optional_paths(config.ae_checkpoints, n, "--ae-checkpoints")
-    ae_opt = ckpt.parse_optional_paths(config.ae_checkpoints_opt, n, "--ae-checkpoints-opt")
-    if config.pgn_checkpoint or config.pgn_checkpoint_opt or any(ae) or any(ae_opt):
-        load_initial_files(distiller, config.pgn_checkpoint, config.pgn_checkpoint_opt, ae, ae_opt)
-    start = (config.start_epoch or 0) * config.batches_per_epoch
-    return start, None
+        files = ckpt.authors_resume_files(config.resume_dir, config.resume_epoch, n)
+        step = (config.resume_epoch + 1) * config.batches_per_epoch
+        return StartingPoint(step, f"{config.resume_dir} epoch {config.resume_epoch}", files=files)
+    files = ckpt.InitialFiles(
+        config.pgn_checkpoint,
+        config.pgn_checkpoint_opt,
+        tuple(ckpt.parse_optional_paths(config.ae_checkpoints, n, "--ae-checkpoints")),
+        tuple(ckpt.parse_optional_paths(config.ae_checkpoints_opt, n, "--ae-checkpoints-opt")),
+    )
+    return StartingPoint((config.start_epoch or 0) * config.batches_per_epoch, files=files or None)
 
 
 def _find_resumable(config: DistillConfig, run_dir: Path, history: list[str]) -> tuple[tuple[Path, dict] | None, str | None]:
@@ -91,16 +99,3 @@ def _find_resumable(config: DistillConfig, run_dir: Path, history: list[str]) ->
 def _names(history: list[str], limit: int = 3) -> str:
     more = f" and {len(history) - limit} more" if len(history) > limit else ""
     return ", ".join(history[:limit]) + more
-
-
-def load_initial_files(distiller: "Distiller", pgn_file, pgn_opt, ae_files, ae_opt_files) -> None:
-    if pgn_file:
-        ckpt.load_pgn_weights(distiller.model, pgn_file)
-    if pgn_opt:
-        ckpt.load_optimizer_state(distiller.optimizer, pgn_opt, "PGN")
-    for k, path in enumerate(ae_files):
-        if path:
-            ckpt.load_module_weights(distiller.autoencoders[k], path, f"autoencoder {k}")
-    for k, path in enumerate(ae_opt_files):
-        if path:
-            ckpt.load_optimizer_state(distiller.ae_optimizers[k], path, f"autoencoder {k}")

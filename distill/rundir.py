@@ -8,13 +8,12 @@ continues it and ``--fresh`` first moves its files into ``<run-dir>/previous-<ti
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
 
 from .checkpoints import CHECKPOINT_DIR, PLAIN_PGN_NAME, list_checkpoints
-from .runlog import CURVE_FILE, METRICS_FILE
+from .runlog import CURVE_FILE, METRICS_FILE, read_metrics
 
 #: Everything a run writes into its folder (files and folders).
 RUN_OUTPUTS = ("config.json", METRICS_FILE, CURVE_FILE, PLAIN_PGN_NAME, CHECKPOINT_DIR, "images", "tb")
@@ -33,17 +32,7 @@ def run_history(run_dir: str | Path) -> list[str]:
 
 
 def _has_logged_steps(path: Path) -> bool:
-    if not path.is_file():
-        return False
-    with path.open(errors="replace") as f:
-        for line in f:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict) and "step" in record and "event" not in record:
-                return True
-    return False
+    return path.is_file() and any("step" in r for r in read_metrics(path))
 
 
 def move_aside(run_dir: str | Path) -> Path | None:

@@ -17,7 +17,8 @@ from typing import Any
 
 import torch
 
-from pgn.images import denormalize, save_image_grid
+from pgn.images import save_image_grid
+from pgn.value_spaces import denormalize
 
 METRICS_FILE = "metrics.jsonl"
 CURVE_FILE = "curves.png"
@@ -59,15 +60,8 @@ class RunLog:
     def _truncate_after(self, step: int) -> None:
         if not self.metrics_path.exists():
             return
-        kept = []
-        for line in self.metrics_path.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut short by a crash
-            if "event" in rec or rec.get("step", 0) <= step:
-                kept.append(line)
-        self.metrics_path.write_text("".join(k + "\n" for k in kept))
+        kept = [r for r in read_records(self.metrics_path) if "event" in r or r.get("step", 0) <= step]
+        self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
     def event(self, name: str, **fields: Any) -> None:
         """Record a non-scalar event (``start``, ``resume``, ``reset``, …) in ``metrics.jsonl``."""
@@ -121,17 +115,23 @@ def _clean(v: Any) -> Any:
     return v
 
 
+def read_records(path: str | Path) -> list[dict]:
+    """Every JSON object in a ``metrics.jsonl``, in order; lines a crash cut short (or that are not objects) are skipped."""
+    out = []
+    with Path(path).open(errors="replace") as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict):
+                out.append(rec)
+    return out
+
+
 def read_metrics(path: str | Path) -> list[dict]:
     """The scalar records of a ``metrics.jsonl`` (event lines left out)."""
-    out = []
-    for line in Path(path).read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if "event" not in rec:
-            out.append(rec)
-    return out
+    return [r for r in read_records(path) if "event" not in r]
 
 
 def _series(records: list[dict], key: str) -> tuple[list[int], list[float]]:

@@ -1,6 +1,6 @@
-"""Distilling a PGN from the VGG teacher with surrogate autoencoders (paper §3, Fig. 1; spec §5–7).
+"""Distilling a PGN from the VGG teacher with surrogate autoencoders (paper §3, Fig. 1).
 
-One iteration, per process (spec §7.2)::
+One iteration, per process, in the order of the authors' code::
 
     y (normalized batch) ─ split ─► AE_k ─► ŷ_k ─ detach, concat ─► ŷ
     PGN(ŷ, y) ─► P, g_PGN                       (train-mode BatchNorm, DDP across processes)
@@ -33,22 +33,23 @@ import torch
 from torch import nn
 
 import pgn
-from pgn.cliutils import check_output, describe_os_error, error_line, os_error_in
-from pgn.errors import PGNError
+from pgn.cliutils import check_output, error_line
+from pgn.errors import PGNError, describe_os_error, os_error_in
 from pgn.perceptual import PerceptualLoss
 
 from . import checkpoints as ckpt
 from . import distributed as dist
-from .autoencoders import MovingAverage, PlateauTracker, build_autoencoders, split_sizes
+from .autoencoders import build_autoencoders, split_sizes
 from .config import DistillConfig, save_config
 from .data import default_workers, find_images, make_train_loader, validation_images
 from .metalosses import MetaLossWeights, gradient_metrics, meta_loss, teacher_pass
 from .resume import starting_point
 from .rundir import move_aside, remove_partial_files
 from .runlog import RunLog
+from .running_stats import MovingAverage, PlateauTracker
 from .validation import ValidationSet, evaluate
 
-DIRECT_HEADS = ("direct", "hybrid")  # the authors' "direct" backbone-to-gradient mode (spec §4.3, §7.3)
+DIRECT_HEADS = ("direct", "hybrid")  # the authors' "direct" backbone-to-gradient mode: autoencoders may learn from true gradients
 
 
 class _PGNOutputs(nn.Module):
@@ -97,7 +98,7 @@ class Distiller:
         self.config, self.ctx = config, ctx
         dev = ctx.device
         torch.backends.cudnn.benchmark = dev.type == "cuda"  # as the authors (fast, not bit-deterministic on GPUs)
-        dist.seed_everything(config.seed)  # the same on every rank: identical initial autoencoders (spec §7.6)
+        dist.seed_everything(config.seed)  # the same on every rank: identical initial autoencoders, as in the authors' runs
         self.model = pgn.build(config.backbone, value_space="imagenet", **config.pgn_overrides()).to(dev).train()
         self.teacher = PerceptualLoss(config.teacher, weights=config.vgg_weights, seed=config.teacher_seed, value_space="imagenet").to(dev)
         self.autoencoders = build_autoencoders(config.ae_depths, config.ae_block_type, config.ae_conv_type).to(dev).train()
@@ -107,7 +108,7 @@ class Distiller:
             self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.pgn_sgd_lr)
         self.ae_optimizers = [torch.optim.Adam(ae.parameters(), lr=config.ae_lr) for ae in self.autoencoders]
         self.grad_norm_ma = MovingAverage(config.pgn_grad_norm_avg)
-        if config.ae_shared_grad_norm_ma:  # the authors' aliasing bug (spec §13.4), on request
+        if config.ae_shared_grad_norm_ma:  # the authors' code aliases one average for all autoencoders (a bug), on request
             shared = MovingAverage(config.ae_grad_norm_avg)
             self.ae_grad_norm_ma = [shared] * len(self.autoencoders)
         else:
@@ -125,7 +126,7 @@ class Distiller:
 
     # ----------------------------------------------------------------------------------------------------
     def autoencoders_use_true_gradient(self, step: int) -> bool:
-        """Direct/hybrid heads: true gradients in warm-up epochs, then on even epochs (spec §7.3)."""
+        """Direct/hybrid heads: true gradients in warm-up epochs, then on even epochs, as the authors' code does."""
         if self.model.config.head.kind not in DIRECT_HEADS:
             return False
         epoch = step // self.config.batches_per_epoch
@@ -136,7 +137,7 @@ class Distiller:
     def train_step(self, y: torch.Tensor, step: int) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
         """One iteration on the normalized batch ``y`` (0-based ``step``); returns local scalars and tensors.
 
-        The order is the reference's (spec §7.2); see the module docs.
+        The order is the authors' code's; see the module docs.
         """
         cfg = self.config
         sizes = split_sizes(y.shape[0], len(self.autoencoders))
@@ -284,6 +285,28 @@ class Distiller:
         ranks = state["ranks"]
         self.load_local_state(ranks[self.ctx.rank % len(ranks)])
 
+    def load_initial_files(self, files: ckpt.InitialFiles) -> None:
+        """Initialize from single files (ours or the authors' formats); parts without a file keep their init."""
+        if files.pgn:
+            ckpt.load_pgn_weights(self.model, files.pgn)
+        if files.pgn_optimizer:
+            ckpt.load_optimizer_state(self.optimizer, files.pgn_optimizer, "PGN")
+        for k, path in enumerate(files.autoencoders):
+            if path:
+                ckpt.load_module_weights(self.autoencoders[k], path, f"autoencoder {k}")
+        for k, path in enumerate(files.ae_optimizers):
+            if path:
+                ckpt.load_optimizer_state(self.ae_optimizers[k], path, f"autoencoder {k}")
+
+    def start(self, run_dir: Path, resume: bool) -> tuple[int, str | None]:
+        """Load what the run starts from (:func:`distill.resume.starting_point`); returns (first step, its source or None)."""
+        point = starting_point(self.config, run_dir, resume, self.ctx)
+        if point.state is not None:
+            self.load_global_state(point.state)
+        if point.files is not None:
+            self.load_initial_files(point.files)
+        return point.step, point.source
+
 
 def _optimizer_to_cpu(sd: dict) -> dict:
     state = {k: {n: t.detach().cpu() if isinstance(t, torch.Tensor) else t for n, t in v.items()} for k, v in sd["state"].items()}
@@ -358,7 +381,7 @@ def _train(config: DistillConfig, ctx: dist.DistContext, resume: bool, fresh: bo
     val_images, val_skipped = validation_images(split, config.size, config.val_images, config.min_image_side, seed=config.seed)
     val = ValidationSet.from_images(val_images, seed=config.seed)
     _on_main(lambda: _prepare_run_dir(run_dir, fresh), ctx)
-    start, resumed_from = starting_point(distiller, config, run_dir, resume, ctx)
+    start, resumed_from = distiller.start(run_dir, resume)
     total = config.total_steps
     say = print if ctx.is_main else (lambda *a, **k: None)
     say(f"pgn-distill: teacher {distiller.teacher.weights}")

@@ -8,7 +8,7 @@ Two measurements, both on the held-out images of :func:`distill.data.validation_
 * ``val/ae_cos``: ŷ = the current training autoencoders' reconstructions of the held-out images (a copy of each
   autoencoder is used, so their BatchNorm statistics are not touched): the training distribution, unseen images.
 
-The PGN runs in eval mode, as in the authors' validation (spec §10).
+The PGN runs in eval mode, as in the authors' validation.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 
 import pgn
-from pgn.images import normalize
 from pgn.model import PGN
 from pgn.perceptual import PerceptualLoss
+from pgn.value_spaces import normalize
 
 from . import checkpoints as ckpt
 from .autoencoders import split_sizes

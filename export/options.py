@@ -7,7 +7,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from pgn.errors import PGNError
-from pgn.images import nearest_valid_size
+from pgn.inputs import nearest_valid_size
 
 #: Ranged (dynamic) shapes default to this smallest and largest height/width and largest batch.
 DEFAULT_MIN_SIZE = 64

@@ -11,12 +11,14 @@ __version__ = "0.1.0"
 
 from .checkpoint import load, save
 from .errors import PGNError
+from .factory import build
 from .heads import HeadConfig
-from .images import denormalize, normalize
 from .loss import PGNLoss
-from .model import PGN, PGNConfig, PGNOutput, build, list_presets, register_preset
+from .model import PGN, PGNConfig, PGNOutput
 from .perceptual import PerceptualLoss
+from .presets import list_presets, register_preset
 from .profile import Profile, profile
+from .value_spaces import denormalize, normalize
 
 __all__ = [
     "PGN",

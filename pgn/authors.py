@@ -1,4 +1,4 @@
-"""The authors' parameter names for our backbones, so their checkpoints load by name, never by guess.
+"""The authors' names for our things: backbone parameters, so their checkpoints load by name, never by guess, and heads.
 
 The authors' reference code names its modules differently from ours; their checkpoint files (versions 0, 1 and 2)
 hold exactly ``backbone.state_dict()`` of their modules. This module maps each of our module names to theirs; a
@@ -23,6 +23,16 @@ from __future__ import annotations
 from torch import nn
 
 from .backbones import ResNetBackbone, ResNetConfig, UNetBackbone, UNetConfig
+
+#: The authors' head selection, (``backbone_to_grad_type``, proxy ``type``) as stored in their version-2 checkpoints
+#: and given by their ``--pgn-backbone-to-grad``/``--pgn-proxy-type`` flags → our head kind.
+AUTHORS_HEADS: dict[tuple[str, str], str] = {
+    ("proxy", "sigmoid"): "constrained",
+    ("proxy", "raw"): "proxy",
+    ("direct", "raw"): "direct",
+    ("direct", "sigmoid"): "hybrid",
+    ("proxy", "warped_target"): "warped",
+}
 
 #: Inside one conv unit (:func:`pgn.backbones.blocks.make_conv`): our submodule → theirs.
 CONV_PARTS: dict[str, dict[str, str]] = {

@@ -30,15 +30,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from .authors import authors_names
-from .backbones import BACKBONES, UNetConfig, backbone_config
+from .authors import AUTHORS_HEADS, authors_names
+from .backbones import BACKBONES, UNetConfig, build_backbone
 from .constants import GRAD_SCALE_RESNET, GRAD_SCALE_UNET, LEGACY_UNET_GRAD_SCALE
-from .errors import PGNError
+from .errors import PGNError, first_line
 from .files import as_path, atomic_save, check_plain, read_file
 from .heads import HeadConfig
-from .images import check_value_space
-from .model import PAPER_BACKBONES, PGN, PGNConfig, apply_overrides, nonfinite_tensors, preset_config
+from .model import PGN, PGNConfig, apply_overrides, nonfinite_tensors
+from .presets import paper_backbones, preset_config
 from .state_dicts import match_state_dict, names_fit, tensors_of
+from .value_spaces import check_value_space
 
 #: User-facing notices (legacy values rewritten, NaN weights, …): one line each on stderr unless logging is set up.
 logger = logging.getLogger(__name__)
@@ -147,13 +148,7 @@ def _authors_head(kind: str, params: dict) -> HeadConfig:
     grad_type = params.get("grad_type", "mse")
     if grad_type not in ("mse", "l1", "logcosh"):
         raise PGNError(f"the checkpoint's grad_type {grad_type!r} is not supported (supported: mse, l1, logcosh)")
-    head_kind = {
-        ("proxy", "sigmoid"): "constrained",
-        ("proxy", "raw"): "proxy",
-        ("direct", "raw"): "direct",
-        ("direct", "sigmoid"): "hybrid",
-        ("proxy", "warped_target"): "warped",
-    }.get((kind, proxy_type))
+    head_kind = AUTHORS_HEADS.get((kind, proxy_type))
     if head_kind is None:
         raise PGNError(f"unsupported head in checkpoint: backbone_to_grad_type={kind!r} with proxy type {proxy_type!r}")
     kw: dict[str, Any] = {"kind": head_kind, "grad_type": grad_type}
@@ -192,7 +187,7 @@ def _backbone_keys(kind: str, params: dict) -> tuple[list[str], dict[str, str]] 
     """State-dict keys (ours, and ours → the authors') of backbone ``kind`` built with ``params``; None if invalid."""
     try:
         with torch.device("meta"):  # names only: no memory, no initialization
-            backbone = BACKBONES[kind][0](backbone_config(kind, params))
+            backbone = build_backbone(kind, params)
     except (PGNError, TypeError, ValueError):
         return None
     return list(backbone.state_dict()), authors_names(backbone)
@@ -224,7 +219,7 @@ def _infer_backbone(file_params: dict, state: dict, preset: str | None, override
         base = preset_config(preset)
         candidates.append((base.backbone, dict(base.backbone_params, **applicable(base.backbone))))
     candidates += [(kind, applicable(kind)) for kind in BACKBONES]
-    candidates += [(kind, params) for kind, params, _ in PAPER_BACKBONES.values()]
+    candidates += paper_backbones()
     tensors = tensors_of(state)
     blocks = {key.split(".")[1] for key in tensors if _RESIDUAL_BLOCK_WEIGHT.match(key)}
     if blocks:
@@ -263,7 +258,7 @@ def parse_checkpoint(obj: Any, *, preset: str | None = None, backbone_overrides:
             c = PGNConfig.from_dict(obj["config"])
             state = obj["state_dict"]
         except (KeyError, TypeError) as e:
-            raise PGNError(f"broken pgn-toolkit checkpoint: bad or missing config ({e})") from None
+            raise PGNError(f"broken pgn-toolkit checkpoint: bad or missing config ({first_line(e)})") from None
         return ParsedCheckpoint(FORMAT_NAME, c.backbone, c.backbone_params, c.head, state, c.value_space, c.preset)
     version = obj.get("version")
     if version == 2:

@@ -75,16 +75,17 @@ def _main(size: int, json_path: Path | None, presets: bool, checkpoint: Path | N
 
     console = Console()
     if presets:
-        from .model import list_presets, preset_config
+        from .presets import list_presets, preset_config, preset_description
 
         table = Table(title="PGN presets")
-        for col in ("preset", "backbone", "head", "grad_scale (1/α)"):
+        for col in ("preset", "backbone", "head", "grad_scale (1/α)", "description"):
             table.add_column(col)
         rows = []
         for name in list_presets():
-            cfg = preset_config(name)
-            rows.append({"preset": name, "backbone": cfg.backbone, "head": cfg.head.kind, "grad_scale": cfg.head.grad_scale})
-            table.add_row(name, cfg.backbone, cfg.head.kind, f"{cfg.head.grad_scale:g}")
+            cfg, description = preset_config(name), preset_description(name)
+            rows.append({"preset": name, "backbone": cfg.backbone, "head": cfg.head.kind, "grad_scale": cfg.head.grad_scale,
+                         "description": description})
+            table.add_row(name, cfg.backbone, cfg.head.kind, f"{cfg.head.grad_scale:g}", description)
         console.print(table)
         write_json(rows, json_path)
         return

@@ -15,7 +15,6 @@ Click's own usage errors (an unknown option, a value of the wrong type) keep cli
 
 from __future__ import annotations
 
-import errno
 import json
 import math
 import os
@@ -28,6 +27,7 @@ from typing import Any, Callable, Mapping
 import click
 
 from .errors import PGNError, describe_os_error, os_error_in  # noqa: F401 (re-exported for the CLIs)
+from .files import atomic_write
 
 #: Exit status of a command interrupted by SIGINT (Ctrl-C) or SIGTERM, as a shell reports it.
 EXIT_INTERRUPTED = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -198,32 +198,17 @@ def _on_sigterm_raise():
 
 
 def write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically (temporary file beside it, then rename); parents are created.
+    """Write ``text`` to ``path`` atomically (:func:`pgn.files.atomic_write`); parents are created.
 
     A failure leaves ``path`` as it was and raises the :class:`OSError` with ``path`` as its file name.
     """
     path = Path(path)
-    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "w") as f:
+        with atomic_write(path, "w") as f:
             f.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException as e:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(e, OSError):
-            raise OSError(e.errno, e.strerror, str(path)) from e
-        raise
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(path)) from e
     return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def write_json(obj: Any, path: str | Path | None, *, indent: int = 2) -> Path | None:

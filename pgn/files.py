@@ -7,6 +7,7 @@ a device this machine lacks, a read-only folder or a full disk each gets its own
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -15,11 +16,11 @@ import re
 import tempfile
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Iterator
 
 import torch
 
-from .errors import PGNError, describe_os_error
+from .errors import PGNError, describe_os_error, first_line
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -100,8 +101,37 @@ def _write_error(path: Path, e: OSError) -> str:
     return f"cannot write {describe_os_error(e, path)}"
 
 
+@contextlib.contextmanager
+def atomic_write(path: Path, mode: str = "wb") -> Iterator[IO]:
+    """Open a temporary file beside ``path`` for writing; when the block ends, flush it to disk and rename it to
+    ``path``, so readers never see a partial file.
+
+    Parent folders are created. The temporary file gets the permissions ``open()`` would give (``mkstemp`` makes
+    it 0600). If anything fails, the temporary file is removed, ``path`` is left as it was, and the error is raised.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            os.chmod(tmp, 0o666 & ~_umask())
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file in the target folder, then rename: readers never see a partial file.
+    """``torch.save`` to ``path`` through :func:`atomic_write`: readers never see a partial file.
 
     A failed write (read-only folder, full disk, a file where a folder should be) is a one-line
     :class:`PGNError`; the temporary file is removed and an existing file at ``path`` is left as it was.
@@ -111,23 +141,10 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
         raise PGNError(f"cannot write {path}: it is a folder; give a file name such as {path / 'model.pt'}")
     writer = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise PGNError(_write_error(path, e)) from e
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the permissions open() would
+        with atomic_write(path, "wb") as f:
             writer = _RecordingWriter(f)
             torch.save(obj, writer)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
         failure = writer.error if writer is not None and writer.error is not None else e
         if isinstance(failure, OSError):
             raise PGNError(_write_error(path, failure)) from failure
@@ -182,8 +199,7 @@ def _unreadable(path: Path, e: BaseException) -> str:
         return f"{path} holds GPU tensors but CUDA is not available on this machine: load it with map_location='cpu'"
     if isinstance(e, PermissionError):
         return f"cannot read {path}: permission denied"
-    first = text.strip().splitlines()[0] if text.strip() else e.__class__.__name__
-    return f"{path} is not a readable checkpoint (truncated or corrupted? {first[:160]})"
+    return f"{path} is not a readable checkpoint (truncated or corrupted? {first_line(e, limit=160)})"
 
 
 def read_file(path: str | Path, map_location: str | torch.device = "cpu") -> Any:

@@ -1,4 +1,4 @@
-"""Heads: backbone output ``B`` → proxy target ``P`` → gradient ``g``, in closed form (paper §3, spec §4).
+"""Heads: backbone output ``B`` → proxy target ``P`` → gradient ``g``, in closed form (paper §3).
 
 Every head builds a proxy target ``P`` in ImageNet-normalized space; the gradient is then the gradient of a
 scaled per-sample loss towards the detached proxy, written out in closed form (no autograd inside forward, so
@@ -16,7 +16,7 @@ hybrid     Eq. 8-9                        β·normalize(sigmoid(ŷ − B/512))  
 warped     authors' experimental head     grid_sample(y, identity + tanh(B)·3/112) [+ additive]      2 or 5
 ========== ============================== ======================================================== ===========
 
-Paper versus code (spec §13.7): Eq. 2 reads ``g = α·B`` with α = 1/512, while the authors' code also multiplies
+Paper versus the authors' code: Eq. 2 reads ``g = α·B`` with α = 1/512, while the authors' code also multiplies
 by ``2/(C·H·W)/grad_scale``. We follow the code, since checkpoints trained with the direct head need it.
 """
 

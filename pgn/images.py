@@ -1,79 +1,25 @@
-"""Value spaces and the images the toolkit can read without a dataset.
+"""Images as tensors: reading files, the photographs bundled with scikit-image and scikit-learn, resizing and
+cropping them, and saving rows of images as one PNG grid.
 
-Two value spaces exist:
-
-* ``"unit"``: RGB in [0, 1], NCHW float. The public API's default.
-* ``"imagenet"``: ``(x - mean) / std`` with torchvision's ImageNet statistics. The authors' PGNs and VGG
-  teacher work here; use it to reproduce their numbers exactly.
-
-Gradients are always returned with respect to the tensor the caller passed, in the caller's value space.
+Every image here is a float tensor, RGB in [0, 1] (the ``unit`` value space of :mod:`pgn.value_spaces`).
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 
-from .constants import IMAGENET_MEAN, IMAGENET_STD
 from .errors import PGNError
-from .inputs import check_images, nearest_valid_size  # noqa: F401  (the input contract lives in pgn.inputs)
 
-VALUE_SPACES = ("unit", "imagenet")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
 
 
-def check_value_space(value_space: str) -> str:
-    """Return ``value_space`` if it is a known value space, else raise a :class:`PGNError`."""
-    if value_space not in VALUE_SPACES:
-        raise PGNError(f"unknown value_space {value_space!r}: use one of {', '.join(VALUE_SPACES)}")
-    return value_space
-
-
-def _stats(like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return _channel_constant(IMAGENET_MEAN, like), _channel_constant(IMAGENET_STD, like)
-
-
-def _channel_constant(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
-    """A (1, 3, 1, 1) tensor of ``values`` made on ``like``'s device: a host-to-device copy would wait for the GPU."""
-    return torch.cat([torch.full((1, 1, 1, 1), v, dtype=like.dtype, device=like.device) for v in values], dim=1)
-
-
-def normalize(x: torch.Tensor) -> torch.Tensor:
-    """Map (N, 3, H, W) RGB in [0, 1] to ImageNet-normalized space."""
-    mean, std = _stats(x)
-    return (x - mean) / std
-
-
-def denormalize(x: torch.Tensor) -> torch.Tensor:
-    """Map ImageNet-normalized (N, 3, H, W) tensors back to RGB [0, 1] (not clamped)."""
-    mean, std = _stats(x)
-    return x * std + mean
-
-
-def to_imagenet(x: torch.Tensor, value_space: str) -> torch.Tensor:
-    """Bring ``x`` from ``value_space`` into ImageNet-normalized space (differentiably)."""
-    return normalize(x) if value_space == "unit" else x
-
-
-def from_imagenet(x: torch.Tensor, value_space: str) -> torch.Tensor:
-    """Bring an ImageNet-normalized image ``x`` back into ``value_space``."""
-    return denormalize(x) if value_space == "unit" else x
-
-
-def gradient_from_imagenet(g: torch.Tensor, value_space: str) -> torch.Tensor:
-    """Chain rule for a gradient taken w.r.t. the normalized image: w.r.t. a [0, 1] image it is ``g / std``."""
-    if value_space == "imagenet":
-        return g
-    _, std = _stats(g)
-    return g / std
-
-
-# --------------------------------------------------------------------------------------------------------
-# Reading images
+def _unit_tensor(array: np.ndarray) -> torch.Tensor:
+    """An (H, W, 3) uint8 array as a (3, H, W) float tensor in [0, 1] (copied: the source may be read-only)."""
+    return torch.from_numpy(np.array(array, dtype=np.uint8, copy=True)).permute(2, 0, 1).float() / 255.0
 
 
 def read_image(path: str | Path) -> torch.Tensor:
@@ -88,7 +34,7 @@ def read_image(path: str | Path) -> torch.Tensor:
         raise PGNError(f"image not found: {path}") from None
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise PGNError(f"cannot read image {path}: {e.__class__.__name__}; is it a valid image file?") from None
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255.0
+    return _unit_tensor(arr)
 
 
 def list_images(folder: str | Path, recursive: bool = True) -> list[Path]:
@@ -134,14 +80,14 @@ def sample_images() -> dict[str, torch.Tensor]:
         pass
     if not arrays:
         raise PGNError("no bundled sample images: pip install scikit-image scikit-learn")
-    return {k: torch.from_numpy(np.array(v, dtype=np.uint8, copy=True)).permute(2, 0, 1).float() / 255.0 for k, v in arrays.items()}
+    return {k: _unit_tensor(v) for k, v in arrays.items()}
 
 
 def face_image() -> torch.Tensor:
     """The bundled portrait (scikit-image's astronaut, a face photograph), (3, 512, 512) in [0, 1]."""
     import skimage.data as skd
 
-    return torch.from_numpy(np.array(skd.astronaut(), dtype=np.uint8, copy=True)).permute(2, 0, 1).float() / 255.0
+    return _unit_tensor(skd.astronaut())
 
 
 def resize_min_side(img: torch.Tensor, size: int) -> torch.Tensor:
@@ -186,8 +132,3 @@ def save_image_grid(rows: Sequence[torch.Tensor], path: str | Path, pad: int = 2
     Image.fromarray(arr).save(path)
     return path
 
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Peak signal-to-noise ratio in dB between two [0, 1] images or batches."""
-    mse = float(((a - b) ** 2).mean())
-    return float("inf") if mse == 0 else 10.0 * math.log10(1.0 / mse)

@@ -18,10 +18,10 @@ import torch
 from torch import nn
 
 from .errors import PGNError
-from .images import to_imagenet
 from .inputs import compute_dtype
 from .model import PGN
-from .perceptual import REDUCTIONS, _reduce
+from .perceptual import apply_reduction, check_reduction
+from .value_spaces import to_imagenet
 
 
 class _InjectGradient(torch.autograd.Function):
@@ -58,11 +58,9 @@ class PGNLoss(nn.Module):
         super().__init__()
         if not isinstance(model, PGN):
             raise PGNError(f"PGNLoss needs a pgn.PGN model, got {type(model).__name__}")
-        if reduction not in REDUCTIONS:
-            raise PGNError(f"unknown reduction {reduction!r}: use one of {', '.join(REDUCTIONS)}")
         self.model = model
         self.mse_weight = float(mse_weight)
-        self.reduction = reduction
+        self.reduction = check_reduction(reduction)
 
     @property
     def value_space(self) -> str:
@@ -85,7 +83,7 @@ class PGNLoss(nn.Module):
 
     def forward(self, y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The loss, reduced as ``reduction`` says."""
-        return _reduce(self.per_sample(y_hat, y), self.reduction)
+        return apply_reduction(self.per_sample(y_hat, y), self.reduction)
 
     def extra_repr(self) -> str:
         return f"mse_weight={self.mse_weight}, reduction={self.reduction!r}"

@@ -1,4 +1,4 @@
-"""The PGN model (backbone + gradient head), its config, and the named presets.
+"""The PGN model (backbone + gradient head) and its config.
 
 Example::
 
@@ -6,24 +6,23 @@ Example::
     model = pgn.build("resnet4")        # paper preset, constrained-proxy head, random init
     g = model(y_hat, y)                 # gradient of the VGG-19 perceptual loss at y_hat (approximated)
     p = model.proxy(y_hat, y)           # the proxy target P
+
+Named configurations are in :mod:`pgn.presets`; :func:`pgn.build` makes a model from one (:mod:`pgn.factory`).
 """
 
 from __future__ import annotations
 
-import fnmatch
 from dataclasses import dataclass, field, fields, replace
-from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
-from .backbones import BACKBONES, backbone_config, config_to_dict
-from .constants import GRAD_SCALE_RESNET, GRAD_SCALE_UNET
+from .backbones import BACKBONES, backbone_config, build_backbone, config_to_dict
 from .errors import PGNError
-from .heads import HEAD_KINDS, GradientHead, HeadConfig
-from .images import check_value_space, from_imagenet, gradient_from_imagenet, to_imagenet
+from .heads import GradientHead, HeadConfig
 from .inputs import check_images, compute_dtype
+from .value_spaces import check_value_space, from_imagenet, gradient_from_imagenet, to_imagenet
 
 
 @dataclass(frozen=True)
@@ -98,7 +97,7 @@ class PGN(nn.Module):
         backbone_params = dict(config.backbone_params, out_channels=config.head.out_channels)
         config = replace(config, backbone_params=backbone_params)
         self.config = config
-        self.backbone = BACKBONES[config.backbone][0](backbone_config(config.backbone, backbone_params))
+        self.backbone = build_backbone(config.backbone, backbone_params)
         self.head = GradientHead(config.head)
 
     @property
@@ -162,64 +161,6 @@ def nonfinite_tensors(module: nn.Module) -> list[str]:
         return [name for (name, t), total in zip(named, sums) if not bool(torch.isfinite(total)) and not bool(torch.isfinite(t).all())]
 
 
-# --------------------------------------------------------------------------------------------------------
-# Presets: a registry of named configs (torchvision/timm style, duplicates raise)
-
-_PRESETS: dict[str, Callable[[], PGNConfig]] = {}
-
-
-def register_preset(name: str) -> Callable[[Callable[[], PGNConfig]], Callable[[], PGNConfig]]:
-    """Decorator registering a function that returns the :class:`PGNConfig` of preset ``name``."""
-
-    def deco(fn: Callable[[], PGNConfig]) -> Callable[[], PGNConfig]:
-        if name in _PRESETS:
-            raise ValueError(f"preset {name!r} is already registered")
-        _PRESETS[name] = fn
-        return fn
-
-    return deco
-
-
-def list_presets(pattern: str = "*") -> list[str]:
-    """Names of the registered presets matching a shell-style ``pattern`` (e.g. ``"resnet*"``), sorted."""
-    return sorted(n for n in _PRESETS if fnmatch.fnmatch(n, pattern))
-
-
-def preset_config(name: str) -> PGNConfig:
-    """The config of preset ``name``; a clear error with close matches if it does not exist."""
-    if name not in _PRESETS:
-        import difflib
-
-        close = difflib.get_close_matches(name, list(_PRESETS), n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise PGNError(f"unknown preset {name!r}.{hint} Available: {', '.join(list_presets())}")
-    return _PRESETS[name]()
-
-
-#: The paper's four backbones: backbone type, parameters, and the released grad_scale.
-PAPER_BACKBONES: dict[str, tuple[str, dict[str, Any], float]] = {
-    "resnet4": ("resnet", {"num_blocks": 4}, GRAD_SCALE_RESNET),
-    "resnet6": ("resnet", {"num_blocks": 6}, GRAD_SCALE_RESNET),
-    "resnet8": ("resnet", {"num_blocks": 8}, GRAD_SCALE_RESNET),
-    "unet": ("unet", {}, GRAD_SCALE_UNET),
-}
-
-
-def _register_paper_presets() -> None:
-    # "resnet4" = constrained proxy (the paper's default); "resnet4-direct", "-proxy", "-hybrid", "-warped".
-    for base, (kind, params, grad_scale) in PAPER_BACKBONES.items():
-        for head in HEAD_KINDS:
-            name = base if head == "constrained" else f"{base}-{head}"
-
-            def make(kind=kind, params=params, head=head, grad_scale=grad_scale, name=name) -> PGNConfig:
-                return PGNConfig(kind, dict(params), HeadConfig(kind=head, grad_scale=grad_scale), preset=name)
-
-            register_preset(name)(make)
-
-
-_register_paper_presets()
-
-
 def apply_overrides(config: PGNConfig, **overrides: Any) -> PGNConfig:
     """Return ``config`` with keyword overrides applied.
 
@@ -248,27 +189,3 @@ def apply_overrides(config: PGNConfig, **overrides: Any) -> PGNConfig:
     if backbone_kw:
         config = replace(config, backbone_params=dict(config.backbone_params, **backbone_kw))
     return config
-
-
-def build(name: str, *, weights: str | Path | None = None, **overrides: Any) -> PGN:
-    """Build a PGN preset, optionally loading weights.
-
-    Args:
-        name: a preset from :func:`list_presets`: ``resnet4``, ``resnet6``, ``resnet8``, ``unet`` (constrained
-            proxy head, paper §3) or a head variant such as ``resnet8-direct``, ``resnet8-proxy``,
-            ``resnet8-hybrid``.
-        weights: ``None`` (random init, PyTorch defaults as in the paper), a checkpoint path (ours or the
-            authors'), or ``"paper"`` for the authors' released checkpoint placed in the local cache
-            (see :func:`pgn.checkpoint.paper_checkpoint_path`).
-        **overrides: config changes, e.g. ``grad_scale=0.03``, ``value_space="imagenet"``, ``num_blocks=5``.
-
-    Returns:
-        A :class:`PGN` in eval mode.
-    """
-    config = apply_overrides(preset_config(name), **overrides)
-    if weights is None:
-        return PGN(config).eval()
-    from .checkpoint import load, paper_checkpoint_path
-
-    path = paper_checkpoint_path(name) if weights == "paper" else Path(weights)
-    return load(path, preset=name, **overrides)

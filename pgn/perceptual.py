@@ -1,4 +1,4 @@
-"""The VGG perceptual loss a PGN imitates (the "teacher"), and its true gradient (spec §2).
+"""The VGG perceptual loss a PGN imitates (the "teacher"), and its true gradient.
 
 ``VGG(ŷ, y) = Σ_l mean_{c,h,w} |φ_l(ŷ) − φ_l(y)|`` over the output of every ReLU up to relu5_1 (13 taps for
 VGG-19, 7 for VGG-11), with every MaxPool replaced by AvgPool(2), one value per sample and no batch mean.
@@ -25,8 +25,8 @@ from torch import nn
 
 from .errors import PGNError
 from .files import read_file
-from .images import check_value_space, to_imagenet
 from .inputs import check_images, compute_dtype
+from .value_spaces import check_value_space, to_imagenet
 
 #: VGG feature configs up to and including relu5_1 ("M" marks a pooling layer), as in torchvision.
 VGG_CONFIGS: dict[str, list[int | str]] = {
@@ -227,11 +227,9 @@ class PerceptualLoss(nn.Module):
         super().__init__()
         if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
             raise PGNError(f"seed must be an integer (it seeds weights='random'), got {seed!r}")
-        if reduction not in REDUCTIONS:
-            raise PGNError(f"unknown reduction {reduction!r}: use one of {', '.join(REDUCTIONS)}")
         self.net = net
         self.value_space = check_value_space(value_space)
-        self.reduction = reduction
+        self.reduction = check_reduction(reduction)
         self.features = vgg_features(net)
         self.weights = load_teacher_weights(self.features, net, weights, seed, download)
         self.features.requires_grad_(False).eval()
@@ -304,7 +302,7 @@ class PerceptualLoss(nn.Module):
 
     def forward(self, y_hat: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """The perceptual loss, reduced over the batch as ``reduction`` says."""
-        return _reduce(self.per_sample(y_hat, y), self.reduction)
+        return apply_reduction(self.per_sample(y_hat, y), self.reduction)
 
     def gradient_and_loss(self, y_hat: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """True gradient ``∂loss_i/∂y_hat_i`` (shape of ``y_hat``, w.r.t. ``y_hat`` as passed) and the (N,) losses.
@@ -349,7 +347,15 @@ def input_gradient(per_sample, y_hat: torch.Tensor, y: torch.Tensor | None, *, f
         scale = max(1.0, scale / 2**4)
 
 
-def _reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
+def check_reduction(reduction: str) -> str:
+    """Return ``reduction`` if it is one of :data:`REDUCTIONS`, else raise a one-line :class:`PGNError`."""
+    if reduction not in REDUCTIONS:
+        raise PGNError(f"unknown reduction {reduction!r}: use one of {', '.join(REDUCTIONS)}")
+    return reduction
+
+
+def apply_reduction(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Per-sample losses (N,) reduced over the batch: ``sum``, ``mean`` or ``none`` (the vector itself)."""
     if reduction == "sum":
         return per_sample.sum()
     if reduction == "mean":
@@ -357,4 +363,5 @@ def _reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
     return per_sample
 
 
-__all__ = ["FP16_LOSS_SCALE", "PerceptualLoss", "TeacherWeights", "VGG_TAPS", "input_gradient", "vgg_features", "imagenet_weights_path"]
+__all__ = ["FP16_LOSS_SCALE", "REDUCTIONS", "PerceptualLoss", "TeacherWeights", "VGG_TAPS", "apply_reduction", "check_reduction",
+           "input_gradient", "vgg_features", "imagenet_weights_path"]

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from .errors import PGNError
-from .images import nearest_valid_size
-from .inputs import check_size
+from .factory import build
+from .inputs import check_size, nearest_valid_size
 from .model import PGN
 from .perceptual import PerceptualLoss, vgg_features
 
@@ -105,8 +105,6 @@ def profile(model: PGN | PerceptualLoss | str, size: int | tuple[int, int] = 224
     if isinstance(model, str):
         if model in ("vgg19", "vgg11"):
             return _profile_vgg(model, vgg_features(model), (h, w))
-        from .model import build
-
         model = build(model)
     if isinstance(model, PerceptualLoss):
         return _profile_vgg(model.net, model.features, (h, w))

@@ -22,6 +22,8 @@ from torch import nn
 
 from pgn.errors import PGNError
 
+from .training import Progress, TrainConfig, train_adam
+
 
 @dataclass(frozen=True)
 class LatentGeneratorConfig:
@@ -119,21 +121,15 @@ class LatentEncoder(nn.Module):
         return self.head(self.body(x).flatten(1)).view(-1, *self.latent_shape)
 
 
-@dataclass(frozen=True)
-class AutoencoderTrainConfig:
-    """Steps, batch size and Adam learning rate of :func:`train_autoencoder`."""
-
-    steps: int = 200
-    batch: int = 8
-    lr: float = 2e-3
-    seed: int = 0
+#: The default training of :func:`train_autoencoder` (``batch``: crops per step).
+AUTOENCODER_TRAINING = TrainConfig(steps=200, batch=8, lr=2e-3, betas=(0.5, 0.99))
 
 
 def train_autoencoder(
     generator: LatentGenerator,
     sample_batch: Callable[[int, torch.Generator], torch.Tensor],
-    config: AutoencoderTrainConfig,
-    progress: Callable[[int, float], None] | None = None,
+    config: TrainConfig = AUTOENCODER_TRAINING,
+    progress: Progress | None = None,
 ) -> list[float]:
     """Train ``generator`` (with a throwaway encoder) to reproduce crops from ``sample_batch``; sets ``w_mean``.
 
@@ -147,18 +143,14 @@ def train_autoencoder(
     torch.manual_seed(config.seed)
     g = torch.Generator().manual_seed(config.seed)
     encoder = LatentEncoder(generator.config)
-    opt = torch.optim.Adam(list(generator.parameters()) + list(encoder.parameters()), lr=config.lr, betas=(0.5, 0.99))
-    losses: list[float] = []
-    generator.train()
-    for step in range(config.steps):
+
+    def step_loss() -> torch.Tensor:
         x = sample_batch(config.batch, g)
-        loss = (generator(encoder(x)) - x).abs().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-        if progress is not None:
-            progress(step, losses[-1])
+        return (generator(encoder(x)) - x).abs().mean()
+
+    generator.train()
+    params = [*generator.parameters(), *encoder.parameters()]
+    losses = train_adam(params, config, step_loss, progress)
     with torch.no_grad():
         x = sample_batch(max(32, config.batch), g)
         generator.w_mean.copy_(encoder(x).mean(dim=0))

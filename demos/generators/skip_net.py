@@ -1,10 +1,11 @@
-"""The Deep Image Prior "skip" encoder-decoder, as configured for DIP's JPEG-artifact-removal example (spec §10.1).
+"""The Deep Image Prior "skip" encoder-decoder that the authors fitted in their DIP validation (paper Tables 2, 5).
 
-Default configuration: 5 scales, down and up widths (8, 16, 32, 64, 128), skip widths (0, 0, 0, 4, 4), 3×3
-convolutions with reflection padding, 1×1 skip convolutions, bias everywhere, BatchNorm + LeakyReLU(0.2),
-stride-2 convolutions for downsampling, bilinear ×2 upsampling with ``align_corners=True``, an extra 1×1 conv
-after each up conv and a final 1×1 conv to 3 channels: 572,827 parameters. As in the authors' code the output
-sigmoid is off by default (``need_sigmoid=True`` adds it, as the original DIP example does).
+It is configured as in DIP's JPEG-artifact-removal example: 5 scales, down and up widths (8, 16, 32, 64, 128),
+skip widths (0, 0, 0, 4, 4), 3×3 convolutions with reflection padding, 1×1 skip convolutions, bias everywhere,
+BatchNorm + LeakyReLU(0.2), stride-2 convolutions for downsampling, bilinear ×2 upsampling with
+``align_corners=True``, an extra 1×1 conv after each up conv and a final 1×1 conv to 3 channels: 572,827
+parameters. As in the authors' code the output sigmoid is off by default (``need_sigmoid=True`` adds it, as the
+original DIP example does).
 
 Per scale ``i`` (input width ``c_in`` = input channels at ``i = 0``, else ``down[i-1]``)::
 
@@ -25,7 +26,7 @@ from pgn.errors import PGNError
 
 @dataclass(frozen=True)
 class SkipNetConfig:
-    """Widths and options of the DIP skip network; the defaults are the paper's (spec §10.1)."""
+    """Widths and options of the DIP skip network; the defaults are those of the paper's DIP experiments."""
 
     in_channels: int = 3
     out_channels: int = 3

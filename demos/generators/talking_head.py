@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .training import Progress, TrainConfig, train_adam
+
 
 @dataclass(frozen=True)
 class TalkingHeadConfig:
@@ -148,22 +150,16 @@ def personalize(generator: PoseGenerator, embedder: Embedder, frames: torch.Tens
     return PersonalizedGenerator(copy.deepcopy(generator), code)
 
 
-@dataclass(frozen=True)
-class MetaTrainConfig:
-    """Meta-training on several identities: ``steps`` episodes of K reference + K target frames, Adam, L1 loss."""
-
-    steps: int = 300
-    frames_per_episode: int = 4
-    lr: float = 1e-3
-    seed: int = 0
+#: The default meta-training: ``steps`` episodes of K = ``batch`` reference + K target frames of one identity.
+META_TRAINING = TrainConfig(steps=300, batch=4, lr=1e-3)
 
 
 def meta_train(
     generator: PoseGenerator,
     embedder: Embedder,
     sample_episode: Callable[[int, torch.Generator], tuple[torch.Tensor, torch.Tensor]],
-    config: MetaTrainConfig,
-    progress: Callable[[int, float], None] | None = None,
+    config: TrainConfig = META_TRAINING,
+    progress: Progress | None = None,
 ) -> list[float]:
     """Meta-train ``generator`` and ``embedder`` in place; returns the loss of every episode.
 
@@ -173,23 +169,17 @@ def meta_train(
         progress: called as ``progress(step, loss)`` after every episode.
     """
     g = torch.Generator().manual_seed(config.seed)
-    params = list(generator.parameters()) + list(embedder.parameters())
-    opt = torch.optim.Adam(params, lr=config.lr, betas=(0.5, 0.999))
-    k = config.frames_per_episode
-    losses = []
-    generator.train()
-    embedder.train()
-    for step in range(config.steps):
+    k = config.batch
+
+    def step_loss() -> torch.Tensor:
         frames, poses = sample_episode(2 * k, g)
         code = embedder(frames[:k], poses[:k]).mean(dim=0, keepdim=True)
-        out = generator(poses[k:], code)
-        loss = (out - frames[k:]).abs().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-        if progress is not None:
-            progress(step, losses[-1])
+        return (generator(poses[k:], code) - frames[k:]).abs().mean()
+
+    generator.train()
+    embedder.train()
+    params = [*generator.parameters(), *embedder.parameters()]
+    losses = train_adam(params, config, step_loss, progress)
     generator.eval()
     embedder.eval()
     return losses

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from torch import nn
 
-from pgn.errors import PGNError
+from pgn.errors import PGNError, first_line
 
 
 def _import_file(path: Path):
@@ -28,7 +28,7 @@ def _import_file(path: Path):
         spec.loader.exec_module(module)
     except Exception as e:
         sys.modules.pop(name, None)
-        raise PGNError(f"importing {path} failed: {e.__class__.__name__}: {e}") from None
+        raise PGNError(f"importing {path} failed: {e.__class__.__name__}: {first_line(e)}") from None
     return module
 
 
@@ -53,9 +53,9 @@ def load_module(spec: str) -> nn.Module:
         try:
             module = importlib.import_module(where)
         except ImportError as e:
-            raise PGNError(f"--generator: cannot import module {where!r} ({e}); is it on PYTHONPATH?") from None
+            raise PGNError(f"--generator: cannot import module {where!r} ({first_line(e)}); is it on PYTHONPATH?") from None
         except Exception as e:
-            raise PGNError(f"--generator: importing {where!r} failed: {e.__class__.__name__}: {e}") from None
+            raise PGNError(f"--generator: importing {where!r} failed: {e.__class__.__name__}: {first_line(e)}") from None
     if not hasattr(module, attr):
         candidates = sorted(k for k, v in vars(module).items() if isinstance(v, nn.Module) or (isinstance(v, type) and issubclass(v, nn.Module)))
         hint = f"; modules there: {', '.join(candidates)}" if candidates else ""
@@ -67,7 +67,7 @@ def load_module(spec: str) -> nn.Module:
         try:
             obj = obj()
         except Exception as e:
-            raise PGNError(f"--generator: calling {spec}() failed: {e.__class__.__name__}: {e}") from None
+            raise PGNError(f"--generator: calling {spec}() failed: {e.__class__.__name__}: {first_line(e)}") from None
         if not isinstance(obj, nn.Module):
             raise PGNError(f"--generator: {spec}() returned a {type(obj).__name__}, not an nn.Module")
     return obj.eval()

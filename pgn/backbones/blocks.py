@@ -1,4 +1,4 @@
-"""Building blocks shared by the UNet backbone and the surrogate autoencoders (spec §3.2).
+"""Building blocks shared by the UNet backbone and the surrogate autoencoders.
 
 All layers keep PyTorch's default initialization, as the authors' code does.
 """
@@ -63,7 +63,8 @@ def make_conv(conv_type: str, cin: int, cout: int, kernel_size: int = 3, padding
 
 
 def _shortcut(cin: int, cout: int, stride: int) -> nn.Module:
-    # Identity where shapes allow, else a bias-free 1x1 conv with no normalization (spec §3.2 step 7).
+    # Identity where shapes allow, else a bias-free 1x1 conv with no normalization, as in the authors' blocks
+    # (their checkpoints hold exactly these tensors).
     if stride == 1 and cin == cout:
         return nn.Identity()
     return nn.Conv2d(cin, cout, 1, stride=stride, bias=False)

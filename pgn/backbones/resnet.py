@@ -1,4 +1,4 @@
-"""ResNet-N PGN backbone (spec §3.1; paper Table 1): a CycleGAN-style generator on a 6-channel input."""
+"""ResNet-N PGN backbone (paper Table 1): a CycleGAN-style generator on a 6-channel input."""
 
 from __future__ import annotations
 

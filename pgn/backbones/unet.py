@@ -1,4 +1,4 @@
-"""UNet PGN backbone with Double BlazeBlocks and separable convs (spec §3.3; paper Fig. 7b)."""
+"""UNet PGN backbone with Double BlazeBlocks and separable convs (paper Fig. 7b)."""
 
 from __future__ import annotations
 

@@ -6,6 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from benchmarks.cli import main
+from benchmarks.runtimes import resolve_runtime, runtime_unavailable
 
 pytestmark = pytest.mark.gpu
 TINY = ["--device", "cuda", "--size", "32", "--repeats", "3", "--warmup", "2", "--quiet"]
@@ -25,11 +26,12 @@ def test_cuda_bench_measures_torch_rows_and_says_why_for_the_rest(tmp_path):
     assert fp16["status"] == "ok" and fp16["accuracy"]["grad_cosine_min"] > 0.99 and "loss_scale" in fp16["runtime_info"]
     for runtime in ("onnxruntime", "tensorrt"):
         row = rows[("resnet4", runtime)]
-        assert row["status"] in ("ok", "unavailable"), row
-        if row["status"] == "ok":
+        missing = runtime_unavailable(resolve_runtime(runtime), "cuda")  # probed: the runtime starts here, or why not
+        if missing is None:
+            assert row["status"] == "ok", row["reason"]
             assert row["accuracy"]["grad_cosine_min"] > 0.999
         else:
-            assert row["reason"]
+            assert (row["status"], row["reason"]) == ("unavailable", missing)
     ort = rows[("resnet4", "onnxruntime")]
     if ort["status"] == "ok":
         assert ort["runtime_info"]["provider_options"]["CUDAExecutionProvider"]["use_tf32"] == "0"

@@ -33,6 +33,12 @@ def test_loader_message_is_the_libraries_own_reason():
     assert probe_mod.loader_message("all fine\n") is None
 
 
+def test_a_runtime_error_is_quoted_by_its_first_line_without_colours():
+    error = RuntimeError("\x1b[1;31m[ONNXRuntimeError] : 1 : FAIL : no CUDA\x1b[m\n  stack frame 1\n  stack frame 2")
+    assert probe_mod._quote(error) == "[ONNXRuntimeError] : 1 : FAIL : no CUDA"
+    assert probe_mod._quote(RuntimeError("")) == "no details"
+
+
 def test_cpu_provider_starts():
     assert probe_mod.probe("onnxruntime", "CPUExecutionProvider") is None
 

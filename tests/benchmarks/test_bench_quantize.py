@@ -2,29 +2,18 @@
 
 import pytest
 import torch
+from proxy_runtimes import export_onnx
 
 from benchmarks.models import build_pgn, make_inputs
-from benchmarks.quantize import cpu_int8_features, quantize_int8
+from benchmarks.quantize import quantize_int8
 from benchmarks.runners import compare_outputs
 
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
 
-class _ProxyAndGrad(torch.nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, y_hat, y):
-        out = self.model.outputs(y_hat, y)
-        return out.proxy, out.grad
-
-
 def _export(model, path, batch, size):
-    y_hat, y = make_inputs(batch, size)
-    torch.onnx.export(_ProxyAndGrad(model).eval(), (y_hat, y), str(path), input_names=["y_hat", "y"], output_names=["proxy", "grad"],
-                      dynamo=False, opset_version=17)
+    export_onnx(model, path, (batch, 3, *size), opset_version=17)
     m = onnx.load(str(path))
     m.metadata_props.add(key="pgn.preset", value="resnet4")
     onnx.save(m, str(path))
@@ -51,6 +40,3 @@ def test_int8_model_runs_and_tracks_fp32(tmp_path):
     assert acc["grad_cosine_min"] > 0.99
     assert acc["grad_rel_error_max"] > 0  # it really is quantized
 
-
-def test_cpu_int8_features_are_known_flags():
-    assert set(cpu_int8_features()) <= {"avx512_vnni", "avx_vnni", "amx_int8"}

@@ -75,3 +75,22 @@ def test_an_fp32_artifact_that_disagrees_with_pytorch_fails_its_row():
     # reduced precision and PyTorch rows report their cosine in the table instead
     assert _broken_artifact_reason(RUNTIMES["onnxruntime-int8"], bad) is None
     assert _broken_artifact_reason(RUNTIMES["torch-bf16"], bad) is None
+
+
+@pytest.mark.parametrize("error, reason", [(RuntimeError("first line\nthe rest of a long message"), "RuntimeError: first line"),
+                                           (MemoryError(), "MemoryError")])
+def test_a_failing_worker_reports_one_line(tmp_path, monkeypatch, error, reason):
+    import json
+
+    from benchmarks import worker
+
+    def fail(task):
+        raise error
+
+    monkeypatch.setattr(worker, "measure", fail)
+    task = worker.Task(mode="measure", model="resnet4", runtime="torch", device="cpu", size=(32, 32), batch=1, inputs="-")
+    (tmp_path / "task.json").write_text(json.dumps(task.to_dict()))
+    assert worker.main([str(tmp_path / "task.json"), str(tmp_path / "result.json")]) == 0
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["status"] == "failed" and result["reason"] == reason
+    assert str(error) in result["traceback"]  # the whole message is kept there

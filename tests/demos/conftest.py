@@ -1,13 +1,13 @@
-"""Fixtures for the demo tests: a tiny generator, a PGN, and an ONNX Runtime proxy runtime made in-test."""
+"""Fixtures for the demo tests: a tiny generator, an ONNX Runtime proxy runtime made in-test, a user generator file."""
 
 from __future__ import annotations
 
-import numpy as np
+import textwrap
+
 import pytest
 import torch
+from proxy_runtimes import OrtProxyRuntime
 from torch import nn
-
-import pgn
 
 
 class TinyGenerator(nn.Module):
@@ -33,36 +33,6 @@ def fit_inputs():
     return torch.rand(2, 4, 16, 16, generator=g).double(), torch.rand(2, 3, 16, 16, generator=g).double()
 
 
-class _ProxyAndGrad(nn.Module):
-    def __init__(self, model: pgn.PGN):
-        super().__init__()
-        self.model = model
-
-    def forward(self, y_hat, y):
-        out = self.model.outputs(y_hat, y)
-        return out.proxy, out.grad
-
-
-class OrtProxyRuntime:
-    """The export contract's runtime (``run(y_hat, y) -> {"proxy", "grad"}``) over a real ONNX Runtime session.
-
-    Built here with torch.onnx.export so the on-device loss is tested against a genuine runtime even where the
-    export package is not installed.
-    """
-
-    def __init__(self, model: pgn.PGN, shape, path):
-        import onnxruntime as ort
-
-        wrapper = _ProxyAndGrad(model).eval()
-        example = (torch.rand(*shape), torch.rand(*shape))
-        torch.onnx.export(wrapper, example, str(path), input_names=["y_hat", "y"], output_names=["proxy", "grad"], dynamo=False)
-        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-
-    def run(self, y_hat: np.ndarray, y: np.ndarray) -> dict:
-        proxy, grad = self.session.run(None, {"y_hat": y_hat, "y": y})
-        return {"proxy": proxy, "grad": grad}
-
-
 @pytest.fixture
 def ort_runtime_factory(tmp_path):
     pytest.importorskip("onnxruntime")
@@ -74,3 +44,36 @@ def ort_runtime_factory(tmp_path):
             return OrtProxyRuntime(model, shape, tmp_path / "pgn.onnx")
 
     return make
+
+
+USER_GENERATOR = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+
+    class Gen(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.lin = nn.Linear(8, 3 * 32 * 32)
+
+        def forward(self, w):
+            return torch.tanh(self.lin(w.flatten(1))).view(-1, 3, 32, 32)
+
+    generator = Gen()
+
+    def build():
+        return Gen()
+
+    not_a_module = 42
+    """
+)
+
+
+@pytest.fixture
+def user_generator_file(tmp_path):
+    """A user's generator file (``my_gen.py``): ``Gen`` maps 8 latent values to a 32×32 image in [-1, 1]; also
+    ``generator`` (an instance), ``build`` (a factory) and ``not_a_module``."""
+    path = tmp_path / "my_gen.py"
+    path.write_text(USER_GENERATOR)
+    return path

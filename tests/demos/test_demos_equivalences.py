@@ -10,6 +10,7 @@ import copy
 
 import pytest
 import torch
+from proxy_runtimes import TorchProxyRuntime
 
 import pgn
 from demos.losses import PGNLossTerm, normalized_mse
@@ -84,18 +85,6 @@ def test_student_split_step_equals_plain_backprop(tiny_generator, fit_inputs):
         opt.step()
     for p, q in zip(student.generator.parameters(), reference.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-12)
-
-
-class TorchProxyRuntime:
-    """The runtime contract served by the PyTorch PGN itself (float32 numpy in and out)."""
-
-    def __init__(self, model):
-        self.model = model
-
-    def run(self, y_hat, y):
-        with torch.no_grad():
-            out = self.model.outputs(torch.from_numpy(y_hat), torch.from_numpy(y))
-        return {"proxy": out.proxy.numpy(), "grad": out.grad.numpy()}
 
 
 def _compare_students(model, runtime, gen, steps=3):

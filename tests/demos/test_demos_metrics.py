@@ -1,4 +1,7 @@
-"""SSIM (spec §10.3), MSE, gradient cosine, LPIPS availability."""
+"""SSIM (window 11, σ = 1.5, zero padding, in [0, 1] space), MSE, gradient cosine, LPIPS availability."""
+
+import sys
+import types
 
 import pytest
 import torch
@@ -52,11 +55,42 @@ def test_gradient_cosine_is_measured_in_normalized_space():
     assert not torch.allclose(expected, unit_space, atol=1e-4)
 
 
-def test_lpips_reports_why_it_is_unavailable():
+def test_lpips_without_the_package_says_so(monkeypatch):
+    monkeypatch.setitem(sys.modules, "lpips", None)  # import lpips raises ImportError
     metric = LPIPSMetric.try_load()
-    if metric.available:
-        x = torch.rand(1, 3, 32, 32)
-        assert float(metric(x, x)[0]) == pytest.approx(0.0, abs=1e-5)
-    else:
-        assert metric.reason and metric(torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8)) is None
-        assert LPIPSMetric.UNAVAILABLE == "n/a (weights unavailable)"
+    assert not metric.available and metric.reason == "lpips package not installed"
+    assert metric(torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8)) is None
+
+
+def _fake_lpips(monkeypatch, hub_dir, model_cls):
+    module = types.ModuleType("lpips")
+    module.LPIPS = model_cls
+    monkeypatch.setitem(sys.modules, "lpips", module)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(hub_dir))
+
+
+def test_lpips_without_cached_backbone_weights_says_where(monkeypatch, tmp_path):
+    _fake_lpips(monkeypatch, tmp_path, lambda **kwargs: pytest.fail("LPIPS was built without its backbone weights"))
+    metric = LPIPSMetric.try_load()
+    assert not metric.available
+    assert metric.reason.startswith("alex backbone weights not cached") and str(tmp_path / "checkpoints") in metric.reason
+
+
+def test_lpips_with_cached_weights_scores_images_in_minus_one_to_one(monkeypatch, tmp_path):
+    from torchvision.models import AlexNet_Weights
+
+    class FakeLPIPS(torch.nn.Module):
+        def __init__(self, net, verbose):
+            super().__init__()
+            assert net == "alex"
+
+        def forward(self, a, b):  # (N, 1, 1, 1) like the real one: here the mean absolute difference
+            return (a - b).abs().mean(dim=(1, 2, 3), keepdim=True)
+
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / AlexNet_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[-1]).write_bytes(b"")
+    _fake_lpips(monkeypatch, tmp_path, FakeLPIPS)
+    metric = LPIPSMetric.try_load()
+    assert metric.available and metric.reason == ""
+    values = metric(torch.zeros(2, 3, 8, 8), torch.ones(2, 3, 8, 8))
+    torch.testing.assert_close(values, torch.full((2,), 2.0))  # [0, 1] images enter LPIPS as [-1, 1]

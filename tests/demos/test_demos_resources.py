@@ -31,15 +31,17 @@ def test_checkpoint_is_loaded_without_warning(tmp_path):
         load_pgn(tmp_path / "missing.pt", None, Warnings())
 
 
-def test_vgg_weights_auto_falls_back_to_random_with_a_warning():
-    from pgn.perceptual import imagenet_weights_path
+def test_vgg_weights_auto_uses_cached_imagenet_weights_else_random_with_a_warning(tmp_path, monkeypatch):
+    import demos.resources
 
+    cached = tmp_path / "vgg19-dcbb9e9d.pth"
+    monkeypatch.setattr(demos.resources, "imagenet_weights_path", lambda net: cached)
     w = Warnings()
-    resolved = resolve_vgg_weights("auto", "vgg19", w)
-    if imagenet_weights_path("vgg19").is_file():
-        assert resolved == "imagenet" and not w.items
-    else:
-        assert resolved == "random" and "RANDOM" in w.items[0]
+    assert resolve_vgg_weights("auto", "vgg19", w) == "random"
+    assert len(w.items) == 1 and "RANDOM" in w.items[0] and str(cached) in w.items[0]
+    cached.write_bytes(b"")
+    w = Warnings()
+    assert resolve_vgg_weights("auto", "vgg19", w) == "imagenet" and not w.items
     teacher = load_teacher("vgg19", "random", Warnings())
     assert not teacher.weights.pretrained
 

