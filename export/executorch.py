@@ -95,7 +95,7 @@ class ExecuTorchTarget(ExportTarget):
     options = ("min_size", "max_size", "max_batch")
     packages = {"executorch": ("executorch",), "torchao": ("torchao",)}
     runs_on = ("Android and iOS apps (ExecuTorch runtime, XNNPACK CPU kernels), embedded Linux; "
-               "Linux, macOS and Windows through the executorch Python package")
+               "Linux and macOS through the executorch Python package")
     verified_by = "ExecuTorch's runtime (executorch.runtime) with the XNNPACK delegate on this machine's CPU"
 
     def check_available(self) -> None:
@@ -181,7 +181,7 @@ def import_executorch() -> SimpleNamespace:
     except ImportError as e:
         raise RuntimeUnavailable(
             f"ExecuTorch is not installed ({first_line(e, 120)}): {INSTALL_HINT} "
-            "(exports and runs .pte programs on Linux, macOS and Windows; apps run them on Android and iOS)"
+            "(exports and runs .pte programs on Linux and macOS; apps run them on Android and iOS)"
         ) from None
     return SimpleNamespace(XnnpackPartitioner=XnnpackPartitioner, to_edge_transform_and_lower=to_edge_transform_and_lower,
                            portable_lib=portable_lib, Runtime=ETRuntime, Verification=Verification)
