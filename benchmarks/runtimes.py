@@ -229,7 +229,8 @@ def _executorch_unavailable() -> str | None:
 
     missing = [name for name in ("executorch", "torchao") if not module_available(name)]
     if missing:
-        return f"{' and '.join(missing)} not installed: {INSTALL_HINT} (ExecuTorch, PyTorch's on-device runtime, with XNNPACK)"
+        verb = "is" if len(missing) == 1 else "are"
+        return f"{' and '.join(missing)} {verb} not installed: {INSTALL_HINT} (ExecuTorch, PyTorch's on-device runtime, with XNNPACK)"
     return None
 
 
