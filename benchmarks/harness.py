@@ -70,7 +70,8 @@ def _fill_measurement(row: Row, result: dict) -> None:
     row.samples_ms = [float(x) for x in result["samples_ms"]]
     row.cpu_samples_ms = [float(x) for x in result.get("cpu_samples_ms", [])]
     if row.cpu_samples_ms and row.device == "cpu":
-        threads = (result.get("threads") or {}).get("torch_num_threads") or 1
+        recorded = result.get("threads") or {}
+        threads = recorded.get("executorch_threadpool") or recorded.get("torch_num_threads") or 1
         row.cpu_utilization = sum(row.cpu_samples_ms) / (sum(row.samples_ms) * threads)
     stats = TimingStats.from_samples(row.samples_ms)
     row.time_ms = stats.to_dict()
@@ -97,7 +98,7 @@ class _Artifacts:
         if key in self.cache:
             return self.cache[key]
         source = None
-        if resolve_runtime(runtime).precision == "int8":  # quantize the fp32 ONNX export, made once
+        if resolve_runtime(runtime).quantizes_onnx:  # quantize the fp32 ONNX export, made once
             fp32 = self.get(model, "onnxruntime", size, inputs)
             if fp32["status"] != "ok":
                 self.cache[key] = {**fp32, "reason": f"no fp32 ONNX model to quantize: {fp32.get('reason')}"}

@@ -137,18 +137,20 @@ def build_teacher(spec: ModelSpec, seed: int) -> pgn.PerceptualLoss:
     return pgn.PerceptualLoss(spec.net, weights="random", seed=seed)
 
 
-def make_inputs(batch: int, size: tuple[int, int], seed: int = 0, photos: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
+def make_inputs(batch: int, size: tuple[int, int], seed: int = 0, photos: tuple[str, ...] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """A (ŷ, y) pair of (batch, 3, H, W) float images in [0, 1].
 
-    ``y`` are the bundled photographs (``pgn.images``; ``photos`` selects a subset of them, sorted by name),
-    center-cropped to ``size`` and repeated as needed; ``ŷ`` is ``y`` blurred and with seeded Gaussian noise,
-    like a generator's imperfect output.
+    ``y`` are the bundled photographs (``pgn.images``; ``photos`` names a subset of them, default all, sorted by
+    name), center-cropped to ``size`` and repeated as needed; ``ŷ`` is ``y`` blurred and with seeded Gaussian
+    noise, like a generator's imperfect output.
     """
     from pgn.images import center_crop, resize_min_side, sample_images
 
     h, w = size
     images = sample_images()
-    keys = sorted(images)[photos]
+    keys = sorted(images) if photos is None else [k for k in photos if k in images]
+    if not keys:
+        raise PGNError(f"none of the bundled photographs {', '.join(photos or ())} is available: install scikit-image and scikit-learn")
     side = max(h, w)
     crops = [center_crop(resize_min_side(images[k], side), side)[:, :h, :w] for k in keys]
     y = torch.stack([crops[i % len(crops)] for i in range(batch)]).contiguous()
@@ -158,31 +160,34 @@ def make_inputs(batch: int, size: tuple[int, int], seed: int = 0, photos: slice 
     return y_hat, y
 
 
-#: Photos (sorted by name) used to calibrate int8 quantization and, disjoint from them, to check accuracy.
-CALIBRATION_PHOTOS = slice(0, None, 2)
-EVALUATION_PHOTOS = slice(1, None, 2)
+#: int8 calibration pairs per run (rounded up to whole batches).
 CALIBRATION_IMAGES = 8
 
 
 def make_input_file(path, batch: int, size: tuple[int, int], seed: int = 0):
     """Write every input a worker needs for ``batch`` × ``size`` into one ``torch.save`` file; return its path.
 
-    Keys: ``y_hat``, ``y`` (the timed pair, all photos), ``eval_y_hat``, ``eval_y`` (accuracy checks, odd
-    photos), ``calib_y_hat``, ``calib_y`` (int8 calibration: (k, batch, 3, H, W), even photos).
-    Made once per run so that every process sees identical inputs without decoding the photos again.
+    Keys: ``y_hat``, ``y`` (the timed pair, all photos), ``eval_y_hat``, ``eval_y`` (accuracy checks, on the
+    export package's parity photographs, :data:`export.verify.PARITY_PHOTOS`), ``calib_y_hat``, ``calib_y`` (int8
+    calibration, (k, batch, 3, H, W): :func:`export.verify.calibration_pairs`, the pairs the ExecuTorch int8 export
+    calibrates on, from photographs disjoint from the parity ones), so every int8 row is calibrated on the same
+    images and checked on others. Made once per run so that every process sees identical inputs without decoding
+    the photos again.
     """
+    from export.verify import PARITY_PHOTOS, calibration_pairs
+
     y_hat, y = make_inputs(batch, size, seed)
-    eval_y_hat, eval_y = make_inputs(batch, size, seed + 1, EVALUATION_PHOTOS)
+    eval_y_hat, eval_y = make_inputs(batch, size, seed + 1, PARITY_PHOTOS)
     n_batches = max(1, -(-CALIBRATION_IMAGES // batch))
-    calib_y_hat, calib_y = make_inputs(n_batches * batch, size, seed + 2, CALIBRATION_PHOTOS)
+    calib_y_hat, calib_y = calibration_pairs(size, n_batches * batch)
     torch.save(
         {
             "y_hat": y_hat,
             "y": y,
             "eval_y_hat": eval_y_hat,
             "eval_y": eval_y,
-            "calib_y_hat": calib_y_hat.view(n_batches, batch, *calib_y_hat.shape[1:]),
-            "calib_y": calib_y.view(n_batches, batch, *calib_y.shape[1:]),
+            "calib_y_hat": calib_y_hat.reshape(n_batches, batch, *calib_y_hat.shape[1:]).contiguous(),
+            "calib_y": calib_y.reshape(n_batches, batch, *calib_y.shape[1:]).contiguous(),
         },
         path,
     )

@@ -2,7 +2,7 @@
 
 The recipe: ONNX Runtime's shape-inference pre-processing, then ``quantize_static`` in QDQ format with
 per-channel int8 weights and uint8 activations, calibrated (min-max) on bundled photographs that are disjoint
-from the ones the accuracy check uses (:data:`benchmarks.models.CALIBRATION_PHOTOS`). Only convolutions are
+from the ones the accuracy check uses (:func:`export.verify.calibration_pairs`). Only convolutions are
 quantized: the closed-form head (sigmoid, normalization, ŷ − P), residual additions and upsampling stay in
 fp32. Quantizing every op is no faster here and loses accuracy: the gradient output itself then passes through
 a uint8 quantizer (on a random-init ResNet-4 at 224², the centered-proxy cosine drops from 0.996 to 0.983, on

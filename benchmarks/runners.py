@@ -5,8 +5,9 @@ Runners live inside a worker process (:mod:`benchmarks.worker`); :mod:`benchmark
 * :class:`TorchPGNRunner`: a PGN forward under ``torch.inference_mode`` (eager, ``torch.compile``, autocast).
 * :class:`TorchTeacherRunner`: a VGG perceptual-loss gradient, ``pgn.PerceptualLoss.gradient``: forward on ŷ
   (and on y unless the target features are cached), backward to the input only, VGG frozen.
-* :class:`ExportedRunner`: an artifact of the ``export`` package (ONNX Runtime, TensorRT, Core ML) through
-  ``export.load_runtime``; the timed call is the runtime's ``prepare``d one (inputs bound once, on the GPU for CUDA).
+* :class:`ExportedRunner`: an artifact of the ``export`` package (ONNX Runtime, ExecuTorch, TensorRT, Core ML)
+  through ``export.load_runtime``; the timed call is the runtime's ``prepare``d one (inputs bound once, on the GPU
+  for CUDA). ExecuTorch has one thread pool per process: the runtime sizes it to ``threads`` when it loads.
 
 Every runner can also :meth:`Runner.run` on other inputs, for the accuracy check against fp32 PyTorch
 (:func:`compare_outputs`).
@@ -175,7 +176,7 @@ class TorchTeacherRunner(_TorchRunner):
 
 
 class ExportedRunner(Runner):
-    """An ``export`` artifact through ``export.load_runtime`` (ONNX Runtime, TensorRT, Core ML)."""
+    """An ``export`` artifact through ``export.load_runtime`` (ONNX Runtime, ExecuTorch, TensorRT, Core ML)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -211,7 +212,18 @@ class ExportedRunner(Runner):
         if self.runtime.precision == "int8" and self.device == "cpu":
             # int8 convolutions beat fp32 only with dot-product instructions: say which of them this CPU has
             out["cpu_int8_dot_product"] = cpu_flags(INT8_DOT_PRODUCT_FLAGS)
+        if self.runtime.family == "executorch":
+            out["program"] = executorch_program_facts(Path(self.artifact))
         return out
+
+
+def executorch_program_facts(artifact: Path) -> dict:
+    """What a ``.pte`` holds (:func:`export.executorch.read_program`): the memory ExecuTorch plans for tensors
+    outside the delegate (allocated when the method loads, so it is in the baseline, not in the peak), the
+    delegated subgraphs, and the operators that run on ExecuTorch's own kernels."""
+    from export.executorch import read_program
+
+    return read_program(artifact.read_bytes())
 
 
 def disable_memory_pattern(rt) -> None:

@@ -11,6 +11,8 @@ onnxruntime        cpu, cuda  fp32      ``export`` ONNX artifact, ONNX Runtime C
 onnxruntime-dw     cpu, cuda  fp32      as onnxruntime, with the UNet's one-output-per-group convs rewritten
                                         exactly as depthwise conv + group sum before export (benchmarks.rewrite)
 onnxruntime-int8   cpu        int8      the ONNX artifact statically quantized (QDQ, per-channel weights)
+executorch         cpu        fp32      ``export`` ExecuTorch program (``.pte``), XNNPACK delegate
+executorch-int8    cpu        int8      the ``export`` target's int8 program (pt2e, int8 convolutions)
 tensorrt           cuda       fp32      ``export`` TensorRT engine
 tensorrt-fp16      cuda       fp16      ``export`` TensorRT engine built with fp16 kernels
 coreml             cpu        fp16      ``export`` Core ML ML program; runs only on macOS
@@ -42,7 +44,7 @@ class RuntimeSpec:
 
     Args:
         name: the ``--runtimes`` name.
-        family: ``torch``, ``onnxruntime``, ``tensorrt`` or ``coreml``.
+        family: ``torch``, ``onnxruntime``, ``executorch``, ``tensorrt`` or ``coreml``.
         devices: the ``--device`` values it runs on.
         precision: arithmetic precision of the timed computation.
         export_target: the ``export`` package target its artifact comes from (None for PyTorch runtimes).
@@ -57,6 +59,11 @@ class RuntimeSpec:
     export_target: str | None
     description: str
     rewrite: bool = False
+
+    @property
+    def quantizes_onnx(self) -> bool:
+        """True when its artifact is the fp32 ONNX export quantized by :mod:`benchmarks.quantize` (ONNX Runtime int8)."""
+        return self.family == "onnxruntime" and self.precision == "int8"
 
     @property
     def runs_teachers(self) -> bool:
@@ -75,6 +82,9 @@ RUNTIMES: dict[str, RuntimeSpec] = {
         RuntimeSpec("onnxruntime-dw", "onnxruntime", ("cpu", "cuda"), "fp32", "onnx",
                     "ONNX Runtime, grouped convs rewritten as depthwise + group sum (exact)", rewrite=True),
         RuntimeSpec("onnxruntime-int8", "onnxruntime", ("cpu",), "int8", "onnx", "ONNX Runtime CPU, static int8 quantization (QDQ)"),
+        RuntimeSpec("executorch", "executorch", ("cpu",), "fp32", "executorch", "ExecuTorch, XNNPACK delegate"),
+        RuntimeSpec("executorch-int8", "executorch", ("cpu",), "int8", "executorch",
+                    "ExecuTorch, XNNPACK delegate, static int8 convolutions (the export target's recipe)"),
         RuntimeSpec("tensorrt", "tensorrt", ("cuda",), "fp32", "tensorrt", "TensorRT engine"),
         RuntimeSpec("tensorrt-fp16", "tensorrt", ("cuda",), "fp16", "tensorrt", "TensorRT engine with fp16 kernels"),
         RuntimeSpec("coreml", "coreml", ("cpu",), "fp16", "coreml", "Core ML ML program (macOS)"),
@@ -83,13 +93,15 @@ RUNTIMES: dict[str, RuntimeSpec] = {
 
 #: What a plain ``pgn-bench --device D`` runs. Runtimes that cannot run here become rows that say why.
 DEFAULT_RUNTIMES: dict[str, tuple[str, ...]] = {
-    "cpu": ("torch", "torch-bf16", "onnxruntime", "onnxruntime-int8", "tensorrt", "coreml"),
+    "cpu": ("torch", "torch-bf16", "onnxruntime", "onnxruntime-int8", "executorch", "executorch-int8", "tensorrt", "coreml"),
     "cuda": ("torch", "torch-compile", "torch-fp16", "onnxruntime", "tensorrt", "tensorrt-fp16"),
 }
 
 _WRONG_DEVICE = {
     "torch-fp16": "float16 autocast is a GPU path; on the CPU use torch-bf16",
     "onnxruntime-int8": "the int8 QDQ model runs on the CPU execution provider; use --device cpu",
+    "executorch": "ExecuTorch runs .pte programs on the CPU here (XNNPACK): use --device cpu",
+    "executorch-int8": "ExecuTorch runs .pte programs on the CPU here (XNNPACK): use --device cpu",
     "tensorrt": "TensorRT needs an NVIDIA GPU: run with --device cuda",
     "tensorrt-fp16": "TensorRT needs an NVIDIA GPU: run with --device cuda",
     "coreml": "Core ML runs on Apple hardware, not CUDA: run with --device cpu on macOS",
@@ -143,6 +155,8 @@ def runtime_unavailable(runtime: RuntimeSpec, device: str) -> str | None:
         reason = "onnxscript is not installed, and the ONNX exporter needs it: pip install onnxscript"
     elif runtime.family == "onnxruntime":
         reason = _onnxruntime_unavailable(runtime, device)
+    elif runtime.family == "executorch":
+        reason = export_package_unavailable() or _executorch_unavailable()
     elif runtime.family == "tensorrt":
         from .probe import probe
 
@@ -207,6 +221,16 @@ def _onnxruntime_unavailable(runtime: RuntimeSpec, device: str) -> str | None:
         from .probe import probe
 
         return probe("onnxruntime", wanted)
+    return None
+
+
+def _executorch_unavailable() -> str | None:
+    from export.executorch import INSTALL_HINT
+
+    missing = [name for name in ("executorch", "torchao") if not module_available(name)]
+    if missing:
+        verb = "is" if len(missing) == 1 else "are"
+        return f"{' and '.join(missing)} {verb} not installed: {INSTALL_HINT} (ExecuTorch, PyTorch's on-device runtime, with XNNPACK)"
     return None
 
 

@@ -109,6 +109,10 @@ def measure(task: Task) -> dict:
         broken = _broken_artifact_reason(runner.runtime, accuracy)
         if broken:
             return {"status": "failed", "reason": broken, "accuracy": accuracy, "runtime_info": runner.info()}
+    info = runner.info()
+    threads = thread_environment()
+    if runner.runtime.family == "executorch":  # its own pool, one per process, sized by the runtime when it loaded
+        threads["executorch_threadpool"] = info["threads"]
     return {
         "status": "ok",
         "samples_ms": times.wall_ms,
@@ -117,8 +121,8 @@ def measure(task: Task) -> dict:
         "warmup": task.warmup,
         "memory": memory.to_dict(),
         "accuracy": accuracy,
-        "runtime_info": runner.info(),
-        "threads": thread_environment(),
+        "runtime_info": info,
+        "threads": threads,
     }
 
 
@@ -138,11 +142,14 @@ def _broken_artifact_reason(runtime, accuracy: dict) -> str | None:
 
 
 def prepare(task: Task) -> dict:
-    """Export the artifact ``task.runtime`` needs; for int8, quantize the fp32 ONNX model ``task.artifact``."""
+    """Export the artifact ``task.runtime`` needs; for ONNX Runtime int8, quantize the fp32 ONNX model ``task.artifact``.
+
+    Other precisions come from the export target itself (ExecuTorch int8: its own recipe and calibration pairs).
+    """
     from .runtimes import resolve_runtime
 
     runtime = resolve_runtime(task.runtime)
-    if runtime.precision == "int8":
+    if runtime.quantizes_onnx:
         return _quantize(task)
     from export import export
 

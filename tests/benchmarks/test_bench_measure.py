@@ -89,7 +89,7 @@ def test_cuda_peak_memory_is_read_after_the_warm_up(monkeypatch):
 
     class FakeRunner:
         memory, timer = "cuda_torch", "wall"
-        runtime = types.SimpleNamespace(name="torch")
+        runtime = types.SimpleNamespace(name="torch", family="torch")
 
         def prepare(self):
             pass
