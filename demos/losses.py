@@ -18,9 +18,10 @@ import torch
 import pgn
 from pgn.value_spaces import normalize
 
-#: Keys of the losses a demo can compare, in table order (``pgn-ort-train``: the whole fine-tuning step on ONNX
-#: Runtime training, :mod:`demos.ondevice_training`).
-LOSS_KEYS = ("mse", "vgg19", "vgg11", "pgn", "pgn-onnx", "pgn-ort-train")
+#: Keys of the losses a demo can compare, in table order (``pgn-ort-train`` and ``pgn-executorch-train``: the whole
+#: fine-tuning step on ONNX Runtime training, :mod:`demos.ondevice_training`, or in ExecuTorch's training runtime,
+#: :mod:`demos.ondevice_executorch`).
+LOSS_KEYS = ("mse", "vgg19", "vgg11", "pgn", "pgn-onnx", "pgn-ort-train", "pgn-executorch-train")
 
 
 def normalized_mse(y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

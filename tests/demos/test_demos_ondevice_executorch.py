@@ -1,0 +1,126 @@
+"""The whole fine-tuning step in ExecuTorch's training runtime (:mod:`demos.ondevice_executorch`)."""
+
+import copy
+import json
+import sys
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import pgn
+from demos.cli import main
+from demos.frames import edge_map, face_frames
+from demos.generators import Embedder, PoseGenerator, personalize
+from demos.losses import PGNLossTerm
+from demos.ondevice_executorch import (
+    ExecuTorchTrainer,
+    FinetuneStepProgram,
+    executorch_training_available,
+    export_step_program,
+    finetune_on_executorch,
+)
+
+needs_executorch = pytest.mark.skipif(executorch_training_available() is not None, reason="ExecuTorch is not installed")
+MSE_WEIGHT = 20.0
+LR = 1e-3  # large enough that a wrong learning rate or a missing term moves the parameters by far more than 1e-5
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    train, _ = face_frames(16, train=2, holdout=1)
+    poses = edge_map(train)
+    init = personalize(PoseGenerator(), Embedder(), train, poses)
+    return init, poses, train, pgn.build("resnet4")
+
+
+@pytest.fixture(scope="module")
+def pte(setup):
+    """The step program of ``setup``, exported once for the module (the export takes most of the time)."""
+    if executorch_training_available() is not None:
+        pytest.skip("ExecuTorch is not installed")
+    init, poses, train, model = setup
+    return export_step_program(FinetuneStepProgram(copy.deepcopy(init), model, MSE_WEIGHT, (16, 16)), poses, train)
+
+
+def _eager_sgd_step(init, model, poses, train, lr):
+    """One eager PyTorch step: pgn.PGNLoss with the λ·MSE term (``PGNLossTerm``), torch's SGD."""
+    generator = copy.deepcopy(init)
+    optimizer = torch.optim.SGD(generator.parameters(), lr=lr)
+    PGNLossTerm(model, MSE_WEIGHT).per_sample(generator(poses), train).sum().backward()
+    optimizer.step()
+    return {f"generator.{name}": p.detach() for name, p in generator.named_parameters()}
+
+
+def test_step_program_loss_is_the_pgn_student_loss(setup):
+    init, poses, train, model = setup
+    program = FinetuneStepProgram(copy.deepcopy(init), model, MSE_WEIGHT, (16, 16))
+    with torch.no_grad():
+        loss, image = program(poses, train)
+        expected = PGNLossTerm(model, MSE_WEIGHT).per_sample(init(poses), train).sum()
+    torch.testing.assert_close(image, init(poses).detach())
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=0)
+
+
+@needs_executorch
+def test_one_executorch_step_equals_one_eager_pgnloss_step(setup, pte):
+    init, poses, train, model = setup
+    trainer = ExecuTorchTrainer.load(pte, poses, train, LR)
+    trainer.step(poses, train)
+    ours = trainer.parameters()
+    reference = _eager_sgd_step(init, model, poses, train, LR)
+    start = {f"generator.{name}": p.detach() for name, p in init.named_parameters()}
+    assert set(ours) == set(reference)
+    moved = max(float((reference[k] - start[k]).abs().max() / reference[k].abs().max()) for k in reference)
+    assert moved > 1e-3  # the step is far larger than the tolerance
+    for name, expected in reference.items():
+        error = float((ours[name] - expected).abs().max() / expected.abs().max().clamp_min(1e-12))
+        assert error <= 1e-5, (name, error)
+
+
+@needs_executorch
+def test_pgn_weights_are_frozen_constants(setup, pte):
+    init, poses, train, model = setup
+    before = copy.deepcopy(model.state_dict())
+    trainer = ExecuTorchTrainer.load(pte, poses, train, 0.05)
+    names = set(trainer.module.named_parameters())
+    assert names == {f"generator.{name}" for name, _ in init.named_parameters()}
+    for _ in range(3):
+        trainer.step(poses, train)
+    # the loss the program reports after three large steps is the eager loss of its trained generator with the
+    # original PGN: the PGN inside the program did not change
+    generator = copy.deepcopy(init)
+    generator.load_state_dict({k.removeprefix("generator."): v for k, v in trainer.parameters().items()})
+    with torch.no_grad():
+        expected = PGNLossTerm(model, MSE_WEIGHT).per_sample(generator(poses), train).sum()
+        initial = PGNLossTerm(model, MSE_WEIGHT).per_sample(init(poses), train).sum()
+    reported = trainer.step(poses, train)
+    assert abs(float(initial) - reported) > 1e-3 * float(initial)  # the generator did change
+    assert reported == pytest.approx(float(expected), rel=1e-5)
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0)
+
+
+@needs_executorch
+def test_finetune_on_executorch_returns_the_trained_generator(setup, pte):
+    init, poses, train, model = setup
+    tuned, trainer = finetune_on_executorch(init, model, poses, train, MSE_WEIGHT, LR, 1, pte=pte)
+    reference = _eager_sgd_step(init, model, poses, train, LR)
+    for name, p in tuned.named_parameters():
+        torch.testing.assert_close(p.detach(), reference[f"generator.{name}"], rtol=1e-5, atol=1e-5 * float(p.detach().abs().max()))
+    assert trainer.threads == torch.get_num_threads()
+
+
+def test_missing_executorch_is_a_skipped_row_with_one_line(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "executorch.extension.training", None)  # as without ExecuTorch
+    reason = executorch_training_available()
+    assert reason is not None and 'pip install "pgn-toolkit[executorch]"' in reason and "\n" not in reason
+    out = tmp_path / "ft"
+    result = CliRunner().invoke(main, ["finetune", "-o", str(out), "--size", "16", "--train-frames", "1", "--holdout-frames", "1",
+                                       "--steps", "1", "--meta-steps", "0", "--losses", "mse,pgn-executorch-train", "--no-progress"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    rows = {r.get("key", r["loss"]): r for r in json.loads((out / "results.json").read_text())["tables"]["finetune"]["rows"]}
+    assert rows["pgn-executorch-train"]["status"] == reason
+    assert rows["mse"]["status"] == "ok"
