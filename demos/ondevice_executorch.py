@@ -37,6 +37,8 @@ from .ondevice import check_recipe_applies
 
 #: The method of the exported step program.
 METHOD = "forward"
+#: What to change when the step program does not export (the PGN exports as the ``executorch`` target does).
+GENERATOR_FIX = "change the generator"
 
 
 def executorch_training_available() -> str | None:
@@ -103,16 +105,19 @@ def export_step_program(program: FinetuneStepProgram, poses: torch.Tensor, targe
     from executorch.exir import to_edge
     from torch.export.experimental import _export_forward_backward
 
-    from export.executorch import _lowering_error, quiet_native_output
+    from export.executorch import check_kernels, import_executorch, lowering_error, quiet_native_output
 
+    et = import_executorch()
     try:
         with warnings.catch_warnings(), quiet_native_output():
             warnings.simplefilter("ignore")
             captured = torch.export.export(program, (poses, target), strict=False)
             joint = _export_forward_backward(captured)
-            return to_edge(joint).to_executorch().buffer
+            pte = to_edge(joint).to_executorch().buffer
     except Exception as e:  # noqa: BLE001 - export failures become one line naming the operator
-        raise PGNError(_lowering_error(e).replace("ExecuTorch lowering", "ExecuTorch training export")) from e
+        raise PGNError(lowering_error(e, GENERATOR_FIX, "ExecuTorch training export")) from e
+    check_kernels(et, pte, GENERATOR_FIX)
+    return pte
 
 
 @dataclass(eq=False)
@@ -182,7 +187,8 @@ def finetune_on_executorch(
         model: the PGN (frozen inside the program).
         poses, target: the training batch (the program's fixed shapes).
         lr: ExecuTorch SGD learning rate.
-        meter: optional :class:`~demos.measure.LossMeter` timing each whole device step.
+        meter: optional :class:`~demos.measure.LossMeter` timing each whole device step; the memory of loading
+            the program (ExecuTorch allocates the memory it planned for a step then) is measured with it.
         progress: optional callable run after every step with the loss.
         pte: the step program of ``init`` and ``model`` for these shapes, exported earlier by
             :func:`export_step_program` (default: export it now).
@@ -196,7 +202,9 @@ def finetune_on_executorch(
     poses, target = poses.float().contiguous(), target.float().contiguous()
     if pte is None:
         pte = export_step_program(program, poses, target)
-    trainer = ExecuTorchTrainer.load(pte, poses, target, lr)
+    # Loading allocates the memory ExecuTorch planned for every step; it counts towards the steps' peak memory.
+    with meter.measure(timed=False) if meter is not None else nullcontext():
+        trainer = ExecuTorchTrainer.load(pte, poses, target, lr)
     for _ in range(steps):
         with meter.measure() if meter is not None else nullcontext():
             loss = trainer.step(poses, target)

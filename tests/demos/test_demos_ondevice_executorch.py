@@ -124,3 +124,23 @@ def test_missing_executorch_is_a_skipped_row_with_one_line(tmp_path, monkeypatch
     rows = {r.get("key", r["loss"]): r for r in json.loads((out / "results.json").read_text())["tables"]["finetune"]["rows"]}
     assert rows["pgn-executorch-train"]["status"] == reason
     assert rows["mse"]["status"] == "ok"
+
+
+class _GeneratorWithI0e(torch.nn.Module):
+    """A generator with an operator outside ExecuTorch's Core ATen opset (``special_i0e``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 3, 3, padding=1)
+
+    def forward(self, poses):
+        return torch.sigmoid(torch.special.i0e(self.conv(poses)))
+
+
+@needs_executorch
+def test_a_program_that_cannot_export_names_the_operator(setup):
+    _, poses, train, model = setup
+    with pytest.raises(pgn.PGNError) as info:
+        export_step_program(FinetuneStepProgram(_GeneratorWithI0e(), model, MSE_WEIGHT, (16, 16)), poses, train)
+    message = str(info.value)
+    assert "\n" not in message and "aten.special_i0e" in message and "change the generator" in message
