@@ -37,7 +37,7 @@ from pgn.images import save_image_grid
 from .common import CommonConfig, Evaluator, check_size, summary
 from .frames import edge_map, face_frames, photo_frames, pretraining_photos, read_frames
 from .generators.talking_head import META_TRAINING, Embedder, PoseGenerator, TalkingHeadConfig, meta_train, personalize
-from .losses import LOSS_KEYS, MSELoss, PerceptualLossTerm
+from .losses import DEFAULT_LOSSES, LOSS_KEYS, MSELoss, PerceptualLossTerm
 from .measure import LossMeter
 from .ondevice import OnDevicePGNLoss, RuntimeStatus, check_recipe_applies, open_onnx_runtime
 from .ondevice_executorch import executorch_training_available, finetune_on_executorch
@@ -61,6 +61,7 @@ class FinetuneConfig(CommonConfig):
         losses: which losses to compare, from ``mse, vgg19, vgg11, pgn, pgn-onnx, pgn-ort-train,
             pgn-executorch-train`` (the last two run the whole step on an on-device trainer: ONNX Runtime training
             when ``onnxruntime-training`` is installed, ExecuTorch's training runtime when ``executorch`` is).
+            Default: all but ``pgn-executorch-train`` (:data:`~demos.losses.DEFAULT_LOSSES`).
         executorch_lr: SGD learning rate of the ``pgn-executorch-train`` row (ExecuTorch's training runtime offers
             SGD only; 5e-5 moves the generator's parameters about as far per step as Adam at lr 5e-5 does).
         meta_steps: meta-training episodes of the generator (ignored with ``generator_checkpoint``).
@@ -76,7 +77,7 @@ class FinetuneConfig(CommonConfig):
     lr: float = 5e-5
     pgn_mse_weight: float = PAPER_MSE_WEIGHT
     vgg_mse_weight: float = 0.0
-    losses: tuple[str, ...] = LOSS_KEYS
+    losses: tuple[str, ...] = DEFAULT_LOSSES
     meta_steps: int = 200
     executorch_lr: float = 5e-5
     generator_checkpoint: Path | None = None

@@ -8,7 +8,6 @@ from click.testing import CliRunner
 
 from demos.cli import main
 from demos.metrics import LPIPSMetric
-from demos.ondevice_executorch import executorch_training_available
 from demos.ondevice_training import training_available
 
 FAST = ["--no-progress", "--seed", "0"]
@@ -45,7 +44,7 @@ def test_finetune_tiny(tmp_path):
     data = load_results(out)
     assert json.loads((tmp_path / "copy.json").read_text())["demo"] == "finetune"
     rows = {r["key"] if "key" in r else r["loss"]: r for r in data["tables"]["finetune"]["rows"]}
-    assert set(rows) == {"before fine-tuning", "mse", "vgg19", "vgg11", "pgn", "pgn-onnx", "pgn-ort-train", "pgn-executorch-train"}
+    assert set(rows) == {"before fine-tuning", "mse", "vgg19", "vgg11", "pgn", "pgn-onnx", "pgn-ort-train"}
     for key in ("mse", "vgg19", "vgg11", "pgn"):
         row = rows[key]
         for col in ("loss_time_ms", "train_mse_x1e3", "train_pl_vgg19", "holdout_mse_x1e3", "holdout_pl_vgg19", "holdout_ssim", "grad_cos"):
@@ -66,16 +65,6 @@ def test_finetune_tiny(tmp_path):
     else:
         assert onnx["status"].startswith(("export package not available", "ONNX export failed", "ONNX Runtime unavailable"))
         assert rows["pgn-ort-train"]["status"] != "ok"
-    executorch = rows["pgn-executorch-train"]
-    if importlib.util.find_spec("executorch"):
-        # the whole step ran in ExecuTorch's training runtime: timed, measured, and its program kept
-        assert executorch["status"] == "ok", executorch["status"]
-        assert executorch["loss_time_ms"] > 0 and executorch["loss_peak_mem_mib"] is not None and executorch["pte_mib"] > 0.1
-        assert (out / "executorch_training" / "finetune_step.pte").stat().st_size == pytest.approx(executorch["pte_mib"] * 2**20)
-        assert executorch["holdout_mse_x1e3"]["mean"] != rows["before fine-tuning"]["holdout_mse_x1e3"]["mean"]
-        assert any("ExecuTorch row" in note for note in data["tables"]["finetune"]["notes"])
-    else:
-        assert executorch["status"] == executorch_training_available()
     assert any("UNTRAINED" in w for w in data["warnings"])
     assert (out / "finetune_holdout.png").is_file() and (out / "meta_trained_generator.pt").is_file()
     md = (out / "results.md").read_text()

@@ -10,8 +10,6 @@ from click.testing import CliRunner
 
 import pgn
 from demos.cli import main
-from demos.frames import edge_map, face_frames
-from demos.generators import Embedder, PoseGenerator, personalize
 from demos.losses import PGNLossTerm
 from demos.ondevice_executorch import (
     ExecuTorchTrainer,
@@ -27,20 +25,11 @@ LR = 1e-3  # large enough that a wrong learning rate or a missing term moves the
 
 
 @pytest.fixture(scope="module")
-def setup():
-    torch.manual_seed(0)
-    train, _ = face_frames(16, train=2, holdout=1)
-    poses = edge_map(train)
-    init = personalize(PoseGenerator(), Embedder(), train, poses)
-    return init, poses, train, pgn.build("resnet4")
-
-
-@pytest.fixture(scope="module")
-def pte(setup):
-    """The step program of ``setup``, exported once for the module (the export takes most of the time)."""
+def pte(finetune_batch):
+    """The step program of ``finetune_batch``, exported once for the module (the export takes most of the time)."""
     if executorch_training_available() is not None:
         pytest.skip("ExecuTorch is not installed")
-    init, poses, train, model = setup
+    init, poses, train, model = finetune_batch
     return export_step_program(FinetuneStepProgram(copy.deepcopy(init), model, MSE_WEIGHT, (16, 16)), poses, train)
 
 
@@ -53,8 +42,8 @@ def _eager_sgd_step(init, model, poses, train, lr):
     return {f"generator.{name}": p.detach() for name, p in generator.named_parameters()}
 
 
-def test_step_program_loss_is_the_pgn_student_loss(setup):
-    init, poses, train, model = setup
+def test_step_program_loss_is_the_pgn_student_loss(finetune_batch):
+    init, poses, train, model = finetune_batch
     program = FinetuneStepProgram(copy.deepcopy(init), model, MSE_WEIGHT, (16, 16))
     with torch.no_grad():
         loss, image = program(poses, train)
@@ -64,8 +53,8 @@ def test_step_program_loss_is_the_pgn_student_loss(setup):
 
 
 @needs_executorch
-def test_one_executorch_step_equals_one_eager_pgnloss_step(setup, pte):
-    init, poses, train, model = setup
+def test_one_executorch_step_equals_one_eager_pgnloss_step(finetune_batch, pte):
+    init, poses, train, model = finetune_batch
     trainer = ExecuTorchTrainer.load(pte, poses, train, LR)
     trainer.step(poses, train)
     ours = trainer.parameters()
@@ -80,8 +69,8 @@ def test_one_executorch_step_equals_one_eager_pgnloss_step(setup, pte):
 
 
 @needs_executorch
-def test_pgn_weights_are_frozen_constants(setup, pte):
-    init, poses, train, model = setup
+def test_pgn_weights_are_frozen_constants(finetune_batch, pte):
+    init, poses, train, model = finetune_batch
     before = copy.deepcopy(model.state_dict())
     trainer = ExecuTorchTrainer.load(pte, poses, train, 0.05)
     names = set(trainer.module.named_parameters())
@@ -103,8 +92,8 @@ def test_pgn_weights_are_frozen_constants(setup, pte):
 
 
 @needs_executorch
-def test_finetune_on_executorch_returns_the_trained_generator(setup, pte):
-    init, poses, train, model = setup
+def test_finetune_on_executorch_returns_the_trained_generator(finetune_batch, pte):
+    init, poses, train, model = finetune_batch
     tuned, trainer = finetune_on_executorch(init, model, poses, train, MSE_WEIGHT, LR, 1, pte=pte)
     reference = _eager_sgd_step(init, model, poses, train, LR)
     for name, p in tuned.named_parameters():
@@ -112,16 +101,33 @@ def test_finetune_on_executorch_returns_the_trained_generator(setup, pte):
     assert trainer.threads == torch.get_num_threads()
 
 
+def _finetune_rows(out, losses: str) -> tuple[dict, dict]:
+    """``pgn-demo finetune`` at 16² (1 train frame, 2 steps, no meta-training): rows by key, and the notes."""
+    result = CliRunner().invoke(main, ["finetune", "-o", str(out), "--size", "16", "--train-frames", "1", "--holdout-frames", "1",
+                                       "--steps", "2", "--meta-steps", "0", "--losses", losses, "--no-progress"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    table = json.loads((out / "results.json").read_text())["tables"]["finetune"]
+    return {r.get("key", r["loss"]): r for r in table["rows"]}, table["notes"]
+
+
+@needs_executorch
+def test_finetune_cli_runs_the_executorch_row(tmp_path):
+    rows, notes = _finetune_rows(tmp_path / "ft", "pgn,pgn-executorch-train")
+    row = rows["pgn-executorch-train"]
+    assert row["status"] == "ok", row["status"]
+    # timed and memory-measured like the other rows, over the whole step; the program is kept and its size reported
+    assert row["loss_time_ms"] > 0 and row["loss_peak_mem_mib"] is not None and row["pte_mib"] > 0.1
+    assert (tmp_path / "ft" / "executorch_training" / "finetune_step.pte").stat().st_size == pytest.approx(row["pte_mib"] * 2**20)
+    assert row["holdout_mse_x1e3"]["mean"] != rows["before fine-tuning"]["holdout_mse_x1e3"]["mean"]
+    assert any(f"is {row['pte_mib']:.2f} MiB" in note for note in notes)
+
+
 def test_missing_executorch_is_a_skipped_row_with_one_line(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "executorch.extension.training", None)  # as without ExecuTorch
     reason = executorch_training_available()
     assert reason is not None and 'pip install "pgn-toolkit[executorch]"' in reason and "\n" not in reason
-    out = tmp_path / "ft"
-    result = CliRunner().invoke(main, ["finetune", "-o", str(out), "--size", "16", "--train-frames", "1", "--holdout-frames", "1",
-                                       "--steps", "1", "--meta-steps", "0", "--losses", "mse,pgn-executorch-train", "--no-progress"],
-                                catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    rows = {r.get("key", r["loss"]): r for r in json.loads((out / "results.json").read_text())["tables"]["finetune"]["rows"]}
+    rows, _ = _finetune_rows(tmp_path / "ft", "mse,pgn-executorch-train")
     assert rows["pgn-executorch-train"]["status"] == reason
     assert rows["mse"]["status"] == "ok"
 
@@ -138,8 +144,8 @@ class _GeneratorWithI0e(torch.nn.Module):
 
 
 @needs_executorch
-def test_a_program_that_cannot_export_names_the_operator(setup):
-    _, poses, train, model = setup
+def test_a_program_that_cannot_export_names_the_operator(finetune_batch):
+    _, poses, train, model = finetune_batch
     with pytest.raises(pgn.PGNError) as info:
         export_step_program(FinetuneStepProgram(_GeneratorWithI0e(), model, MSE_WEIGHT, (16, 16)), poses, train)
     message = str(info.value)
