@@ -14,8 +14,9 @@ ExecuTorch program holds the whole step (:class:`FinetuneStepProgram`):
 
 The program is exported once (:func:`export_step_program`); every step is then one ``forward_backward`` call
 and one optimizer step of ExecuTorch's runtime (:class:`ExecuTorchTrainer`), with no PyTorch autograd. Its
-operators run on ExecuTorch's portable kernels (training programs are not delegated to XNNPACK), on the CPU.
-ExecuTorch's Python training bindings offer SGD only, so this path uses SGD (:attr:`ExecuTorchTrainConfig.lr`).
+operators run on ExecuTorch's portable kernels on the CPU: XNNPACK's partitioner would also take the generator's
+convolutions and pack their weights once, which freezes them. ExecuTorch's Python training bindings offer SGD
+only, so this path uses SGD.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from __future__ import annotations
 import copy
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import torch
