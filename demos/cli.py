@@ -14,7 +14,7 @@ import click
 from pgn.cliutils import FiniteFloat, run_cli, write_json
 
 from .dip import HEAD_PRESETS, PARTS
-from .losses import LOSS_KEYS
+from .losses import DEFAULT_LOSSES, LOSS_KEYS
 from .resources import VGG_WEIGHT_CHOICES
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
@@ -182,7 +182,10 @@ def main() -> None:
 @click.option("--steps", type=click.IntRange(1), help="Fine-tuning steps T (default: 50, as the paper).")
 @fitting_options(lr="5e-5, as the paper", pgn_mse_weight="20", vgg_mse_weight="0")
 @click.option("--losses", type=CommaList(choices=LOSS_KEYS),
-              help=f"Losses to compare (default: all of {','.join(LOSS_KEYS)}; the last needs onnxruntime-training).")
+              help=f"Losses to compare, from {','.join(LOSS_KEYS)} (default: {','.join(DEFAULT_LOSSES)}; pgn-ort-train "
+                   "needs onnxruntime-training; pgn-executorch-train needs executorch and runs on ExecuTorch's slow "
+                   "portable kernels).")
+@click.option("--executorch-lr", type=FiniteFloat(0, min_open=True), help="SGD learning rate of the pgn-executorch-train row (default: 5e-5).")
 @click.option("--meta-steps", type=click.IntRange(0), help="Meta-training episodes of the generator (default: 200).")
 @click.option("--generator-checkpoint", type=click.Path(dir_okay=False, path_type=Path), help="Reuse a meta_trained_generator.pt from an earlier run.")
 def finetune(**kwargs) -> None:
@@ -191,13 +194,17 @@ def finetune(**kwargs) -> None:
     A pose-conditioned generator is meta-trained on the bundled photographs, personalized to a person from the
     train frames, and fine-tuned with MSE, VGG-19, VGG-11, the PGN in PyTorch and the PGN exported to ONNX and run
     in ONNX Runtime (trained through a weighted MSE towards the runtime's proxy: no VGG, no autograd through the
-    PGN). Reports time and peak memory of the loss part, train/holdout metrics and gradient cosine to VGG-19.
+    PGN). Two more rows run the whole training step on an on-device trainer: ONNX Runtime training
+    (pgn-ort-train) and ExecuTorch's training runtime (pgn-executorch-train: generator, frozen PGN, loss,
+    backward and SGD in one .pte program). Reports time and peak memory of the loss part (of the whole step for
+    those two rows), train/holdout metrics and gradient cosine to VGG-19.
 
     \b
     Examples:
       pgn-demo finetune
       pgn-demo finetune --frames my_face_frames/ --pgn-checkpoint resnet4.pt --vgg-weights imagenet
       pgn-demo finetune --losses mse,pgn,pgn-onnx --steps 100 --lr 1e-4 --json finetune.json
+      pgn-demo finetune --losses vgg19,vgg11,pgn,pgn-executorch-train
     """
     from .finetune import FinetuneConfig, run_finetune
 

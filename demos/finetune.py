@@ -8,7 +8,9 @@ evaluated on the train frames and on 8 "holdout" frames in unseen poses. Losses:
 * ``mse`` (normalized-space MSE), ``vgg19`` and ``vgg11`` (perceptual losses, no MSE term, as in the paper);
 * ``pgn``: the PGN in PyTorch through :class:`pgn.PGNLoss`;
 * ``pgn-onnx``: the on-device path: the PGN exported to ONNX and run in ONNX Runtime, the generator trained by
-  a weighted MSE towards the runtime's proxy (:mod:`demos.ondevice`): no VGG and no autograd through the PGN.
+  a weighted MSE towards the runtime's proxy (:mod:`demos.ondevice`): no VGG and no autograd through the PGN;
+* ``pgn-ort-train`` and ``pgn-executorch-train``: the whole step on an on-device trainer, ONNX Runtime training
+  (:mod:`demos.ondevice_training`) or ExecuTorch's training runtime (:mod:`demos.ondevice_executorch`).
 
 Reported per loss: time per step and peak memory of the loss part, train/holdout MSE (×10³, [0, 1] space),
 VGG-19 perceptual loss, SSIM, LPIPS (when available) and the cosine similarity of the loss's gradient to the
@@ -24,19 +26,21 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from pgn.constants import PAPER_MSE_WEIGHT
-from pgn.errors import PGNError
+from pgn.errors import PGNError, first_line
 from pgn.images import save_image_grid
 
 from .common import CommonConfig, Evaluator, check_size, summary
 from .frames import edge_map, face_frames, photo_frames, pretraining_photos, read_frames
 from .generators.talking_head import META_TRAINING, Embedder, PoseGenerator, TalkingHeadConfig, meta_train, personalize
-from .losses import LOSS_KEYS, MSELoss, PerceptualLossTerm
+from .losses import DEFAULT_LOSSES, LOSS_KEYS, MSELoss, PerceptualLossTerm
 from .measure import LossMeter
 from .ondevice import OnDevicePGNLoss, RuntimeStatus, check_recipe_applies, open_onnx_runtime
+from .ondevice_executorch import executorch_training_available, finetune_on_executorch
 from .ondevice_training import finetune_on_device, training_available
 from .report import Column, DemoReport, Table
 from .runner import GRAD_COS_COLUMN, LOSS_COLUMN, TIMING_COLUMNS, DemoRun, score_columns, timing_cells
@@ -54,8 +58,12 @@ class FinetuneConfig(CommonConfig):
         train_frames, holdout_frames: how many frames fine-tune and evaluate (8 and 8 in the paper).
         steps: fine-tuning steps T (50). lr: Adam learning rate (5e-5).
         pgn_mse_weight: λ_MSE with the PGN (20). vgg_mse_weight: λ_MSE with VGG (0, as in the paper).
-        losses: which losses to compare, from ``mse, vgg19, vgg11, pgn, pgn-onnx, pgn-ort-train`` (the last one
-            runs the whole step on ONNX Runtime training, when ``onnxruntime-training`` is installed).
+        losses: which losses to compare, from ``mse, vgg19, vgg11, pgn, pgn-onnx, pgn-ort-train,
+            pgn-executorch-train`` (the last two run the whole step on an on-device trainer: ONNX Runtime training
+            when ``onnxruntime-training`` is installed, ExecuTorch's training runtime when ``executorch`` is).
+            Default: all but ``pgn-executorch-train`` (:data:`~demos.losses.DEFAULT_LOSSES`).
+        executorch_lr: SGD learning rate of the ``pgn-executorch-train`` row (ExecuTorch's training runtime offers
+            SGD only; 5e-5 moves the generator's parameters about as far per step as Adam at lr 5e-5 does).
         meta_steps: meta-training episodes of the generator (ignored with ``generator_checkpoint``).
         generator_checkpoint: a meta-trained generator saved by an earlier run (``meta_trained_generator.pt``).
         grid_frames: frames shown in each image grid.
@@ -69,8 +77,9 @@ class FinetuneConfig(CommonConfig):
     lr: float = 5e-5
     pgn_mse_weight: float = PAPER_MSE_WEIGHT
     vgg_mse_weight: float = 0.0
-    losses: tuple[str, ...] = LOSS_KEYS
+    losses: tuple[str, ...] = DEFAULT_LOSSES
     meta_steps: int = 200
+    executorch_lr: float = 5e-5
     generator_checkpoint: Path | None = None
     grid_frames: int = 4
 
@@ -80,6 +89,8 @@ class FinetuneConfig(CommonConfig):
             raise PGNError(f"unknown loss(es) {unknown or '(none)'}: choose from {', '.join(LOSS_KEYS)}")
         if self.train_frames < 1 or self.holdout_frames < 1:
             raise PGNError("need at least 1 train and 1 holdout frame")
+        if not self.executorch_lr > 0:
+            raise PGNError(f"executorch_lr must be > 0, got {self.executorch_lr}")
         if self.steps < 1 or self.meta_steps < 0:
             raise PGNError("steps must be >= 1 and meta steps >= 0")
         check_size(self.size, 4, "the talking-head generator (two stride-2 levels)")
@@ -219,6 +230,10 @@ def build_losses(run: DemoRun, batch: int) -> tuple[list, dict, RuntimeStatus | 
             reason = training_available() or (None if status.ok else f"needs the exported PGN: {status.status}")
             if reason:
                 skipped[key] = reason
+        elif key == "pgn-executorch-train":
+            reason = executorch_training_available()
+            if reason:
+                skipped[key] = reason
     return losses, skipped, status
 
 
@@ -242,10 +257,12 @@ def run_finetune(config: FinetuneConfig, console=None) -> DemoReport:
         if isinstance(loss, OnDevicePGNLoss):
             extra["ondevice_recipe_max_relative_deviation"] = loss.max_recipe_deviation
     labels = {loss.key: loss.label for loss in losses}
-    if "pgn-ort-train" in config.losses and "pgn-ort-train" not in skipped:
-        row, outputs["pgn-ort-train"] = _ort_training_row(run, frames, runtime_status, init)
-        rows.append(row)
-        labels["pgn-ort-train"] = ORT_TRAIN_LABEL
+    for key, train in _device_trainers(run, frames, runtime_status, init).items():
+        if key in config.losses and key not in skipped:
+            row, device_outputs = _device_training_row(run, frames, key, train)
+            rows.append(row)
+            if device_outputs is not None:
+                outputs[key], labels[key] = device_outputs, DEVICE_LABELS[key]
     for key, reason in skipped.items():
         rows.append({"loss": SKIPPED_LABELS.get(key, key), "key": key, "status": reason})
     teachers = {f"{loss.key}_weights": str(loss.teacher.weights) for loss in losses if isinstance(loss, PerceptualLossTerm) and loss.key != "vgg19"}
@@ -254,28 +271,60 @@ def run_finetune(config: FinetuneConfig, console=None) -> DemoReport:
 
 
 ORT_TRAIN_LABEL = "PGN ONNX Runtime, generator trained by ORT training"
-SKIPPED_LABELS = {"pgn-onnx": "PGN ONNX Runtime", "pgn-ort-train": ORT_TRAIN_LABEL}
+EXECUTORCH_TRAIN_LABEL = "PGN + generator trained in ExecuTorch (SGD)"
+#: Rows whose whole step runs on an on-device trainer, by key.
+DEVICE_LABELS = {"pgn-ort-train": ORT_TRAIN_LABEL, "pgn-executorch-train": EXECUTORCH_TRAIN_LABEL}
+SKIPPED_LABELS = {"pgn-onnx": "PGN ONNX Runtime", **DEVICE_LABELS}
+
+#: ``train(meter, tick) -> (trained generator, extra row cells)``: a whole fine-tuning run on an on-device trainer
+#: that times each step with ``meter`` and calls ``tick(loss)`` after it.
+DeviceTrain = Callable[[LossMeter, Callable[[float], None]], tuple[torch.nn.Module, dict]]
 
 
-def _ort_training_row(run: DemoRun, frames: Frames, status: RuntimeStatus, init) -> tuple[dict, tuple[torch.Tensor, torch.Tensor]]:
-    """The whole step on device: the generator trained by ONNX Runtime training, the PGN in ONNX Runtime."""
+def _device_trainers(run: DemoRun, frames: Frames, status: RuntimeStatus | None, init) -> dict[str, DeviceTrain]:
+    """The on-device trainers by row key: ONNX Runtime training (PGN in ONNX Runtime) and ExecuTorch (PGN inside)."""
     config: FinetuneConfig = run.config
-    alpha = run.pgn.model.alpha
+    alpha, weight = run.pgn.model.alpha, config.pgn_mse_weight
+
+    def ort(meter, tick):
+        tuned = finetune_on_device(init, frames.poses_train, frames.train, status.runtime, alpha, weight, config.lr,
+                                   config.steps, config.output_dir / "ort_training", meter, tick)
+        return tuned, {"timing_covers": "whole step (generator + PGN + Adam)"}
+
+    def executorch(meter, tick):
+        tuned, trainer = finetune_on_executorch(init, run.pgn.model, frames.poses_train, frames.train, weight,
+                                                config.executorch_lr, config.steps, meter, tick)
+        path = config.output_dir / "executorch_training" / "finetune_step.pte"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(trainer.pte)
+        return tuned, {"timing_covers": "whole step (generator + PGN + loss + backward + SGD)", "pte_mib": len(trainer.pte) / 2**20,
+                       "pte_path": str(path), "sgd_lr": config.executorch_lr}
+
+    return {"pgn-ort-train": ort, "pgn-executorch-train": executorch}
+
+
+def _device_training_row(run: DemoRun, frames: Frames, key: str, train: DeviceTrain) -> tuple[dict, tuple | None]:
+    """The row of a whole fine-tuning run on an on-device trainer, and its outputs (None when it failed: the row
+    says why in one line)."""
+    config: FinetuneConfig = run.config
     meter = LossMeter(memory=config.measure_memory)
-    bar = run.progress(config.steps, "fine-tune on ORT training")
+    bar = run.progress(config.steps, f"fine-tune: {DEVICE_LABELS[key]}")
 
     def tick(loss: float) -> None:
         bar.update(1)
         bar.set_postfix(loss=f"{loss / frames.train.shape[0]:.4g}")
 
-    tuned = finetune_on_device(init, frames.poses_train, frames.train, status.runtime, alpha, config.pgn_mse_weight,
-                               config.lr, config.steps, config.output_dir / "ort_training", meter, tick)
-    bar.close()
+    try:
+        tuned, cells = train(meter, tick)
+    except PGNError as e:
+        return {"loss": DEVICE_LABELS[key], "key": key, "status": first_line(e)}, None
+    finally:
+        bar.close()
     outputs = frames.render(tuned)
-    loss = OnDevicePGNLoss(status.runtime, alpha, config.pgn_mse_weight)
-    row = {**frames.row(run.evaluator, f"{ORT_TRAIN_LABEL} + {config.pgn_mse_weight:g}·MSE", outputs), "key": "pgn-ort-train",
-           **timing_cells([meter.summary()]), "timing_covers": "whole step (generator + PGN + Adam)",
-           "grad_cos": summary(run.evaluator.gradient_cosine(loss, outputs[0], frames.train))}
+    reference = run.pgn_loss(config.pgn_mse_weight)  # the same PGN: the gradient-cosine column compares its gradient
+    row = {**frames.row(run.evaluator, f"{DEVICE_LABELS[key]} + {config.pgn_mse_weight:g}·MSE", outputs), "key": key,
+           **timing_cells([meter.summary()]), **cells,
+           "grad_cos": summary(run.evaluator.gradient_cosine(reference, outputs[0], frames.train))}
     return row, outputs
 
 
@@ -302,9 +351,16 @@ def _notes(config: FinetuneConfig, rows: list[dict], extra: dict) -> list[str]:
         "relu5_1, summed); grad cos = cosine similarity of the loss's own gradient (without the λ_MSE term) to the "
         "VGG-19 gradient after fine-tuning, in normalized space.",
     ]
-    if any(r.get("key") == "pgn-ort-train" and r.get("status") == "ok" for r in rows):
+    ok = {r.get("key"): r for r in rows if r.get("status") == "ok"}
+    if "pgn-ort-train" in ok:
         notes.append("For the ORT-training row, ms/step and peak MiB cover the whole device step: generator forward, PGN "
                      "runtime, generator backward and Adam, all in ONNX Runtime.")
+    if "pgn-executorch-train" in ok:
+        row = ok["pgn-executorch-train"]
+        notes.append("For the ExecuTorch row, ms/step and peak MiB cover the whole device step in one ExecuTorch program "
+                     "(generator forward, frozen PGN, loss, backward) plus ExecuTorch's SGD update "
+                     f"(lr {row['sgd_lr']:g}), on ExecuTorch's portable CPU kernels; the program ({Path(row['pte_path']).name}) "
+                     f"is {row['pte_mib']:.2f} MiB.")
     if "ondevice_recipe_max_relative_deviation" in extra:
         notes.append(
             "On-device recipe check: max |∇ weighted-MSE-to-P − runtime gradient| / max|runtime gradient| = "

@@ -18,9 +18,13 @@ import torch
 import pgn
 from pgn.value_spaces import normalize
 
-#: Keys of the losses a demo can compare, in table order (``pgn-ort-train``: the whole fine-tuning step on ONNX
-#: Runtime training, :mod:`demos.ondevice_training`).
-LOSS_KEYS = ("mse", "vgg19", "vgg11", "pgn", "pgn-onnx", "pgn-ort-train")
+#: Keys of the losses a demo can compare, in table order (``pgn-ort-train`` and ``pgn-executorch-train``: the whole
+#: fine-tuning step on ONNX Runtime training, :mod:`demos.ondevice_training`, or in ExecuTorch's training runtime,
+#: :mod:`demos.ondevice_executorch`).
+LOSS_KEYS = ("mse", "vgg19", "vgg11", "pgn", "pgn-onnx", "pgn-ort-train", "pgn-executorch-train")
+#: The losses ``pgn-demo finetune`` compares by default: all but ``pgn-executorch-train``, whose step runs on
+#: ExecuTorch's portable kernels (naive convolutions and convolution backward), far slower than the other rows.
+DEFAULT_LOSSES = tuple(key for key in LOSS_KEYS if key != "pgn-executorch-train")
 
 
 def normalized_mse(y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -81,13 +81,19 @@ class LossMeter:
         return _status_bytes("VmRSS:") or 0
 
     @contextmanager
-    def measure(self) -> Iterator[None]:
-        """Time (and measure the memory of) the enclosed loss part."""
+    def measure(self, timed: bool = True) -> Iterator[None]:
+        """Time (and measure the memory of) the enclosed loss part.
+
+        Args:
+            timed: record its time; ``False`` measures only its memory (a runtime's one-time setup whose
+                allocations stay for every later call, such as ExecuTorch's planned memory).
+        """
         measure_memory = self._memory_ok and len(self.peaks_bytes) < self.memory_calls
         base = self._reset_peak() if measure_memory else 0
         t0 = time.perf_counter()
         yield
-        self.times_s.append(time.perf_counter() - t0)
+        if timed:
+            self.times_s.append(time.perf_counter() - t0)
         if measure_memory:
             self.peaks_bytes.append(max(0, (_status_bytes("VmHWM:") or 0) - base))
 

@@ -273,13 +273,19 @@ def lower(et: SimpleNamespace, program: torch.export.ExportedProgram) -> bytes:
             edge = et.to_edge_transform_and_lower(program, partitioner=[et.XnnpackPartitioner()])
             buffer = edge.to_executorch().buffer
     except Exception as e:  # noqa: BLE001 - lowering failures become one line naming the operator
-        raise PGNError(_lowering_error(e)) from e
+        raise PGNError(lowering_error(e)) from e
+    check_kernels(et, buffer)
+    return buffer
+
+
+def check_kernels(et: SimpleNamespace, pte: bytes, fix: str = "change the head or backbone") -> None:
+    """Raise a one-line :class:`PGNError` naming the first operator of ``pte`` outside a delegate that this ExecuTorch
+    runtime has no kernel for; ``fix`` says what to change."""
     registered = et.Runtime.get().operator_registry.operator_names
-    missing = sorted(op for op in read_program(buffer)["outside_delegate"] if op not in registered)
+    missing = sorted(op for op in read_program(pte)["outside_delegate"] if op not in registered)
     if missing:
         raise PGNError(f"operator {missing[0]} cannot run in ExecuTorch: neither XNNPACK nor this runtime's kernels "
-                       f"implement it{' (also: ' + ', '.join(missing[1:]) + ')' if missing[1:] else ''}; change the head or backbone")
-    return buffer
+                       f"implement it{' (also: ' + ', '.join(missing[1:]) + ')' if missing[1:] else ''}; {fix}")
 
 
 def read_program(pte: bytes) -> dict[str, Any]:
@@ -330,16 +336,17 @@ def _capture(graph: ExportGraph, example, dynamic_shapes) -> torch.export.Export
         raise PGNError(f"torch.export failed for ExecuTorch: {type(e).__name__}: {first_line(e)}") from e
 
 
-def _lowering_error(e: Exception) -> str:
-    """One line for a lowering failure, naming the operator where the message does."""
+def lowering_error(e: Exception, fix: str = "change the head or backbone", what: str = "ExecuTorch lowering") -> str:
+    """One line for a failure to lower ``what`` (a program) to ExecuTorch, naming the operator where the message
+    does; ``fix`` says what to change."""
     text = str(e)
     match = re.search(r"Operator torch\._ops\.([\w.]+) is not in Core ATen opset", text)
     if match:
         return (f"operator {match.group(1)} cannot be lowered to ExecuTorch (it is not in the Core ATen opset, "
-                "so neither XNNPACK nor ExecuTorch's kernels take it); change the head or backbone")
+                f"so neither XNNPACK nor ExecuTorch's kernels take it); {fix}")
     match = re.search(r"\b(aten[.:]{1,2}\w+(?:\.\w+)?)", text)
     where = f" at operator {match.group(1)}" if match else ""
-    return f"ExecuTorch lowering failed{where}: {type(e).__name__}: {first_line(e)}"
+    return f"{what} failed{where}: {type(e).__name__}: {first_line(e)}"
 
 
 def _version(distribution: str) -> str | None:

@@ -33,6 +33,20 @@ def fit_inputs():
     return torch.rand(2, 4, 16, 16, generator=g).double(), torch.rand(2, 3, 16, 16, generator=g).double()
 
 
+@pytest.fixture(scope="module")
+def finetune_batch():
+    """A personalized talking-head generator, its 2 train poses and frames at 16², and an untrained ResNet-4 PGN."""
+    from demos.frames import edge_map, face_frames
+    from demos.generators import Embedder, PoseGenerator, personalize
+    from pgn import build
+
+    torch.manual_seed(0)
+    train, _ = face_frames(16, train=2, holdout=1)
+    poses = edge_map(train)
+    init = personalize(PoseGenerator(), Embedder(), train, poses)
+    return init, poses, train, build("resnet4")
+
+
 @pytest.fixture
 def ort_runtime_factory(tmp_path):
     pytest.importorskip("onnxruntime")

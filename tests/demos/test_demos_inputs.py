@@ -81,6 +81,19 @@ def test_loss_meter_records_time_and_memory():
     assert s["peak_mem_mib"] >= 15.0
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="peak memory is read from /proc (Linux)")
+def test_loss_meter_counts_the_memory_but_not_the_time_of_an_untimed_setup():
+    meter = LossMeter(memory=True)
+    with meter.measure(timed=False):  # a setup whose 32 MiB stay for the calls
+        kept = torch.ones(32 * 2**20 // 4)
+        float(kept.sum())
+    with meter.measure():
+        float(kept.sum())
+    s = meter.summary()
+    assert s["calls"] == 1 and len(meter.peaks_bytes) == 2
+    assert s["peak_mem_mib"] >= 31.0 and meter.peaks_bytes[1] < 8 * 2**20
+
+
 def test_loss_meter_without_proc_reports_no_memory(monkeypatch, tmp_path):
     import demos.measure
 

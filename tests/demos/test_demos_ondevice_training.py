@@ -6,24 +6,13 @@ import pytest
 import torch
 from proxy_runtimes import TorchProxyRuntime
 
-import pgn
-from demos.frames import edge_map, face_frames
-from demos.generators import Embedder, PoseGenerator, personalize
 from demos.losses import PGNLossTerm
 from demos.ondevice_training import FinetuneLossGraph, finetune_on_device, training_available
 from demos.students import Student
 
 
-def _setup():
-    torch.manual_seed(0)
-    train, _ = face_frames(16, train=2, holdout=1)
-    poses = edge_map(train)
-    init = personalize(PoseGenerator(), Embedder(), train, poses)
-    return init, poses, train, pgn.build("resnet4")
-
-
-def test_loss_graph_is_the_pgn_student_loss():
-    init, poses, train, model = _setup()
+def test_loss_graph_is_the_pgn_student_loss(finetune_batch):
+    init, poses, train, model = finetune_batch
     graph = FinetuneLossGraph(init, model.alpha, 20.0)
     with torch.no_grad():
         image = init(poses)
@@ -35,8 +24,8 @@ def test_loss_graph_is_the_pgn_student_loss():
 
 
 @pytest.mark.skipif(training_available() is not None, reason="onnxruntime-training is not installed")
-def test_ort_training_matches_the_pytorch_pgn_student(tmp_path):
-    init, poses, train, model = _setup()
+def test_ort_training_matches_the_pytorch_pgn_student(tmp_path, finetune_batch):
+    init, poses, train, model = finetune_batch
     tuned = finetune_on_device(init, poses, train, TorchProxyRuntime(model), model.alpha, 20.0, 5e-5, 3, tmp_path)
     student = Student.from_init("pgn", PGNLossTerm(model, 20.0), init, 5e-5, measure_memory=False)
     for _ in range(3):

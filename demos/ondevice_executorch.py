@@ -1,0 +1,218 @@
+"""The whole fine-tuning step inside ExecuTorch's training runtime: generator, frozen PGN, loss, backward and SGD.
+
+:mod:`demos.ondevice` shows that fitting with a PGN needs only an MSE towards the PGN's proxy ``P``. Here one
+ExecuTorch program holds the whole step (:class:`FinetuneStepProgram`):
+
+1. ``ŷ = G(poses)`` — the generator, whose parameters are the program's only trainable parameters;
+2. ``P = PGN(sg[ŷ], y)`` — the PGN, BatchNorm folded, its weights stored as constants of the program (frozen);
+3. ``loss = Σ_n α·mean(((ŷ − sg[P])/σ_c)²) + λ·mean(((ŷ − y)/σ_c)²)`` — the surrogate of :class:`pgn.PGNLoss`
+   (its gradient w.r.t. ŷ is the PGN's gradient) plus the demo's λ·MSE term, both in ImageNet-normalized space;
+4. the backward to the generator's parameters — ``torch.export.experimental._export_forward_backward`` writes
+   the joint forward-backward graph, which ``executorch.exir.to_edge(...).to_executorch()`` serializes;
+5. the update — ExecuTorch's SGD optimizer (``executorch.extension.training.get_sgd_optimizer``), which updates
+   the program's parameters in place.
+
+The program is exported once (:func:`export_step_program`); every step is then one ``forward_backward`` call
+and one optimizer step of ExecuTorch's runtime (:class:`ExecuTorchTrainer`), with no PyTorch autograd. Its
+operators run on ExecuTorch's portable kernels on the CPU: XNNPACK's partitioner would also take the generator's
+convolutions and pack their weights once, which freezes them. ExecuTorch's Python training bindings offer SGD
+only, so this path uses SGD.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+import pgn
+from pgn.constants import IMAGENET_STD
+from pgn.errors import PGNError, first_line
+
+from .ondevice import check_recipe_applies
+
+#: The method of the exported step program.
+METHOD = "forward"
+#: What to change when the step program does not export (the PGN exports as the ``executorch`` target does).
+GENERATOR_FIX = "change the generator"
+
+
+def executorch_training_available() -> str | None:
+    """``None`` when ExecuTorch's training runtime can be imported, else one line saying why and how to get it."""
+    try:
+        from export.executorch import INSTALL_HINT, quiet_native_output
+    except ImportError as e:
+        return f"export package not available ({e})"
+    try:
+        with quiet_native_output():
+            from executorch.exir import to_edge  # noqa: F401
+            from executorch.extension.training import _load_for_executorch_for_training_from_buffer  # noqa: F401
+    except ImportError as e:
+        return f"ExecuTorch not installed ({first_line(e, 80)}): {INSTALL_HINT}"
+    return None
+
+
+def freeze_as_constants(module: nn.Module) -> nn.Module:
+    """``module`` with every parameter turned into a buffer, so that an exported training program cannot train it."""
+    for sub in module.modules():
+        for name, param in list(sub._parameters.items()):
+            del sub._parameters[name]
+            if param is not None:
+                sub.register_buffer(name, param.detach().clone())
+    return module
+
+
+class FinetuneStepProgram(nn.Module):
+    """(poses, y) → (loss, ŷ): the generator, the frozen PGN's proxy and the surrogate loss, as one module.
+
+    Args:
+        generator: ``poses → ŷ`` (N, 3, H, W) in [0, 1]; its parameters are what the program trains.
+        model: the PGN (RGB [0, 1] value space, a gradient that is an MSE gradient towards its proxy); a folded,
+            frozen copy is taken.
+        mse_weight: λ of the normalized-space MSE to ``y``.
+        size: (H, W) of the images.
+    """
+
+    def __init__(self, generator: nn.Module, model: "pgn.PGN", mse_weight: float, size: tuple[int, int]):
+        super().__init__()
+        from export.graph import ExportGraph
+
+        check_recipe_applies(model)
+        self.generator = generator
+        self.pgn = freeze_as_constants(ExportGraph(model, outputs="grad", size=size))
+        self.alpha = float(model.alpha)
+        self.mse_weight = float(mse_weight)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, poses: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: D102
+        image = self.generator(poses)
+        proxy = self.pgn(image.detach(), target)[0].detach()
+        to_proxy = ((image - proxy) / self.std).pow(2).mean(dim=(1, 2, 3))
+        to_target = ((image - target) / self.std).pow(2).mean(dim=(1, 2, 3))
+        return (self.alpha * to_proxy + self.mse_weight * to_target).sum(), image.detach()
+
+
+def export_step_program(program: FinetuneStepProgram, poses: torch.Tensor, target: torch.Tensor) -> bytes:
+    """The ``.pte`` bytes of ``program``'s forward-backward graph at the shapes of ``poses`` and ``target``.
+
+    Raises:
+        PGNError: one line, naming the operator where ExecuTorch names one, if the program does not export.
+    """
+    from executorch.exir import to_edge
+    from torch.export.experimental import _export_forward_backward
+
+    from export.executorch import check_kernels, import_executorch, lowering_error, quiet_native_output
+
+    et = import_executorch()
+    try:
+        with warnings.catch_warnings(), quiet_native_output():
+            warnings.simplefilter("ignore")
+            captured = torch.export.export(program, (poses, target), strict=False)
+            joint = _export_forward_backward(captured)
+            pte = to_edge(joint).to_executorch().buffer
+    except Exception as e:  # noqa: BLE001 - export failures become one line naming the operator
+        raise PGNError(lowering_error(e, GENERATOR_FIX, "ExecuTorch training export")) from e
+    check_kernels(et, pte, GENERATOR_FIX)
+    return pte
+
+
+@dataclass(eq=False)
+class ExecuTorchTrainer:
+    """A step program loaded in ExecuTorch's training runtime, with ExecuTorch's SGD on its parameters."""
+
+    pte: bytes  #: the program; the runtime reads it in place, so it must outlive :attr:`module`
+    module: object = None
+    optimizer: object = None
+    threads: int | None = None  #: the size of ExecuTorch's thread pool it runs with
+
+    @classmethod
+    def load(cls, pte: bytes, poses: torch.Tensor, target: torch.Tensor, lr: float) -> "ExecuTorchTrainer":
+        """Load ``pte`` and create the optimizer; runs one ``forward_backward`` (the runtime hands out its
+        parameters only after one), which does not change them.
+
+        ExecuTorch's thread pool (one per process) is sized to ``torch.get_num_threads()``, the thread count the
+        demo's other rows run with.
+        """
+        from export.executorch import THREAD_POOL, import_executorch, quiet_native_output
+
+        portable_lib = import_executorch().portable_lib
+        with quiet_native_output():
+            from executorch.extension.training import _load_for_executorch_for_training_from_buffer, get_sgd_optimizer
+
+        trainer = cls(pte)
+        THREAD_POOL.claim(trainer, portable_lib, torch.get_num_threads())
+        try:
+            with quiet_native_output(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # ExecuTorch marks its training API experimental on every call
+                trainer.module = _load_for_executorch_for_training_from_buffer(pte)
+                trainer.module.forward_backward(METHOD, (poses, target))
+                trainer.optimizer = get_sgd_optimizer(trainer.module.named_parameters(), lr)
+        except Exception as e:  # noqa: BLE001 - e.g. a missing operator kernel
+            raise PGNError(f"ExecuTorch cannot load the training program: {type(e).__name__}: {first_line(e)}") from e
+        THREAD_POOL.users.add(trainer)
+        trainer.threads = THREAD_POOL.size(portable_lib)
+        return trainer
+
+    def step(self, poses: torch.Tensor, target: torch.Tensor) -> float:
+        """One training step in the runtime: forward, backward, SGD update; returns the loss before the update."""
+        loss = self.module.forward_backward(METHOD, (poses, target))[0]
+        self.optimizer.step(self.module.named_gradients())
+        return float(loss)
+
+    def parameters(self) -> dict[str, torch.Tensor]:
+        """The trained parameters by their PyTorch names (``generator.…``), copied out of the runtime."""
+        return {name: t.clone() for name, t in self.module.named_parameters().items()}
+
+
+def finetune_on_executorch(
+    init: nn.Module,
+    model: "pgn.PGN",
+    poses: torch.Tensor,
+    target: torch.Tensor,
+    mse_weight: float,
+    lr: float,
+    steps: int,
+    meter=None,
+    progress: Callable[[float], None] | None = None,
+    pte: bytes | None = None,
+) -> tuple[nn.Module, ExecuTorchTrainer]:
+    """Fine-tune a copy of ``init`` with every step inside ExecuTorch's training runtime.
+
+    Args:
+        init: the generator (``poses → images``) to start from; it is not modified.
+        model: the PGN (frozen inside the program).
+        poses, target: the training batch (the program's fixed shapes).
+        lr: ExecuTorch SGD learning rate.
+        meter: optional :class:`~demos.measure.LossMeter` timing each whole device step; the memory of loading
+            the program (ExecuTorch allocates the memory it planned for a step then) is measured with it.
+        progress: optional callable run after every step with the loss.
+        pte: the step program of ``init`` and ``model`` for these shapes, exported earlier by
+            :func:`export_step_program` (default: export it now).
+
+    Returns:
+        A PyTorch copy of ``init`` holding the parameters trained by ExecuTorch, and the trainer.
+    """
+    from contextlib import nullcontext
+
+    program = FinetuneStepProgram(copy.deepcopy(init).train(), model, mse_weight, tuple(target.shape[-2:]))
+    poses, target = poses.float().contiguous(), target.float().contiguous()
+    if pte is None:
+        pte = export_step_program(program, poses, target)
+    # Loading allocates the memory ExecuTorch planned for every step; it counts towards the steps' peak memory.
+    with meter.measure(timed=False) if meter is not None else nullcontext():
+        trainer = ExecuTorchTrainer.load(pte, poses, target, lr)
+    for _ in range(steps):
+        with meter.measure() if meter is not None else nullcontext():
+            loss = trainer.step(poses, target)
+        if progress is not None:
+            progress(loss)
+    trained = trainer.parameters()
+    expected = {name for name, p in program.named_parameters() if p.requires_grad}
+    if set(trained) != expected:
+        raise PGNError(f"ExecuTorch trained {sorted(set(trained) ^ expected)[:3]}… instead of the generator's parameters")
+    program.load_state_dict(trained, strict=False)
+    return program.generator.eval(), trainer

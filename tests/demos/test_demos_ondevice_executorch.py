@@ -1,0 +1,152 @@
+"""The whole fine-tuning step in ExecuTorch's training runtime (:mod:`demos.ondevice_executorch`)."""
+
+import copy
+import json
+import sys
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import pgn
+from demos.cli import main
+from demos.losses import PGNLossTerm
+from demos.ondevice_executorch import (
+    ExecuTorchTrainer,
+    FinetuneStepProgram,
+    executorch_training_available,
+    export_step_program,
+    finetune_on_executorch,
+)
+
+needs_executorch = pytest.mark.skipif(executorch_training_available() is not None, reason="ExecuTorch is not installed")
+MSE_WEIGHT = 20.0
+LR = 1e-3  # large enough that a wrong learning rate or a missing term moves the parameters by far more than 1e-5
+
+
+@pytest.fixture(scope="module")
+def pte(finetune_batch):
+    """The step program of ``finetune_batch``, exported once for the module (the export takes most of the time)."""
+    if executorch_training_available() is not None:
+        pytest.skip("ExecuTorch is not installed")
+    init, poses, train, model = finetune_batch
+    return export_step_program(FinetuneStepProgram(copy.deepcopy(init), model, MSE_WEIGHT, (16, 16)), poses, train)
+
+
+def _eager_sgd_step(init, model, poses, train, lr):
+    """One eager PyTorch step: pgn.PGNLoss with the λ·MSE term (``PGNLossTerm``), torch's SGD."""
+    generator = copy.deepcopy(init)
+    optimizer = torch.optim.SGD(generator.parameters(), lr=lr)
+    PGNLossTerm(model, MSE_WEIGHT).per_sample(generator(poses), train).sum().backward()
+    optimizer.step()
+    return {f"generator.{name}": p.detach() for name, p in generator.named_parameters()}
+
+
+def test_step_program_loss_is_the_pgn_student_loss(finetune_batch):
+    init, poses, train, model = finetune_batch
+    program = FinetuneStepProgram(copy.deepcopy(init), model, MSE_WEIGHT, (16, 16))
+    with torch.no_grad():
+        loss, image = program(poses, train)
+        expected = PGNLossTerm(model, MSE_WEIGHT).per_sample(init(poses), train).sum()
+    torch.testing.assert_close(image, init(poses).detach())
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=0)
+
+
+@needs_executorch
+def test_one_executorch_step_equals_one_eager_pgnloss_step(finetune_batch, pte):
+    init, poses, train, model = finetune_batch
+    trainer = ExecuTorchTrainer.load(pte, poses, train, LR)
+    trainer.step(poses, train)
+    ours = trainer.parameters()
+    reference = _eager_sgd_step(init, model, poses, train, LR)
+    start = {f"generator.{name}": p.detach() for name, p in init.named_parameters()}
+    assert set(ours) == set(reference)
+    moved = max(float((reference[k] - start[k]).abs().max() / reference[k].abs().max()) for k in reference)
+    assert moved > 1e-3  # the step is far larger than the tolerance
+    for name, expected in reference.items():
+        error = float((ours[name] - expected).abs().max() / expected.abs().max().clamp_min(1e-12))
+        assert error <= 1e-5, (name, error)
+
+
+@needs_executorch
+def test_pgn_weights_are_frozen_constants(finetune_batch, pte):
+    init, poses, train, model = finetune_batch
+    before = copy.deepcopy(model.state_dict())
+    trainer = ExecuTorchTrainer.load(pte, poses, train, 0.05)
+    names = set(trainer.module.named_parameters())
+    assert names == {f"generator.{name}" for name, _ in init.named_parameters()}
+    for _ in range(3):
+        trainer.step(poses, train)
+    # the loss the program reports after three large steps is the eager loss of its trained generator with the
+    # original PGN: the PGN inside the program did not change
+    generator = copy.deepcopy(init)
+    generator.load_state_dict({k.removeprefix("generator."): v for k, v in trainer.parameters().items()})
+    with torch.no_grad():
+        expected = PGNLossTerm(model, MSE_WEIGHT).per_sample(generator(poses), train).sum()
+        initial = PGNLossTerm(model, MSE_WEIGHT).per_sample(init(poses), train).sum()
+    reported = trainer.step(poses, train)
+    assert abs(float(initial) - reported) > 1e-3 * float(initial)  # the generator did change
+    assert reported == pytest.approx(float(expected), rel=1e-5)
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0)
+
+
+@needs_executorch
+def test_finetune_on_executorch_returns_the_trained_generator(finetune_batch, pte):
+    init, poses, train, model = finetune_batch
+    tuned, trainer = finetune_on_executorch(init, model, poses, train, MSE_WEIGHT, LR, 1, pte=pte)
+    reference = _eager_sgd_step(init, model, poses, train, LR)
+    for name, p in tuned.named_parameters():
+        torch.testing.assert_close(p.detach(), reference[f"generator.{name}"], rtol=1e-5, atol=1e-5 * float(p.detach().abs().max()))
+    assert trainer.threads == torch.get_num_threads()
+
+
+def _finetune_rows(out, losses: str) -> tuple[dict, dict]:
+    """``pgn-demo finetune`` at 16² (1 train frame, 2 steps, no meta-training): rows by key, and the notes."""
+    result = CliRunner().invoke(main, ["finetune", "-o", str(out), "--size", "16", "--train-frames", "1", "--holdout-frames", "1",
+                                       "--steps", "2", "--meta-steps", "0", "--losses", losses, "--no-progress"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    table = json.loads((out / "results.json").read_text())["tables"]["finetune"]
+    return {r.get("key", r["loss"]): r for r in table["rows"]}, table["notes"]
+
+
+@needs_executorch
+def test_finetune_cli_runs_the_executorch_row(tmp_path):
+    rows, notes = _finetune_rows(tmp_path / "ft", "pgn,pgn-executorch-train")
+    row = rows["pgn-executorch-train"]
+    assert row["status"] == "ok", row["status"]
+    # timed and memory-measured like the other rows, over the whole step; the program is kept and its size reported
+    assert row["loss_time_ms"] > 0 and row["loss_peak_mem_mib"] is not None and row["pte_mib"] > 0.1
+    assert (tmp_path / "ft" / "executorch_training" / "finetune_step.pte").stat().st_size == pytest.approx(row["pte_mib"] * 2**20)
+    assert row["holdout_mse_x1e3"]["mean"] != rows["before fine-tuning"]["holdout_mse_x1e3"]["mean"]
+    assert any(f"is {row['pte_mib']:.2f} MiB" in note for note in notes)
+
+
+def test_missing_executorch_is_a_skipped_row_with_one_line(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "executorch.extension.training", None)  # as without ExecuTorch
+    reason = executorch_training_available()
+    assert reason is not None and 'pip install "pgn-toolkit[executorch]"' in reason and "\n" not in reason
+    rows, _ = _finetune_rows(tmp_path / "ft", "mse,pgn-executorch-train")
+    assert rows["pgn-executorch-train"]["status"] == reason
+    assert rows["mse"]["status"] == "ok"
+
+
+class _GeneratorWithI0e(torch.nn.Module):
+    """A generator with an operator outside ExecuTorch's Core ATen opset (``special_i0e``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 3, 3, padding=1)
+
+    def forward(self, poses):
+        return torch.sigmoid(torch.special.i0e(self.conv(poses)))
+
+
+@needs_executorch
+def test_a_program_that_cannot_export_names_the_operator(finetune_batch):
+    _, poses, train, model = finetune_batch
+    with pytest.raises(pgn.PGNError) as info:
+        export_step_program(FinetuneStepProgram(_GeneratorWithI0e(), model, MSE_WEIGHT, (16, 16)), poses, train)
+    message = str(info.value)
+    assert "\n" not in message and "aten.special_i0e" in message and "change the generator" in message
