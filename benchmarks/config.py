@@ -48,6 +48,9 @@ class BenchmarkConfig:
         check_values: when the PyTorch modules read their inputs to check them for NaN and range (``auto``: on
             the CPU only, since on a GPU it synchronizes every call; ``always``: measure what that costs;
             ``never``), see :mod:`pgn.inputs`.
+        export_jobs: how many artifact exports run at once. Every artifact is exported before the first
+            measurement, so parallel exports never overlap a timed call; most of an export (tracing, lowering,
+            quantization passes) runs on one core.
     """
 
     device: str = "cpu"
@@ -63,6 +66,7 @@ class BenchmarkConfig:
     weights: str | None = None
     timeout: float = 900.0
     check_values: str = "auto"
+    export_jobs: int = 2
     resolved_weights: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
@@ -87,6 +91,8 @@ class BenchmarkConfig:
             raise PGNError(f"warmup must be ≥ 0, got {self.warmup}")
         if self.check_values not in CHECK_VALUES:
             raise PGNError(f"check_values must be one of {', '.join(CHECK_VALUES)}, got {self.check_values!r}")
+        if isinstance(self.export_jobs, bool) or not isinstance(self.export_jobs, int) or self.export_jobs < 1:
+            raise PGNError(f"export_jobs must be a positive integer, got {self.export_jobs!r}")
         if self.threads is not None and self.threads < 1:
             raise PGNError(f"threads must be ≥ 1, got {self.threads}")
         if not 0 < self.timeout < float("inf"):

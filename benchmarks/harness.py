@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -110,6 +111,22 @@ class _Artifacts:
         self.cache[key] = run_task(task, self.workdir, self.config.effective_threads, self.config.timeout)
         return self.cache[key]
 
+    def prepare_all(self, jobs: list[tuple[tuple[int, int], str, str]], inputs: dict[tuple[int, int], Path]) -> None:
+        """Export every artifact ``jobs`` need, ``config.export_jobs`` worker processes at a time.
+
+        Each export is its own worker process, so the threads here only wait. Quantized ONNX models are made from
+        the fp32 exports, in a second wave, so no artifact is exported twice.
+        """
+        needed = [(model, runtime, size) for size, model, runtime in jobs
+                  if resolve_runtime(runtime).export_target is not None or resolve_runtime(runtime).quantizes_onnx]
+        needed = [job for job in needed
+                  if check_runnable(resolve_runtime(job[1]), self.config.device, resolve_model(job[0])) is None]
+        first = [job for job in needed if not resolve_runtime(job[1]).quantizes_onnx]
+        second = [job for job in needed if resolve_runtime(job[1]).quantizes_onnx]
+        with ThreadPoolExecutor(max_workers=self.config.export_jobs) as pool:
+            for wave in (first, second):
+                list(pool.map(lambda job: self.get(*job, inputs[job[2]]), wave))
+
 
 def measure_one(model: str, runtime: str, size: tuple[int, int], config: BenchmarkConfig, inputs: Path,
                 artifacts: _Artifacts, workdir: Path) -> Row:
@@ -157,12 +174,13 @@ def run_benchmark(config: BenchmarkConfig, *, progress: bool = True, workdir: st
         tmp = Path(tmp)
         tmp.mkdir(parents=True, exist_ok=True)
         artifacts = _Artifacts(config, tmp)
-        inputs: dict[tuple[int, int], Path] = {}
-        with _progress(progress, len(jobs)) as advance:
+        inputs = {size: make_input_file(tmp / f"inputs-{size[0]}x{size[1]}.pt", config.batch, size, config.seed)
+                  for size in config.sizes}
+        with _progress(progress, len(jobs) + 1) as advance:
+            advance(f"exporting artifacts ({config.export_jobs} at a time)")
+            artifacts.prepare_all(jobs, inputs)
             for size, model, runtime in jobs:
                 advance(f"{model} / {runtime} @ {size[0]}x{size[1]}")
-                if size not in inputs:
-                    inputs[size] = make_input_file(tmp / f"inputs-{size[0]}x{size[1]}.pt", config.batch, size, config.seed)
                 rows.append(measure_one(model, runtime, size, config, inputs[size], artifacts, tmp))
             advance(None)
     environment["load_average_end"] = load_average()

@@ -104,3 +104,47 @@ def test_table_and_plots(result, tmp_path):
     scaling = plot_scaling(result, tmp_path / "scaling.png")
     assert scaling.is_file()
     json.loads(result.write_json(tmp_path / "r.json").read_text())
+
+
+def test_artifacts_are_exported_in_parallel_before_any_measurement(tmp_path, monkeypatch):
+    """Exports run export_jobs at a time and all finish before the first measurement; the int8 ONNX model is
+    made from the fp32 export of the same model, which is exported once."""
+    import threading
+    import time
+
+    from benchmarks import harness
+
+    calls, running, peak, lock = [], [0], [0], threading.Lock()
+
+    def fake_run_task(task, workdir, threads, timeout):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+            calls.append((task.mode, task.model, task.runtime, task.artifact))
+        time.sleep(0.2 if task.mode == "prepare" else 0)
+        with lock:
+            running[0] -= 1
+        if task.mode == "prepare":
+            return {"status": "ok", "artifact": f"{task.model}-{task.runtime}.onnx", "artifact_mb": 1.0}
+        return {"status": "failed", "reason": "not measured in this test"}
+
+    monkeypatch.setattr(harness, "run_task", fake_run_task)
+    config = BenchmarkConfig(device="cpu", models=("resnet4", "unet"), runtimes=("torch", "onnxruntime", "onnxruntime-int8"),
+                             sizes=(32,), repeats=1, warmup=0, threads=1, export_jobs=2)
+    run_benchmark(config, progress=False, workdir=tmp_path)
+    modes = [c[0] for c in calls]
+    assert modes.index("measure") == modes.count("prepare") == 4  # every export before the first measurement
+    prepared = [(c[1], c[2]) for c in calls if c[0] == "prepare"]
+    assert sorted(prepared) == sorted({(m, r) for m in ("resnet4", "unet") for r in ("onnxruntime", "onnxruntime-int8")})
+    assert peak[0] == 2  # two exports at a time
+    for model in ("resnet4", "unet"):
+        int8 = next(c for c in calls if c[:3] == ("prepare", model, "onnxruntime-int8"))
+        assert int8[3] == f"{model}-onnxruntime.onnx"
+        assert prepared.index((model, "onnxruntime")) < prepared.index((model, "onnxruntime-int8"))
+
+
+def test_export_jobs_must_be_positive():
+    from pgn.errors import PGNError
+
+    with pytest.raises(PGNError, match="export_jobs must be a positive integer"):
+        BenchmarkConfig(export_jobs=0)
