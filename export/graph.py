@@ -27,6 +27,8 @@ import pgn
 from pgn.constants import IMAGENET_MEAN, IMAGENET_STD
 from pgn.errors import PGNError
 
+from .graph_options import GraphOptions
+
 INPUT_NAMES = ("y_hat", "y")
 CHANNELS = 3
 
@@ -105,8 +107,11 @@ class ExportGraph(nn.Module):
         dtype: arithmetic and weight dtype inside the graph (``torch.float16`` for ONNX/TensorRT-11 fp16);
             inputs and outputs stay float32 either way. CoreML and TensorRT 10 trace float32 and lower the
             precision in the converter/builder.
-        size: (H, W) of a fixed-shape export (fixes the gradient constant); ignored when ``dynamic``.
+        size: (H, W) of a fixed-shape export (fixes the gradient constant and the UNet's row bands); ignored when
+            ``dynamic``.
         dynamic: compute the gradient scale from the input shape at run time.
+        graph_options: how the backbone is computed (:class:`export.graph_options.GraphOptions`; default: its
+            defaults). The numbers stay those of the model; :attr:`graph_description` says what applied.
     """
 
     def __init__(
@@ -117,6 +122,7 @@ class ExportGraph(nn.Module):
         dtype: torch.dtype = torch.float32,
         size: tuple[int, int] = (224, 224),
         dynamic: bool = False,
+        graph_options: GraphOptions | None = None,
     ):
         super().__init__()
         if outputs not in ("grad", "residual"):
@@ -130,7 +136,9 @@ class ExportGraph(nn.Module):
         self.output_names = ("proxy", outputs)
         self.dynamic = dynamic
         self.compute_dtype = dtype
-        self.backbone = fold_batchnorm(model.backbone)
+        self.graph_options = graph_options or GraphOptions()
+        form, self.graph_description = backbone_form(model.backbone, self.graph_options, None if dynamic else tuple(size))
+        self.backbone = fold_batchnorm(form)
         self.head = model.head
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
@@ -168,6 +176,22 @@ class ExportGraph(nn.Module):
         if self.recipe.phi == "tanh":
             return torch.tanh(diff)
         return diff
+
+
+def backbone_form(backbone: nn.Module, options: GraphOptions, size: tuple[int, int] | None) -> tuple[nn.Module, dict]:
+    """The backbone as the export graph computes it under ``options``, and what was applied (for the manifest).
+
+    The UNet becomes an :class:`export.unet_graph.ExportUNet`; other backbones are returned as they are.
+    """
+    from pgn.backbones.unet import UNetBackbone
+
+    from .unet_graph import ExportUNet
+
+    requested = options.to_dict()
+    if isinstance(backbone, UNetBackbone):
+        form = ExportUNet(backbone, options, size)
+        return form, {"requested": requested, "applied": form.describe()}
+    return backbone, {"requested": requested, "applied": f"nothing: no option applies to {type(backbone).__name__}"}
 
 
 def fold_batchnorm(module: nn.Module) -> nn.Module:
