@@ -275,8 +275,8 @@ def _verify(target: ExportTarget, model, artifact: Path, opts: ExportOptions, ve
         return not_executed(missing, checks)
     runtime = load_runtime(artifact, target=target.name, device=target.verify_device)
     sets = parity_inputs(opts.size, opts.batch, other_size=_other_size(opts, model.size_multiple) if opts.dynamic else None)
-    parity = verify_runtime(runtime, model, sets, target.tolerance(opts.precision),
-                            fixed_batch=None if opts.dynamic else opts.batch, references=references)
+    batch = opts.shape_range(model.size_multiple).max[0] if opts.dynamic else opts.batch  # the largest it takes
+    parity = verify_runtime(runtime, model, sets, target.tolerance(opts.precision), fixed_batch=batch, references=references)
     if checks is not None:
         parity["structural_checks"] = checks
     return parity

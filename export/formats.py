@@ -14,12 +14,12 @@ from pathlib import Path
 
 from pgn.errors import PGNError
 
-from . import coreml, onnx, tensorrt
+from . import coreml, executorch, onnx, tensorrt
 from .options import ExportOptions
 from .target import ExportTarget
 
 #: Every export target by name; ``target="all"`` exports to each, in this order.
-FORMATS: dict[str, ExportTarget] = {t.name: t for t in (onnx.TARGET, tensorrt.TARGET, coreml.TARGET)}
+FORMATS: dict[str, ExportTarget] = {t.name: t for t in (onnx.TARGET, tensorrt.TARGET, coreml.TARGET, executorch.TARGET)}
 
 
 def resolve_targets(target: str) -> list[ExportTarget]:

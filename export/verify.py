@@ -4,14 +4,20 @@ The reference is the PGN itself evaluated in float64 (a copy; the user's model i
 measured error is the artifact's own error and not the float32 round-off of the reference. Inputs are
 
 * ``random``: independent uniform [0, 1] pairs (ŷ, y);
-* ``real``: bundled photographs (:func:`pgn.images.sample_batch`) as y, and ŷ a blurred, noisy copy of y, the
-  regime a generator fine-tuned with a PGN lives in;
+* ``real``: bundled photographs (:data:`PARITY_PHOTOS`) as y, and ŷ a blurred, noisy copy of y, the regime a
+  generator fine-tuned with a PGN lives in;
 * for dynamic artifacts also ``random-other-size``: random pairs at a second shape, to prove the shape is free.
 
-Metrics per set: max abs and max relative error of ``grad`` and ``proxy`` (relative = max |Δ| / max |reference|)
-and the cosine similarity of the gradient per sample (min and mean). Tolerances (:class:`Tolerance`):
-fp32 needs relative errors ≤ 1e-4 for both; fp16 needs a gradient cosine ≥ 0.999 on every pair (the proxy's
-errors are reported: the gradient is computed from it, so its cosine already judges the proxy where it matters).
+Metrics per set: max abs and max relative error of ``grad`` and ``proxy`` (relative = max |Δ| / max |reference|),
+the cosine similarity of the gradient per sample (min and mean), and the cosine of the proxies after subtracting
+the reference proxy's per-channel mean (a stricter view than the gradient, whose ŷ term both sides share).
+Tolerances (:class:`Tolerance`): fp32 needs relative errors ≤ 1e-4 for both; fp16 needs a gradient cosine
+≥ 0.999 on every pair (the proxy's errors are reported: the gradient is computed from it, so its cosine already
+judges the proxy where it matters). Other precisions (int8) get their thresholds from their target.
+
+Quantized artifacts are calibrated on :func:`calibration_pairs`, built from :data:`CALIBRATION_PHOTOS`, which
+share no photograph with :data:`PARITY_PHOTOS`: an int8 artifact is never checked on the images it was
+calibrated on.
 """
 
 from __future__ import annotations
@@ -32,6 +38,12 @@ from pgn.errors import PGNError
 
 if TYPE_CHECKING:
     from .runtimes import Runtime
+
+
+#: Bundled photographs (keys of :func:`pgn.images.sample_images`) the parity check's ``real`` set uses as y.
+PARITY_PHOTOS = ("skimage/astronaut", "skimage/chelsea", "skimage/coffee", "skimage/immunohistochemistry")
+#: Bundled photographs int8 calibration uses (:func:`calibration_pairs`): none of them is a parity photograph.
+CALIBRATION_PHOTOS = ("skimage/rocket", "sklearn/china", "sklearn/flower")
 
 
 @dataclass(frozen=True)
@@ -107,12 +119,24 @@ def parity_inputs(
     return sets
 
 
-def real_images(size: tuple[int, int], n: int) -> torch.Tensor:
-    """``n`` bundled photographs center-cropped to ``size`` (cycled if fewer exist), (n, 3, H, W) in [0, 1]."""
+def real_images(size: tuple[int, int], n: int, photos: tuple[str, ...] = PARITY_PHOTOS) -> torch.Tensor:
+    """``n`` bundled photographs center-cropped to ``size``, (n, 3, H, W) in [0, 1].
+
+    Args:
+        size: (H, W).
+        n: how many; the photographs are cycled when ``n`` exceeds their number.
+        photos: keys of :func:`pgn.images.sample_images` to use (default: the parity photographs); those not
+            installed here are skipped.
+
+    Raises:
+        PGNError: if none of ``photos`` is available.
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # read-only sample arrays (harmless)
         imgs = sample_images()
-    keys = sorted(imgs)
+    keys = [k for k in photos if k in imgs]
+    if not keys:
+        raise PGNError(f"none of the bundled photographs {', '.join(photos)} is available: install scikit-image and scikit-learn")
     h, w = size
     out = []
     for i in range(n):
@@ -120,6 +144,19 @@ def real_images(size: tuple[int, int], n: int) -> torch.Tensor:
         top, left = (img.shape[1] - h) // 2, (img.shape[2] - w) // 2
         out.append(img[:, top : top + h, left : left + w])
     return torch.stack(out).clamp(0, 1)
+
+
+def calibration_pairs(size: tuple[int, int], n: int = 8, *, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` (ŷ, y) pairs for calibrating a quantized artifact, (n, 3, H, W) each, in [0, 1].
+
+    ``y`` cycles through :data:`CALIBRATION_PHOTOS`, which share no photograph with the parity check's
+    :data:`PARITY_PHOTOS`; ŷ is a blurred, noisy copy (:func:`degrade`, with its own seed), as in the parity check.
+    """
+    overlap = set(CALIBRATION_PHOTOS) & set(PARITY_PHOTOS)
+    if overlap:  # a guard against editing one list without the other
+        raise PGNError(f"calibration and parity photographs overlap ({', '.join(sorted(overlap))}): keep them disjoint")
+    y = real_images(size, n, CALIBRATION_PHOTOS)
+    return degrade(y, torch.Generator().manual_seed(seed)), y
 
 
 def degrade(y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -153,12 +190,14 @@ def compare(out: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> dict[str,
         m[f"{key}_max_abs"] = float(err.max())
         m[f"{key}_max_rel"] = float(err.max() / max(np.abs(b).max(), 1e-30))
         m[f"{key}_finite"] = bool(np.isfinite(a).all())
-    a = np.asarray(out["grad"], dtype=np.float64).reshape(len(out["grad"]), -1)
-    b = np.asarray(ref["grad"], dtype=np.float64).reshape(len(ref["grad"]), -1)
-    cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-300)
+    b = np.asarray(ref["grad"], dtype=np.float64)
+    cos = _cosine(np.asarray(out["grad"], dtype=np.float64), b)
     m["grad_cosine_min"] = float(cos.min())
     m["grad_cosine_mean"] = float(cos.mean())
     m["grad_ref_max_abs"] = float(np.abs(b).max())
+    p_ref = np.asarray(ref["proxy"], dtype=np.float64)
+    centre = p_ref.mean(axis=(2, 3), keepdims=True)
+    m["proxy_cosine_centered_min"] = float(_cosine(np.asarray(out["proxy"], dtype=np.float64) - centre, p_ref - centre).min())
     return m
 
 
@@ -186,7 +225,8 @@ def verify_runtime(
         model: the PGN it was exported from.
         sets: the input sets (:func:`parity_inputs`).
         tolerance: pass/fail thresholds.
-        fixed_batch: the artifact's batch size for fixed-shape artifacts, ``None`` for dynamic ones.
+        fixed_batch: how many pairs to run at once: the batch of a fixed-shape artifact, at most the largest batch
+            of a dynamic one (``None``: a whole set at once).
         references: cached :func:`torch_reference` outputs per set name (filled in when given).
     """
     results, failures = {}, []
@@ -242,6 +282,12 @@ def _fmt_cos(c: float) -> str:
     if c >= 1.0 or math.isnan(c):
         return f"{c:.6f}"
     return f"1-{1.0 - c:.1e}"
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarity per sample of two (N, ...) arrays."""
+    a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
+    return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-300)
 
 
 def _round_up(n: int, multiple: int) -> int:

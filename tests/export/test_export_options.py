@@ -9,15 +9,16 @@ from pgn.errors import PGNError
 
 
 def test_table_rows_are_complete():
-    assert set(FORMATS) == {"onnx", "tensorrt", "coreml"}
+    assert set(FORMATS) == {"onnx", "tensorrt", "coreml", "executorch"}
     for fmt in FORMATS.values():
         assert fmt.suffix.startswith(".") and fmt.default_precision in ("fp32", "fp16")
+    assert FORMATS["executorch"].precisions == ("fp32", "int8")
     assert FORMATS["tensorrt"].verify_device == "cuda" and FORMATS["onnx"].verify_device == "cpu"
     assert FORMATS["coreml"].default_precision == "fp16" and FORMATS["onnx"].default_precision == "fp32"
 
 
 def test_all_expands_in_table_order():
-    assert [f.name for f in resolve_targets("all")] == ["onnx", "tensorrt", "coreml"]
+    assert [f.name for f in resolve_targets("all")] == ["onnx", "tensorrt", "coreml", "executorch"]
     assert [f.name for f in resolve_targets("CoreML")] == ["coreml"]
 
 
@@ -26,7 +27,7 @@ def test_unknown_target_raises_with_did_you_mean(typo, suggestion):
     with pytest.raises(PGNError) as e:
         resolve_targets(typo)
     msg = str(e.value)
-    assert "unknown export target" in msg and "Valid targets: onnx, tensorrt, coreml, all" in msg
+    assert "unknown export target" in msg and "Valid targets: onnx, tensorrt, coreml, executorch, all" in msg
     if suggestion:
         assert f"Did you mean '{suggestion}'" in msg
 

@@ -33,16 +33,18 @@ def test_missing_tensorrt_is_a_clear_error_and_writes_nothing(tmp_path, no_tenso
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
-def test_all_reports_tensorrt_as_failed_and_exports_the_rest(tmp_path, no_tensorrt):
+def test_all_reports_tensorrt_as_failed_and_exports_the_rest(tmp_path, no_tensorrt, no_executorch):
+    # ExecuTorch is made missing too (test_export_executorch.py exports it), and "all" reports it the same way
     results = export.export(build("unet"), "all", output_dir=tmp_path, size=64)
     by = {r.target: r for r in results}
-    assert [r.target for r in results] == ["onnx", "tensorrt", "coreml"]
+    assert [r.target for r in results] == ["onnx", "tensorrt", "coreml", "executorch"]
     assert by["onnx"].status == "verified"
     assert by["tensorrt"].status == "failed" and by["tensorrt"].artifact is None
     assert "TensorRT is not installed" in by["tensorrt"].reason
     assert by["coreml"].ok
+    assert by["executorch"].status == "failed" and 'pip install "pgn-toolkit[executorch]"' in by["executorch"].reason
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert not any(n.endswith(".engine") or n.startswith(".pgn-export") for n in names)
+    assert not any(n.endswith((".engine", ".pte")) or n.startswith(".pgn-export") for n in names)
 
 
 def test_tensorrt_runtime_is_a_clear_error(tmp_path, no_tensorrt):
