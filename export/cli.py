@@ -51,6 +51,9 @@ def _check_target(ctx, param, value: str) -> str:
               help="TensorRT timing cache (default: DIR/tensorrt-timing.cache).")
 @click.option("--tf32", is_flag=True, help="TensorRT: allow TF32 math in fp32 layers (faster; fails fp32 parity, so off by default).")
 @click.option("--deployment-target", metavar="NAME", help="CoreML minimum deployment target (default iOS16).")
+@click.option("--graph-options", metavar="LIST",
+              help="How the graph computes the backbone, e.g. 'band_rows=16,decoder_conv=split' or 'plain' "
+                   "(names: band_rows, band_levels, decoder_conv, upsample_conv; see export/README.md).")
 def main(**kwargs) -> None:
     """Export a PGN with its gradient head as ONNX, TensorRT or CoreML, verified against PyTorch.
 

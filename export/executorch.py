@@ -114,7 +114,7 @@ class ExecuTorchTarget(ExportTarget):
         """Write ``model`` (backbone + head) as a ``.pte`` program at ``path``; a one-line :class:`PGNError`
         naming the operator if it cannot be lowered."""
         et = import_executorch()
-        graph = ExportGraph(model, outputs="grad", size=options.size, dynamic=options.dynamic)
+        graph = ExportGraph(model, outputs="grad", size=options.size, dynamic=options.dynamic, graph_options=options.graph_options)
         example, dynamic_shapes = trace_inputs(options, model.size_multiple)
         program = _capture(graph, example, dynamic_shapes)
         if options.precision == "int8":

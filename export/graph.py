@@ -181,17 +181,32 @@ class ExportGraph(nn.Module):
 def backbone_form(backbone: nn.Module, options: GraphOptions, size: tuple[int, int] | None) -> tuple[nn.Module, dict]:
     """The backbone as the export graph computes it under ``options``, and what was applied (for the manifest).
 
-    The UNet becomes an :class:`export.unet_graph.ExportUNet`; other backbones are returned as they are.
+    The UNet becomes an :class:`export.unet_graph.ExportUNet`, the ResNet an
+    :class:`export.resnet_graph.ExportResNet`; other backbones are returned as they are. The description has
+    ``requested`` (every option), ``applied`` and ``not_applied`` (option → why not).
     """
+    from pgn.backbones.resnet import ResNetBackbone
     from pgn.backbones.unet import UNetBackbone
 
+    from .resnet_graph import ExportResNet
     from .unet_graph import ExportUNet
 
     requested = options.to_dict()
     if isinstance(backbone, UNetBackbone):
         form = ExportUNet(backbone, options, size)
-        return form, {"requested": requested, "applied": form.describe()}
-    return backbone, {"requested": requested, "applied": f"nothing: no option applies to {type(backbone).__name__}"}
+    elif isinstance(backbone, ResNetBackbone):
+        form = ExportResNet(backbone, options)
+    else:
+        reason = f"no graph option applies to a {type(backbone).__name__}"
+        return backbone, {"requested": requested, "applied": {}, "not_applied": dict.fromkeys(requested, reason)}
+    applied, not_applied = form.describe()
+    return form, {"requested": requested, "applied": applied, "not_applied": not_applied}
+
+
+def describe_graph(backbone: nn.Module, options: GraphOptions, size: tuple[int, int] | None) -> dict:
+    """The manifest's ``graph`` entry: what :func:`backbone_form` applies for this backbone, options and size
+    (``size`` ``None`` for a dynamic export)."""
+    return backbone_form(backbone, options, size)[1]
 
 
 def fold_batchnorm(module: nn.Module) -> nn.Module:

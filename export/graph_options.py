@@ -16,11 +16,11 @@ operators the runtime sees, for speed or peak memory on the CPU runtimes:
   map and of the skip separately, with the group sum folded into the following 1×1 convolution, so the
   concatenation disappears (``conv(cat(a, b)) = conv_a(a) + conv_b(b)``).
 * ``upsample_conv`` (ResNet): the nearest ×2 upsampling followed by a 3×3 convolution, ``plain``, or
-  ``polyphase``: four 2×2 convolutions of the low-resolution map (each output phase sees only 2×2 distinct
-  inputs), interleaved; 4/9 of the multiply-adds and no upsampled map.
+  ``transposed``: one stride-2 4×4 transposed convolution of the low-resolution map (each output pixel sees
+  only 2×2 distinct inputs; see :mod:`export.resnet_graph`): 4/9 of the multiply-adds and no upsampled map.
 
-An option that does not apply to a backbone is left out of what the manifest records as applied, with the
-reason (a ResNet has no decoder convolutions; banding needs fixed shapes).
+The manifest's ``graph`` entry records what was requested, what applied, and each option that did not apply
+with the reason (a ResNet has no decoder convolutions; banding needs fixed shapes).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pgn.errors import PGNError
 
 DECODER_CONV_FORMS = ("grouped", "depthwise", "split")
-UPSAMPLE_CONV_FORMS = ("plain", "polyphase")
+UPSAMPLE_CONV_FORMS = ("plain", "transposed")
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class GraphOptions:
         band_rows: UNet: rows per band in the banded decoder levels; 0 computes every level on whole maps.
         band_levels: UNet: how many of the last decoder levels are banded (1: the full-resolution level only).
         decoder_conv: UNet: ``grouped``, ``depthwise`` or ``split`` form of the one-output-per-group decoder convs.
-        upsample_conv: ResNet: ``plain`` or ``polyphase`` form of the nearest-upsample + 3×3 convolutions.
+        upsample_conv: ResNet: ``plain`` or ``transposed`` form of the nearest-upsample + 3×3 convolutions.
     """
 
     band_rows: int = 32

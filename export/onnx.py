@@ -66,7 +66,7 @@ class OnnxTarget(ExportTarget):
             outputs=self.output_names(options)[1],
             dtype=torch.float16 if half else torch.float32,
             size=options.size,
-            dynamic=options.dynamic,
+            dynamic=options.dynamic, graph_options=options.graph_options,
         )
         write_onnx(graph, Path(path), options, metadata_strings(model, options, self.name, graph.output_names))
 

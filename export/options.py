@@ -9,6 +9,8 @@ from pathlib import Path
 from pgn.errors import PGNError
 from pgn.inputs import nearest_valid_size
 
+from .graph_options import GraphOptions
+
 #: Ranged (dynamic) shapes default to this smallest and largest height/width and largest batch.
 DEFAULT_MIN_SIZE = 64
 DEFAULT_MAX_SIZE = 1024
@@ -45,6 +47,8 @@ class ExportOptions:
         tf32: TensorRT: let fp32 layers use TF32 math (TensorRT's own default). Off here, because TF32 rounds
             to 10-bit mantissas and an fp32 engine would fail the fp32 parity (relative error 1e-4).
         deployment_target: CoreML minimum deployment target (``iOS16`` … / ``macOS13`` …).
+        graph_options: how the export graph computes the backbone (:class:`export.graph_options.GraphOptions`,
+            or its text form ``"band_rows=16,decoder_conv=split"``); the numbers stay the model's.
     """
 
     size: tuple[int, int] = (224, 224)
@@ -60,8 +64,11 @@ class ExportOptions:
     timing_cache: Path | None = None
     tf32: bool = False
     deployment_target: str = "iOS16"
+    graph_options: GraphOptions = GraphOptions()
 
     def __post_init__(self):
+        if not isinstance(self.graph_options, GraphOptions):
+            object.__setattr__(self, "graph_options", GraphOptions.parse("" if self.graph_options is None else self.graph_options))
         object.__setattr__(self, "size", parse_size(self.size, "size"))
         for name in ("min_size", "max_size"):
             value = getattr(self, name)

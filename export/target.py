@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from .runtimes import Runtime
 
 #: Options every target accepts.
-COMMON_OPTIONS = ("size", "batch", "dynamic", "precision")
+COMMON_OPTIONS = ("size", "batch", "dynamic", "precision", "graph_options")
 
 
 @dataclass(frozen=True)

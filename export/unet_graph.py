@@ -205,21 +205,23 @@ class ExportUNet(nn.Module):
         self.full_res = nn.ModuleList(ConvStage(stage) for stage in backbone.full_res)
         self.head = backbone.head
         self.decoder = nn.ModuleList()
-        forms = []
+        forms = {}
         for k, stage in enumerate(backbone.decoder):
             i = self.levels - 1 - k
             up_channels = cfg.down_channels[-1] if i == self.levels - 1 else cfg.up_channels[i + 1]
             module, form = decoder_form(stage, up_channels, options.decoder_conv)
             self.decoder.append(module)
-            forms.append(f"level {i}: {form}")
+            forms[f"level {i}"] = form
         self.forms = forms
+        self.decoder_conv = options.decoder_conv
+        self.band_rows = options.band_rows
         self.size = size
         self.bands: dict[int, list[tuple[int, int]]] = {}
         self.band_note = ""
         if options.band_rows == 0 or options.band_levels == 0:
-            self.band_note = "off (band_rows=0 or band_levels=0)"
+            self.band_note = "off: band_rows=0 or band_levels=0"
         elif size is None:
-            self.band_note = "off: bands need fixed shapes (dynamic export)"
+            self.band_note = "off: bands need fixed shapes, and this export is dynamic"
         else:
             for i in range(min(options.band_levels, self.levels)):
                 bounds = band_bounds(size[0] >> i, options.band_rows)
@@ -228,12 +230,25 @@ class ExportUNet(nn.Module):
                     weights = torch.from_numpy(upsample_row_weights(size[0] >> (i + 1))).float()
                     self.register_buffer(f"row_weights_{i}", weights.view(4, 1, 1, -1, 1), persistent=False)
             if not self.bands:
-                self.band_note = f"off: every level fits in one band of {options.band_rows} rows"
+                self.band_note = f"off: every banded level fits in one band of {options.band_rows} rows"
 
-    def describe(self) -> dict:
-        """What was applied, for the manifest: bands per level and the form of each decoder conv."""
-        bands = {f"level {i}": [list(b) for b in bounds] for i, bounds in sorted(self.bands.items())}
-        return {"bands": bands or self.band_note, "decoder_conv": self.forms}
+    def describe(self) -> tuple[dict, dict]:
+        """What was applied and what was not (with the reason), for the manifest."""
+        applied: dict = {}
+        not_applied = {"upsample_conv": "the UNet has no nearest-upsample convolutions (ResNet option)"}
+        if self.bands:
+            applied["band_rows"] = self.band_rows
+            applied["bands"] = {f"level {i}": [list(b) for b in bounds] for i, bounds in sorted(self.bands.items())}
+        else:
+            not_applied["band_rows"] = self.band_note
+        rewritten = {level: form for level, form in self.forms.items() if form != "grouped"}
+        if self.decoder_conv == "grouped":
+            applied["decoder_conv"] = "grouped"
+        elif rewritten:
+            applied["decoder_conv"] = rewritten
+        else:
+            not_applied["decoder_conv"] = "no decoder conv has one output channel per group"
+        return applied, not_applied
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats = []
