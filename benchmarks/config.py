@@ -6,6 +6,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from export.graph_options import GraphOptions
 from pgn.errors import PGNError
 from pgn.inputs import CHECK_VALUES, nearest_valid_size
 
@@ -48,6 +49,8 @@ class BenchmarkConfig:
         check_values: when the PyTorch modules read their inputs to check them for NaN and range (``auto``: on
             the CPU only, since on a GPU it synchronizes every call; ``always``: measure what that costs;
             ``never``), see :mod:`pgn.inputs`.
+        graph_options: export-graph options of the exported runtimes (:class:`export.graph_options.GraphOptions`
+            text; ``default``: the export defaults).
     """
 
     device: str = "cpu"
@@ -63,6 +66,7 @@ class BenchmarkConfig:
     weights: str | None = None
     timeout: float = 900.0
     check_values: str = "auto"
+    graph_options: str = "default"
     resolved_weights: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
@@ -87,6 +91,7 @@ class BenchmarkConfig:
             raise PGNError(f"warmup must be ≥ 0, got {self.warmup}")
         if self.check_values not in CHECK_VALUES:
             raise PGNError(f"check_values must be one of {', '.join(CHECK_VALUES)}, got {self.check_values!r}")
+        object.__setattr__(self, "graph_options", str(GraphOptions.parse(self.graph_options)))
         if self.threads is not None and self.threads < 1:
             raise PGNError(f"threads must be ≥ 1, got {self.threads}")
         if not 0 < self.timeout < float("inf"):

@@ -32,6 +32,25 @@ INT8_RECIPE = {
 }
 #: ONNX op types that are quantized (see the module docs for why only convolutions).
 QUANTIZED_OPS = ("Conv",)
+#: Which convolutions are quantized: every one, the dense ones (one group: 1×1 convs, stems and full convs;
+#: depthwise and grouped convs stay fp32), or the 1×1 convs only.
+CONV_SELECTIONS = ("all", "dense", "pointwise")
+
+
+def selected_convs(model, convs: str) -> list[str]:
+    """Names of the ``Conv`` nodes of an ONNX ``model`` that ``convs`` (one of :data:`CONV_SELECTIONS`) quantizes."""
+    if convs not in CONV_SELECTIONS:
+        raise PGNError(f"unknown conv selection {convs!r}: use one of {', '.join(CONV_SELECTIONS)}")
+    shapes = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    names = []
+    for node in model.graph.node:
+        if node.op_type != "Conv":
+            continue
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        kernel = shapes.get(node.input[1], ())[2:]
+        if convs == "all" or (group == 1 and (convs == "dense" or all(k == 1 for k in kernel))):
+            names.append(node.name)
+    return names
 
 
 class _Calibration:
@@ -53,13 +72,14 @@ class _Calibration:
         self.index = 0
 
 
-def quantize_int8(src: str | Path, dst: str | Path, calib_y_hat: np.ndarray, calib_y: np.ndarray) -> Path:
+def quantize_int8(src: str | Path, dst: str | Path, calib_y_hat: np.ndarray, calib_y: np.ndarray, convs: str = "all") -> Path:
     """Statically quantize the fp32 ONNX PGN ``src`` to int8 QDQ at ``dst``; return ``dst``.
 
     Args:
         src: an fp32 ONNX model with two image inputs (ŷ first, then y) of a fixed shape.
         dst: where to write the quantized model.
         calib_y_hat, calib_y: (k, N, 3, H, W) float32 calibration batches in [0, 1], N the model's batch.
+        convs: which convolutions to quantize (:data:`CONV_SELECTIONS`); the others stay fp32.
     """
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -79,6 +99,9 @@ def quantize_int8(src: str | Path, dst: str | Path, calib_y_hat: np.ndarray, cal
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "preprocessed.onnx"
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        nodes = selected_convs(onnx.load(str(pre), load_external_data=False), convs)
+        if not nodes:
+            raise PGNError(f"{src} has no convolution that the selection {convs!r} quantizes")
         quantize_static(
             str(pre),
             str(dst),
@@ -88,9 +111,11 @@ def quantize_int8(src: str | Path, dst: str | Path, calib_y_hat: np.ndarray, cal
             weight_type=QuantType.QInt8,
             per_channel=True,
             op_types_to_quantize=list(QUANTIZED_OPS),
+            nodes_to_quantize=nodes,
         )
     out = onnx.load(str(dst))
-    metadata.update({"precision": "int8", "int8_recipe": ", ".join(f"{k}: {v}" for k, v in INT8_RECIPE.items())})
+    recipe = dict(INT8_RECIPE, convs=convs)
+    metadata.update({"precision": "int8", "int8_recipe": ", ".join(f"{k}: {v}" for k, v in recipe.items())})
     del out.metadata_props[:]
     for key, value in metadata.items():
         out.metadata_props.add(key=key, value=value)

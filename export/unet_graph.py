@@ -231,6 +231,14 @@ class ExportUNet(nn.Module):
                     self.register_buffer(f"row_weights_{i}", weights.view(4, 1, 1, -1, 1), persistent=False)
             if not self.bands:
                 self.band_note = f"off: every banded level fits in one band of {options.band_rows} rows"
+        # Every band gets its own copy of its level's convolutions (small: the last levels are the narrowest).
+        # ExecuTorch's XNNPACK delegate cannot build two int8 convolutions on one shared quantized weight.
+        self.band_modules = nn.ModuleDict()
+        for i, bounds in self.bands.items():
+            parts = {"decoder": self.decoder[self.levels - 1 - i]}
+            if i == 0:
+                parts.update(full_res=self.full_res, head=self.head)
+            self.band_modules[str(i)] = nn.ModuleList(nn.ModuleDict(copy.deepcopy(parts)) for _ in bounds)
 
     def describe(self) -> tuple[dict, dict]:
         """What was applied and what was not (with the reason), for the manifest."""
@@ -261,7 +269,7 @@ class ExportUNet(nn.Module):
         for k, dec in enumerate(self.decoder):
             i = self.levels - 1 - k
             if i in self.bands:
-                h = self._banded_level(i, dec, h, lats[i - 1] if i >= 1 else x)
+                h = self._banded_level(i, h, lats[i - 1] if i >= 1 else x)
                 continue
             # the full-resolution branch is computed only now, so that it is not alive during the whole decoder
             skip = lats[i - 1] if i >= 1 else self._full_res(x)
@@ -273,20 +281,21 @@ class ExportUNet(nn.Module):
             x = stage(x)
         return x
 
-    def _banded_level(self, i: int, dec: nn.Module, low: torch.Tensor, skip_source: torch.Tensor) -> torch.Tensor:
+    def _banded_level(self, i: int, low: torch.Tensor, skip_source: torch.Tensor) -> torch.Tensor:
         """Decoder level ``i`` band by band; at level 0 ``skip_source`` is the input and the head runs per band."""
         height = self.size[0] >> i
         outs = []
-        for a, b in self.bands[i]:
+        for (a, b), parts in zip(self.bands[i], self.band_modules[str(i)]):
             r0, r1 = max(a - 1, 0), min(b + 1, height)
             up = self._upsample_rows(i, low, r0, r1)
             if i == 0:
-                skip = self._full_res_rows(skip_source, r0, r1, height)
+                skip = _full_res_rows(parts["full_res"], skip_source, r0, r1, height)
             else:
                 skip = skip_source[:, :, r0:r1]
-            y, lo, hi = _rows_stage(lambda t, pad, u=up: dec(u, t, pad), skip, r0, r1, height)
+            dec = parts["decoder"]
+            y, lo, hi = _rows_stage(lambda t, pad, u=up, d=dec: d(u, t, pad), skip, r0, r1, height)
             y = _crop_rows(y, lo, hi, a, b)
-            outs.append(self.head(y) if i == 0 else y)
+            outs.append(parts["head"](y) if i == 0 else y)
         return torch.cat(outs, dim=2)
 
     def _upsample_rows(self, i: int, low: torch.Tensor, r0: int, r1: int) -> torch.Tensor:
@@ -302,14 +311,15 @@ class ExportUNet(nn.Module):
         rows = _crop_rows(rows, 2 * e0, 2 * e1, r0, r1)
         return F.interpolate(rows, size=(r1 - r0, width), mode="bilinear", align_corners=True)
 
-    def _full_res_rows(self, x: torch.Tensor, r0: int, r1: int, height: int) -> torch.Tensor:
-        """Rows [r0, r1) of the full-resolution branch, from the input rows they depend on."""
-        halo = len(self.full_res)
-        lo, hi = max(r0 - halo, 0), min(r1 + halo, height)
-        y = x[:, :, lo:hi]
-        for stage in self.full_res:
-            y, lo, hi = _rows_stage(stage, y, lo, hi, height)
-        return _crop_rows(y, lo, hi, r0, r1)
+
+def _full_res_rows(stages: nn.ModuleList, x: torch.Tensor, r0: int, r1: int, height: int) -> torch.Tensor:
+    """Rows [r0, r1) of the full-resolution branch (the 3×3 ``stages``), from the input rows they depend on."""
+    halo = len(stages)
+    lo, hi = max(r0 - halo, 0), min(r1 + halo, height)
+    y = x[:, :, lo:hi]
+    for stage in stages:
+        y, lo, hi = _rows_stage(stage, y, lo, hi, height)
+    return _crop_rows(y, lo, hi, r0, r1)
 
 
 def _rows_stage(stage, x: torch.Tensor, lo: int, hi: int, height: int) -> tuple[torch.Tensor, int, int]:
