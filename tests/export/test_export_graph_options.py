@@ -156,3 +156,13 @@ def test_executorch_int8_banded_unet_loads_and_meets_the_cosine(unet, tmp_path):
     result = export(unet, "executorch", output_dir=tmp_path, size=(64, 64), precision="int8", graph_options="band_rows=32")[0]
     assert result.status == "verified", result.reason
     assert "level 0" in json.loads(result.manifest.read_text())["graph"]["applied"]["bands"]
+
+
+@pytest.mark.parametrize("kwargs, message", [({"int8_ops": "dense"}, "precision='int8'"),
+                                             ({"int8_ops": "depthwise", "precision": "int8"}, "conv, dense, pointwise, all")])
+def test_int8_ops_is_checked_before_export(unet, tmp_path, kwargs, message):
+    from export import export
+
+    with pytest.raises(PGNError, match=message):
+        export(unet, "executorch", output_dir=tmp_path, size=(64, 64), **kwargs)
+    assert not any(tmp_path.iterdir())
