@@ -50,7 +50,7 @@ class BenchmarkConfig:
             the CPU only, since on a GPU it synchronizes every call; ``always``: measure what that costs;
             ``never``), see :mod:`pgn.inputs`.
         graph_options: export-graph options of the exported runtimes (:class:`export.graph_options.GraphOptions`
-            text; ``default``: the export defaults).
+            text; options it leaves out keep each export target's defaults).
     """
 
     device: str = "cpu"
@@ -91,7 +91,7 @@ class BenchmarkConfig:
             raise PGNError(f"warmup must be ≥ 0, got {self.warmup}")
         if self.check_values not in CHECK_VALUES:
             raise PGNError(f"check_values must be one of {', '.join(CHECK_VALUES)}, got {self.check_values!r}")
-        object.__setattr__(self, "graph_options", str(GraphOptions.parse(self.graph_options)))
+        GraphOptions.parse(self.graph_options)  # checked now; each export target fills in its own defaults
         if self.threads is not None and self.threads < 1:
             raise PGNError(f"threads must be ≥ 1, got {self.threads}")
         if not 0 < self.timeout < float("inf"):

@@ -6,7 +6,12 @@ from the ones the accuracy check uses (:data:`benchmarks.models.CALIBRATION_PHOT
 quantized: the closed-form head (sigmoid, normalization, ŷ − P), residual additions and upsampling stay in
 fp32. Quantizing every op is no faster here and loses accuracy: the gradient output itself then passes through
 a uint8 quantizer (on a random-init ResNet-4 at 224², the centered-proxy cosine drops from 0.996 to 0.983, on
-the UNet from 0.98 to 0.73). ONNX Runtime's int8 convolutions are fast only with dot-product instructions
+the UNet from 0.98 to 0.73). Only the dense convolutions (one group) are quantized by default: ONNX Runtime has no fast int8 depthwise or grouped
+kernel, and on the UNet, whose arithmetic is mostly depthwise and grouped, quantizing them made the int8 model
+about 3× slower than fp32 against about 1.2× with the dense ones only (``python -m benchmarks.graph_study``; the
+ResNets have only dense convolutions, so nothing changes for them). Even so the UNet's int8 model stays slower
+than its fp32 one on ONNX Runtime: its 1×1 convolutions are small, and the quantize/dequantize pair around each
+costs about what int8 arithmetic saves. ONNX Runtime's int8 convolutions are fast only with dot-product instructions
 (x86 VNNI or AMX, ARM ``asimddp``); each int8 row records which of them the CPU has
 (``runtime_info["cpu_int8_dot_product"]``). The fp32 model's input and output names and its metadata are kept, so the quantized file loads
 like the original.
@@ -28,7 +33,8 @@ INT8_RECIPE = {
     "weights": "int8, per channel, symmetric",
     "activations": "uint8, per tensor",
     "calibration": "min-max",
-    "ops": "Conv only (head, residual adds, concatenation, upsampling stay fp32)",
+    "ops": "Conv only, by default the dense ones (depthwise and grouped convs, head, residual adds, concatenation, "
+           "upsampling stay fp32)",
 }
 #: ONNX op types that are quantized (see the module docs for why only convolutions).
 QUANTIZED_OPS = ("Conv",)
@@ -72,14 +78,15 @@ class _Calibration:
         self.index = 0
 
 
-def quantize_int8(src: str | Path, dst: str | Path, calib_y_hat: np.ndarray, calib_y: np.ndarray, convs: str = "all") -> Path:
+def quantize_int8(src: str | Path, dst: str | Path, calib_y_hat: np.ndarray, calib_y: np.ndarray, convs: str = "dense") -> Path:
     """Statically quantize the fp32 ONNX PGN ``src`` to int8 QDQ at ``dst``; return ``dst``.
 
     Args:
         src: an fp32 ONNX model with two image inputs (ŷ first, then y) of a fixed shape.
         dst: where to write the quantized model.
         calib_y_hat, calib_y: (k, N, 3, H, W) float32 calibration batches in [0, 1], N the model's batch.
-        convs: which convolutions to quantize (:data:`CONV_SELECTIONS`); the others stay fp32.
+        convs: which convolutions to quantize (:data:`CONV_SELECTIONS`; default ``dense``, see the module docs);
+            the others stay fp32.
     """
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static

@@ -46,6 +46,7 @@ from pgn.errors import PGNError, first_line
 
 from .errors import RuntimeUnavailable
 from .graph import INPUT_NAMES, ExportGraph
+from .graph_options import GraphOptions
 from .options import ExportOptions
 from .runtimes import Runtime, parse_device
 from .target import ExportTarget, RuntimeSettings
@@ -112,6 +113,9 @@ class ExecuTorchTarget(ExportTarget):
     runs_on = ("Android and iOS apps (ExecuTorch runtime, XNNPACK CPU kernels), embedded Linux; "
                "Linux and macOS through the executorch Python package")
     verified_by = "ExecuTorch's runtime (executorch.runtime) with the XNNPACK delegate on this machine's CPU"
+    #: Measured with ``python -m benchmarks.graph_study`` (224², XNNPACK): UNet row bands and the split decoder conv
+    #: are each faster and leaner; the transposed upsample conv keeps the ResNets' upsampling inside the delegate.
+    default_graph_options = GraphOptions(band_rows=32, band_levels=2, decoder_conv="split", upsample_conv="transposed")
 
     def check_available(self) -> None:
         """Raise :class:`RuntimeUnavailable` (naming the ``executorch`` extra) if ExecuTorch cannot be imported."""

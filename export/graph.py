@@ -27,7 +27,7 @@ import pgn
 from pgn.constants import IMAGENET_MEAN, IMAGENET_STD
 from pgn.errors import PGNError
 
-from .graph_options import GraphOptions
+from .graph_options import GraphOptions, resolve_graph_options
 
 INPUT_NAMES = ("y_hat", "y")
 CHANNELS = 3
@@ -122,7 +122,7 @@ class ExportGraph(nn.Module):
         dtype: torch.dtype = torch.float32,
         size: tuple[int, int] = (224, 224),
         dynamic: bool = False,
-        graph_options: GraphOptions | None = None,
+        graph_options: GraphOptions | str | None = None,
     ):
         super().__init__()
         if outputs not in ("grad", "residual"):
@@ -136,7 +136,7 @@ class ExportGraph(nn.Module):
         self.output_names = ("proxy", outputs)
         self.dynamic = dynamic
         self.compute_dtype = dtype
-        self.graph_options = graph_options or GraphOptions()
+        self.graph_options = resolve_graph_options(graph_options)
         form, self.graph_description = backbone_form(model.backbone, self.graph_options, None if dynamic else tuple(size))
         self.backbone = fold_batchnorm(form)
         self.head = model.head

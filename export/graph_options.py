@@ -35,16 +35,17 @@ UPSAMPLE_CONV_FORMS = ("plain", "transposed")
 
 @dataclass(frozen=True)
 class GraphOptions:
-    """The operator choices of an export graph (see the module docs).
+    """The operator choices of an export graph (see the module docs). The defaults are the backbone as trained;
+    each export target has its own defaults (:attr:`export.target.ExportTarget.default_graph_options`).
 
     Args:
-        band_rows: UNet: rows per band in the banded decoder levels; 0 computes every level on whole maps.
+        band_rows: UNet: rows per band in the banded decoder levels; 0 (default) computes every level on whole maps.
         band_levels: UNet: how many of the last decoder levels are banded (1: the full-resolution level only).
         decoder_conv: UNet: ``grouped``, ``depthwise`` or ``split`` form of the one-output-per-group decoder convs.
         upsample_conv: ResNet: ``plain`` or ``transposed`` form of the nearest-upsample + 3×3 convolutions.
     """
 
-    band_rows: int = 32
+    band_rows: int = 0
     band_levels: int = 2
     decoder_conv: str = "grouped"
     upsample_conv: str = "plain"
@@ -62,7 +63,7 @@ class GraphOptions:
     @classmethod
     def plain(cls) -> "GraphOptions":
         """The backbone exactly as trained: no bands, grouped decoder convs, plain upsample-convs."""
-        return cls(band_rows=0, decoder_conv="grouped", upsample_conv="plain")
+        return cls()
 
     @classmethod
     def parse(cls, text: str, base: "GraphOptions | None" = None) -> "GraphOptions":
@@ -98,3 +99,11 @@ class GraphOptions:
 
     def __str__(self) -> str:
         return ",".join(f"{k}={v}" for k, v in self.to_dict().items())
+
+
+def resolve_graph_options(value: "GraphOptions | str | None", base: GraphOptions | None = None) -> GraphOptions:
+    """Options given as :class:`GraphOptions`, as text (parsed over ``base``) or ``None`` (``base`` itself;
+    default ``GraphOptions()``)."""
+    if isinstance(value, GraphOptions):
+        return value
+    return GraphOptions.parse("" if value is None else value, base)

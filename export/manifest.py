@@ -24,6 +24,7 @@ from pgn.constants import IMAGENET_MEAN, IMAGENET_STD
 from pgn.errors import PGNError
 
 from .graph import GradientRecipe, describe_graph
+from .graph_options import resolve_graph_options
 from .options import ExportOptions
 
 MANIFEST_FORMAT = "pgn-export-manifest"
@@ -226,7 +227,8 @@ def build_manifest(
         "export_batch": options.batch,
         "shape_range": shape_range,
         "gradient": gradient,
-        "graph": describe_graph(model.backbone, options.graph_options, None if options.dynamic else options.size),
+        "graph": describe_graph(model.backbone, resolve_graph_options(options.graph_options),
+                                None if options.dynamic else options.size),
         "exporter": exporter,
         "target_info": target_info,
         "versions": versions(packages),

@@ -9,7 +9,7 @@ from pathlib import Path
 from pgn.errors import PGNError
 from pgn.inputs import nearest_valid_size
 
-from .graph_options import GraphOptions
+from .graph_options import GraphOptions, resolve_graph_options
 
 #: Ranged (dynamic) shapes default to this smallest and largest height/width and largest batch.
 DEFAULT_MIN_SIZE = 64
@@ -50,7 +50,8 @@ class ExportOptions:
         int8_ops: ExecuTorch int8: which operators are quantized (:data:`export.executorch.INT8_OPS`;
             ``None``: the target's default).
         graph_options: how the export graph computes the backbone (:class:`export.graph_options.GraphOptions`,
-            or its text form ``"band_rows=16,decoder_conv=split"``); the numbers stay the model's.
+            or its text form ``"band_rows=16,decoder_conv=split"``, whose unnamed options keep the target's
+            defaults); ``None``: the target's defaults. The numbers stay the model's.
     """
 
     size: tuple[int, int] = (224, 224)
@@ -67,11 +68,10 @@ class ExportOptions:
     tf32: bool = False
     deployment_target: str = "iOS16"
     int8_ops: str | None = None
-    graph_options: GraphOptions = GraphOptions()
+    graph_options: GraphOptions | str | None = None
 
     def __post_init__(self):
-        if not isinstance(self.graph_options, GraphOptions):
-            object.__setattr__(self, "graph_options", GraphOptions.parse("" if self.graph_options is None else self.graph_options))
+        resolve_graph_options(self.graph_options)  # a bad name or value is an error now, before any export
         object.__setattr__(self, "size", parse_size(self.size, "size"))
         for name in ("min_size", "max_size"):
             value = getattr(self, name)

@@ -115,12 +115,12 @@ def test_onnx_export_with_options_passes_parity_and_records_them(unet, tmp_path)
 
     result = export(unet, "onnx", output_dir=tmp_path, size=(64, 96), graph_options="band_rows=16,decoder_conv=split")[0]
     assert result.status == "verified", result.reason
-    manifest = json.loads(result.manifest.read_text())
+    manifest = json.loads(result.manifest_path.read_text())
     assert manifest["graph"]["applied"]["bands"]["level 0"][0] == [0, 16]
     assert manifest["graph"]["applied"]["decoder_conv"] == {"level 0": "split"}
     dynamic = export(unet, "onnx", output_dir=tmp_path / "dyn", size=(64, 96), dynamic=True, verify=False,
                      graph_options="band_rows=16")[0]
-    assert "dynamic" in json.loads(dynamic.manifest.read_text())["graph"]["not_applied"]["band_rows"]
+    assert "dynamic" in json.loads(dynamic.manifest_path.read_text())["graph"]["not_applied"]["band_rows"]
 
 
 def _executorch_missing() -> str | None:
@@ -143,7 +143,7 @@ def test_executorch_banded_unet_stays_in_the_delegate_and_passes_parity(unet, tm
 
     result = export(unet, "executorch", output_dir=tmp_path, size=(64, 96), graph_options="band_rows=16,decoder_conv=split")[0]
     assert result.status == "verified", result.reason
-    manifest = json.loads(result.manifest.read_text())
+    manifest = json.loads(result.manifest_path.read_text())
     assert manifest["exporter"]["outside_delegate"] == {} and manifest["exporter"]["delegates"] == {"XnnpackBackend": 1}
     assert len(manifest["graph"]["applied"]["bands"]["level 0"]) == 4
 
@@ -155,7 +155,7 @@ def test_executorch_int8_banded_unet_loads_and_meets_the_cosine(unet, tmp_path):
 
     result = export(unet, "executorch", output_dir=tmp_path, size=(64, 64), precision="int8", graph_options="band_rows=32")[0]
     assert result.status == "verified", result.reason
-    assert "level 0" in json.loads(result.manifest.read_text())["graph"]["applied"]["bands"]
+    assert "level 0" in json.loads(result.manifest_path.read_text())["graph"]["applied"]["bands"]
 
 
 @pytest.mark.parametrize("kwargs, message", [({"int8_ops": "dense"}, "precision='int8'"),
@@ -166,3 +166,18 @@ def test_int8_ops_is_checked_before_export(unet, tmp_path, kwargs, message):
     with pytest.raises(PGNError, match=message):
         export(unet, "executorch", output_dir=tmp_path, size=(64, 64), **kwargs)
     assert not any(tmp_path.iterdir())
+
+
+def test_each_target_fills_in_its_measured_defaults(tmp_path):
+    from export.formats import FORMATS, options_for
+    from export.options import ExportOptions
+
+    def resolved(target, text=None):
+        return options_for(FORMATS[target], ExportOptions(size=(64, 64), graph_options=text), tmp_path).graph_options
+
+    assert resolved("onnx") == GraphOptions(decoder_conv="split")
+    assert resolved("executorch") == GraphOptions(band_rows=32, decoder_conv="split", upsample_conv="transposed")
+    assert resolved("tensorrt") == resolved("coreml") == GraphOptions.plain()
+    # named options replace the target's, the others stay the target's
+    assert resolved("executorch", "band_rows=16") == GraphOptions(band_rows=16, decoder_conv="split", upsample_conv="transposed")
+    assert resolved("executorch", "plain") == GraphOptions.plain()
