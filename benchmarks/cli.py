@@ -52,6 +52,8 @@ def _sizes(value: str | None) -> tuple[int, ...] | None:
                    "every call; always measures that cost.")
 @click.option("--export-jobs", type=click.IntRange(1), default=2, show_default=True,
               help="Artifact exports run at once (all before the first measurement, so they never overlap a timed call).")
+@click.option("--graph-options", metavar="LIST",
+              help="Export-graph options of the exported runtimes, as pgn-export --graph-options (default: export's defaults).")
 @click.option("--timeout", type=FiniteFloat(1), default=900, show_default=True, help="Seconds one measurement may take.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE", help="Write every row, raw sample and the environment here.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
@@ -61,8 +63,8 @@ def _sizes(value: str | None) -> tuple[int, ...] | None:
 @click.option("--from-json", "from_json", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="FILE",
               help="Measure nothing: re-render a saved run's table, Markdown and plots (ratios recomputed from its raw samples).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def main(device, runtimes, models, batch, size, sweep_size, repeats, warmup, threads, weights, seed, check_values, export_jobs, timeout, json_path,
-         plot_path, markdown_path, from_json, quiet):
+def main(device, runtimes, models, batch, size, sweep_size, repeats, warmup, threads, weights, seed, check_values, export_jobs,
+         graph_options, timeout, json_path, plot_path, markdown_path, from_json, quiet):
     """Time and peak memory of one gradient: PGN forward vs VGG-19/VGG-11 forward + backward.
 
     Each measurement runs in its own process. VGG: forward on ŷ (and on y, or with cached target features
@@ -83,7 +85,7 @@ def main(device, runtimes, models, batch, size, sweep_size, repeats, warmup, thr
     sizes = _sizes(sweep_size) or ((size,) if size is not None else None)
     options = {"device": device, "runtimes": _csv(runtimes), "models": _csv(models), "batch": batch, "sizes": sizes, "repeats": repeats,
                "warmup": warmup, "threads": threads, "weights": weights, "seed": seed, "timeout": timeout, "check_values": check_values,
-               "export_jobs": export_jobs}
+               "export_jobs": export_jobs, "graph_options": graph_options}
     outputs = {"json_path": json_path, "plot_path": plot_path, "markdown_path": markdown_path}
     files = {"--json": json_path, "--plot": plot_path, "--markdown": markdown_path}
     if plot_path is not None and sizes is not None and len(sizes) > 1:

@@ -6,6 +6,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from export.graph_options import GraphOptions
 from pgn.errors import PGNError
 from pgn.inputs import CHECK_VALUES, nearest_valid_size
 
@@ -51,6 +52,8 @@ class BenchmarkConfig:
         export_jobs: how many artifact exports run at once. Every artifact is exported before the first
             measurement, so parallel exports never overlap a timed call; most of an export (tracing, lowering,
             quantization passes) runs on one core.
+        graph_options: export-graph options of the exported runtimes (:class:`export.graph_options.GraphOptions`
+            text; options it leaves out keep each export target's defaults).
     """
 
     device: str = "cpu"
@@ -67,6 +70,7 @@ class BenchmarkConfig:
     timeout: float = 900.0
     check_values: str = "auto"
     export_jobs: int = 2
+    graph_options: str = "default"
     resolved_weights: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
@@ -93,6 +97,7 @@ class BenchmarkConfig:
             raise PGNError(f"check_values must be one of {', '.join(CHECK_VALUES)}, got {self.check_values!r}")
         if isinstance(self.export_jobs, bool) or not isinstance(self.export_jobs, int) or self.export_jobs < 1:
             raise PGNError(f"export_jobs must be a positive integer, got {self.export_jobs!r}")
+        GraphOptions.parse(self.graph_options)  # checked now; each export target fills in its own defaults
         if self.threads is not None and self.threads < 1:
             raise PGNError(f"threads must be ≥ 1, got {self.threads}")
         if not 0 < self.timeout < float("inf"):

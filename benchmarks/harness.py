@@ -107,7 +107,8 @@ class _Artifacts:
             source = fp32["artifact"]
         task = Task(mode="prepare", model=model, runtime=runtime, device=self.config.device, size=size, batch=self.config.batch,
                     inputs=str(inputs), threads=self.config.effective_threads, seed=self.config.seed,
-                    weights=self.config.resolved_weights.get(model), artifact=source, artifact_dir=str(self.root))
+                    weights=self.config.resolved_weights.get(model), artifact=source, artifact_dir=str(self.root),
+                    graph_options=self.config.graph_options)
         self.cache[key] = run_task(task, self.workdir, self.config.effective_threads, self.config.timeout)
         return self.cache[key]
 

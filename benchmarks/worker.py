@@ -36,6 +36,7 @@ class Task:
         seed: seed of the random weights. weights: a PGN checkpoint instead.
         artifact: exported file to measure. artifact_dir: where ``prepare`` writes.
         check_values: the PyTorch modules' input value check (``auto``, ``always``, ``never``; :mod:`pgn.inputs`).
+        graph_options: export-graph options of a ``prepare`` export (:class:`export.graph_options.GraphOptions` text).
     """
 
     mode: str
@@ -54,6 +55,7 @@ class Task:
     artifact: str | None = None
     artifact_dir: str | None = None
     check_values: str = "auto"
+    graph_options: str = "default"
 
     def to_dict(self) -> dict:
         """JSON-friendly dict."""
@@ -166,7 +168,7 @@ def prepare(task: Task) -> dict:
     # The export's own float64 parity check would take a third of the default run; the measurement checks every
     # artifact against fp32 PyTorch instead (accuracy columns) and fails a row whose graph disagrees (see measure).
     results = export(model, runtime.export_target, output_dir=root, size=(h, w), batch=task.batch, dynamic=False,
-                     precision=runtime.precision, verify=False)
+                     precision=runtime.precision, verify=False, graph_options=task.graph_options)
     chosen = results[0] if results else None
     if chosen is None:
         return {"status": "failed", "reason": f"export to {runtime.export_target} returned no result"}

@@ -101,7 +101,7 @@ def export(
         weights_source: where the weights came from, recorded in the manifest (the CLI fills it in).
         progress: called with short step messages (e.g. for a spinner).
         **format_options: ``min_size``, ``max_size``, ``max_batch``, ``workspace_gb``, ``timing_cache``,
-            ``deployment_target`` (see :class:`export.options.ExportOptions`).
+            ``deployment_target``, ``graph_options`` (see :class:`export.options.ExportOptions`).
 
     Returns:
         One :class:`ExportResult` per target, in target order. Conversion or parity failures are results with

@@ -11,6 +11,7 @@ from pgn.cliutils import FiniteFloat, describe_os_error, run_cli, write_json
 from pgn.errors import PGNError
 from pgn.heads import HEAD_KINDS
 
+from .executorch import INT8_OPS
 from .formats import FORMATS, precisions, resolve_targets
 
 BACKBONES = ("resnet4", "resnet6", "resnet8", "unet")
@@ -51,6 +52,11 @@ def _check_target(ctx, param, value: str) -> str:
               help="TensorRT timing cache (default: DIR/tensorrt-timing.cache).")
 @click.option("--tf32", is_flag=True, help="TensorRT: allow TF32 math in fp32 layers (faster; fails fp32 parity, so off by default).")
 @click.option("--deployment-target", metavar="NAME", help="CoreML minimum deployment target (default iOS16).")
+@click.option("--int8-ops", type=click.Choice(INT8_OPS),
+              help="ExecuTorch int8: what is quantized (default conv; see export/README.md).")
+@click.option("--graph-options", metavar="LIST",
+              help="How the graph computes the backbone, e.g. 'band_rows=16,decoder_conv=split' or 'plain' "
+                   "(names: band_rows, band_levels, decoder_conv, upsample_conv; see export/README.md).")
 def main(**kwargs) -> None:
     """Export a PGN with its gradient head as ONNX, TensorRT or CoreML, verified against PyTorch.
 

@@ -74,7 +74,7 @@ class CoreMLTarget(ExportTarget):
         target = deployment_target(ct, options.deployment_target)
         half = options.precision == "fp16"
         graph = ExportGraph(model, outputs=self.output_names(options)[1], dtype=torch.float32,
-                            size=options.size, dynamic=options.dynamic)
+                            size=options.size, dynamic=options.dynamic, graph_options=options.graph_options)
         gen = torch.Generator().manual_seed(0)
         example = (torch.rand(options.shape, generator=gen), torch.rand(options.shape, generator=gen))
         if options.dynamic:

@@ -46,6 +46,7 @@ from pgn.errors import PGNError, first_line
 
 from .errors import RuntimeUnavailable
 from .graph import INPUT_NAMES, ExportGraph
+from .graph_options import GraphOptions
 from .options import ExportOptions
 from .runtimes import Runtime, parse_device
 from .target import ExportTarget, RuntimeSettings
@@ -65,6 +66,9 @@ DEFAULT_MAX_BATCH = 2
 INT8_MIN_GRAD_COSINE = 0.99
 #: Calibration pairs of an int8 export (:func:`export.verify.calibration_pairs`).
 CALIBRATION_PAIRS = 8
+#: The int8 op selections of :func:`quantize_int8`.
+INT8_OPS = ("conv", "dense", "pointwise", "all")
+DEFAULT_INT8_OPS = "conv"
 #: What an int8 program is, recorded in its manifest (``target_info.quantization``).
 INT8_RECIPE = {
     "method": "static post-training quantization: torch.export → torchao prepare_pt2e → calibration → convert_pt2e",
@@ -80,6 +84,18 @@ INT8_RECIPE = {
     "calibration_y_hat": "y blurred (3x3 box) with Gaussian noise of std 0.05, as in the parity check",
     "min_grad_cosine": INT8_MIN_GRAD_COSINE,
 }
+#: ``quantized_ops`` of :data:`INT8_RECIPE` for each selection of :data:`INT8_OPS`.
+QUANTIZED_OPS = {
+    "conv": "conv2d only",
+    "dense": "conv2d with one group (1x1, stem and full convs); depthwise and grouped convs stay fp32",
+    "pointwise": "1x1 conv2d with one group only",
+    "all": "every operator XNNPACKQuantizer supports, the closed-form head's arithmetic included",
+}
+
+
+def int8_recipe(ops: str) -> dict[str, Any]:
+    """:data:`INT8_RECIPE` for the int8 op selection ``ops`` (one of :data:`INT8_OPS`)."""
+    return dict(INT8_RECIPE, ops=ops, quantized_ops=QUANTIZED_OPS[ops])
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -92,11 +108,14 @@ class ExecuTorchTarget(ExportTarget):
     name = "executorch"
     suffix = ".pte"
     precisions = ("fp32", "int8")
-    options = ("min_size", "max_size", "max_batch")
+    options = ("min_size", "max_size", "max_batch", "int8_ops")
     packages = {"executorch": ("executorch",), "torchao": ("torchao",)}
     runs_on = ("Android and iOS apps (ExecuTorch runtime, XNNPACK CPU kernels), embedded Linux; "
                "Linux and macOS through the executorch Python package")
     verified_by = "ExecuTorch's runtime (executorch.runtime) with the XNNPACK delegate on this machine's CPU"
+    #: Measured with ``python -m benchmarks.graph_study`` (224², XNNPACK): UNet row bands and the split decoder conv
+    #: are each faster and leaner; the transposed upsample conv keeps the ResNets' upsampling inside the delegate.
+    default_graph_options = GraphOptions(band_rows=32, band_levels=2, decoder_conv="split", upsample_conv="transposed")
 
     def check_available(self) -> None:
         """Raise :class:`RuntimeUnavailable` (naming the ``executorch`` extra) if ExecuTorch cannot be imported."""
@@ -110,16 +129,25 @@ class ExecuTorchTarget(ExportTarget):
         max_size = options.max_size or tuple(max(DEFAULT_MAX_SIZE, s) for s in options.size)
         return replace(options, max_size=max_size, max_batch=options.max_batch or max(DEFAULT_MAX_BATCH, options.batch))
 
+    def validate(self, model: "pgn.PGN", options: ExportOptions) -> None:
+        """``int8_ops`` goes with ``precision="int8"`` and names one of :data:`INT8_OPS`."""
+        if options.int8_ops is None:
+            return
+        if options.precision != "int8":
+            raise PGNError("int8_ops selects what an int8 program quantizes: pass precision='int8' (--precision int8) with it")
+        if options.int8_ops not in INT8_OPS:
+            raise PGNError(f"unknown int8_ops {options.int8_ops!r}: use one of {', '.join(INT8_OPS)}")
+
     def export(self, model: "pgn.PGN", path: Path, options: ExportOptions) -> None:
         """Write ``model`` (backbone + head) as a ``.pte`` program at ``path``; a one-line :class:`PGNError`
         naming the operator if it cannot be lowered."""
         et = import_executorch()
-        graph = ExportGraph(model, outputs="grad", size=options.size, dynamic=options.dynamic)
+        graph = ExportGraph(model, outputs="grad", size=options.size, dynamic=options.dynamic, graph_options=options.graph_options)
         example, dynamic_shapes = trace_inputs(options, model.size_multiple)
         program = _capture(graph, example, dynamic_shapes)
         if options.precision == "int8":
             program = quantize_int8(program, example, dynamic_shapes, calibration_pairs(options.size, CALIBRATION_PAIRS),
-                                    batch=options.batch)
+                                    batch=options.batch, ops=options.int8_ops or DEFAULT_INT8_OPS)
         buffer = lower(et, program)
         Path(path).write_bytes(buffer)
 
@@ -137,7 +165,7 @@ class ExecuTorchTarget(ExportTarget):
         """Where the program runs, its delegate, and for int8 the quantization recipe."""
         info = super().target_info(options, model)
         info["delegate"] = DELEGATE
-        info["quantization"] = INT8_RECIPE if options.precision == "int8" else None
+        info["quantization"] = int8_recipe(options.int8_ops or DEFAULT_INT8_OPS) if options.precision == "int8" else None
         return info
 
     def tolerance(self, precision: str) -> Tolerance:
@@ -227,8 +255,9 @@ def quantize_int8(
         example, dynamic_shapes: what it was captured with (the quantized graph is captured again with them).
         calibration: (ŷ, y) pairs, (n, 3, H, W) each (:func:`export.verify.calibration_pairs`).
         batch: the calibration batch (a fixed-shape graph takes only its own batch).
-        ops: ``conv`` (:data:`INT8_RECIPE`: only convolutions) or ``all`` (everything XNNPACKQuantizer
-            supports, the closed-form head's arithmetic included).
+        ops: ``conv`` (:data:`INT8_RECIPE`: only convolutions), ``dense`` (convolutions with one group: 1×1
+            convs, stems, full convs; depthwise and grouped convs stay fp32), ``pointwise`` (1×1 convs only) or
+            ``all`` (everything XNNPACKQuantizer supports, the closed-form head's arithmetic included).
 
     Returns:
         The quantized graph, captured again, ready for :func:`lower`.
@@ -238,12 +267,14 @@ def quantize_int8(
 
     config = get_symmetric_quantization_config(is_per_channel=True)
     quantizer = XNNPACKQuantizer()
-    if ops == "conv":
-        quantizer.set_operator_type(torch.ops.aten.conv2d.default, config)
-    elif ops == "all":
+    if ops not in INT8_OPS:
+        raise PGNError(f"unknown int8 op selection {ops!r}: use one of {', '.join(INT8_OPS)}")
+    if ops == "all":
         quantizer.set_global(config)
     else:
-        raise PGNError(f"unknown int8 op selection {ops!r}: use 'conv' or 'all'")
+        quantizer.set_operator_type(torch.ops.aten.conv2d.default, config)
+        if ops != "conv":
+            quantizer.set_filter_function(lambda node: _conv_selected(node, ops))
     y_hat, y = calibration
     try:
         with warnings.catch_warnings(), quiet_native_output():
@@ -258,6 +289,15 @@ def quantize_int8(
         raise
     except Exception as e:  # noqa: BLE001 - quantizer failures become one line
         raise PGNError(f"int8 quantization for ExecuTorch failed: {type(e).__name__}: {first_line(e)}") from e
+
+
+def _conv_selected(node: torch.fx.Node, ops: str) -> bool:
+    """Whether the ``dense`` or ``pointwise`` selection quantizes ``node`` (non-convolution nodes pass)."""
+    if node.target != torch.ops.aten.conv2d.default:
+        return True
+    groups = node.args[6] if len(node.args) > 6 else 1
+    kernel = tuple(node.args[1].meta["val"].shape[2:])
+    return groups == 1 and (ops == "dense" or all(k == 1 for k in kernel))
 
 
 def lower(et: SimpleNamespace, program: torch.export.ExportedProgram) -> bytes:

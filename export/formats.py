@@ -15,6 +15,7 @@ from pathlib import Path
 from pgn.errors import PGNError
 
 from . import coreml, executorch, onnx, tensorrt
+from .graph_options import resolve_graph_options
 from .options import ExportOptions
 from .target import ExportTarget
 
@@ -83,5 +84,6 @@ def check_options(target: ExportTarget, given: dict[str, object]) -> None:
 def options_for(target: ExportTarget, options: ExportOptions, output_dir: Path) -> ExportOptions:
     """``options`` checked against ``target``, with its default precision and its own defaults filled in."""
     check_options(target, options.given())
-    resolved = replace(options, precision=options.precision or target.default_precision)
+    resolved = replace(options, precision=options.precision or target.default_precision,
+                       graph_options=resolve_graph_options(options.graph_options, target.default_graph_options))
     return target.with_defaults(resolved, Path(output_dir))

@@ -27,6 +27,8 @@ import pgn
 from pgn.constants import IMAGENET_MEAN, IMAGENET_STD
 from pgn.errors import PGNError
 
+from .graph_options import GraphOptions, resolve_graph_options
+
 INPUT_NAMES = ("y_hat", "y")
 CHANNELS = 3
 
@@ -105,8 +107,11 @@ class ExportGraph(nn.Module):
         dtype: arithmetic and weight dtype inside the graph (``torch.float16`` for ONNX/TensorRT-11 fp16);
             inputs and outputs stay float32 either way. CoreML and TensorRT 10 trace float32 and lower the
             precision in the converter/builder.
-        size: (H, W) of a fixed-shape export (fixes the gradient constant); ignored when ``dynamic``.
+        size: (H, W) of a fixed-shape export (fixes the gradient constant and the UNet's row bands); ignored when
+            ``dynamic``.
         dynamic: compute the gradient scale from the input shape at run time.
+        graph_options: how the backbone is computed (:class:`export.graph_options.GraphOptions`; default: its
+            defaults). The numbers stay those of the model; :attr:`graph_description` says what applied.
     """
 
     def __init__(
@@ -117,6 +122,7 @@ class ExportGraph(nn.Module):
         dtype: torch.dtype = torch.float32,
         size: tuple[int, int] = (224, 224),
         dynamic: bool = False,
+        graph_options: GraphOptions | str | None = None,
     ):
         super().__init__()
         if outputs not in ("grad", "residual"):
@@ -130,7 +136,9 @@ class ExportGraph(nn.Module):
         self.output_names = ("proxy", outputs)
         self.dynamic = dynamic
         self.compute_dtype = dtype
-        self.backbone = fold_batchnorm(model.backbone)
+        self.graph_options = resolve_graph_options(graph_options)
+        form, self.graph_description = backbone_form(model.backbone, self.graph_options, None if dynamic else tuple(size))
+        self.backbone = fold_batchnorm(form)
         self.head = model.head
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
@@ -168,6 +176,37 @@ class ExportGraph(nn.Module):
         if self.recipe.phi == "tanh":
             return torch.tanh(diff)
         return diff
+
+
+def backbone_form(backbone: nn.Module, options: GraphOptions, size: tuple[int, int] | None) -> tuple[nn.Module, dict]:
+    """The backbone as the export graph computes it under ``options``, and what was applied (for the manifest).
+
+    The UNet becomes an :class:`export.unet_graph.ExportUNet`, the ResNet an
+    :class:`export.resnet_graph.ExportResNet`; other backbones are returned as they are. The description has
+    ``requested`` (every option), ``applied`` and ``not_applied`` (option → why not).
+    """
+    from pgn.backbones.resnet import ResNetBackbone
+    from pgn.backbones.unet import UNetBackbone
+
+    from .resnet_graph import ExportResNet
+    from .unet_graph import ExportUNet
+
+    requested = options.to_dict()
+    if isinstance(backbone, UNetBackbone):
+        form = ExportUNet(backbone, options, size)
+    elif isinstance(backbone, ResNetBackbone):
+        form = ExportResNet(backbone, options)
+    else:
+        reason = f"no graph option applies to a {type(backbone).__name__}"
+        return backbone, {"requested": requested, "applied": {}, "not_applied": dict.fromkeys(requested, reason)}
+    applied, not_applied = form.describe()
+    return form, {"requested": requested, "applied": applied, "not_applied": not_applied}
+
+
+def describe_graph(backbone: nn.Module, options: GraphOptions, size: tuple[int, int] | None) -> dict:
+    """The manifest's ``graph`` entry: what :func:`backbone_form` applies for this backbone, options and size
+    (``size`` ``None`` for a dynamic export)."""
+    return backbone_form(backbone, options, size)[1]
 
 
 def fold_batchnorm(module: nn.Module) -> nn.Module:

@@ -23,7 +23,8 @@ from pgn.cliutils import write_text
 from pgn.constants import IMAGENET_MEAN, IMAGENET_STD
 from pgn.errors import PGNError
 
-from .graph import GradientRecipe
+from .graph import GradientRecipe, describe_graph
+from .graph_options import resolve_graph_options
 from .options import ExportOptions
 
 MANIFEST_FORMAT = "pgn-export-manifest"
@@ -226,6 +227,8 @@ def build_manifest(
         "export_batch": options.batch,
         "shape_range": shape_range,
         "gradient": gradient,
+        "graph": describe_graph(model.backbone, resolve_graph_options(options.graph_options),
+                                None if options.dynamic else options.size),
         "exporter": exporter,
         "target_info": target_info,
         "versions": versions(packages),

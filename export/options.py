@@ -9,6 +9,8 @@ from pathlib import Path
 from pgn.errors import PGNError
 from pgn.inputs import nearest_valid_size
 
+from .graph_options import GraphOptions, resolve_graph_options
+
 #: Ranged (dynamic) shapes default to this smallest and largest height/width and largest batch.
 DEFAULT_MIN_SIZE = 64
 DEFAULT_MAX_SIZE = 1024
@@ -45,6 +47,11 @@ class ExportOptions:
         tf32: TensorRT: let fp32 layers use TF32 math (TensorRT's own default). Off here, because TF32 rounds
             to 10-bit mantissas and an fp32 engine would fail the fp32 parity (relative error 1e-4).
         deployment_target: CoreML minimum deployment target (``iOS16`` … / ``macOS13`` …).
+        int8_ops: ExecuTorch int8: which operators are quantized (:data:`export.executorch.INT8_OPS`;
+            ``None``: the target's default).
+        graph_options: how the export graph computes the backbone (:class:`export.graph_options.GraphOptions`,
+            or its text form ``"band_rows=16,decoder_conv=split"``, whose unnamed options keep the target's
+            defaults); ``None``: the target's defaults. The numbers stay the model's.
     """
 
     size: tuple[int, int] = (224, 224)
@@ -60,8 +67,11 @@ class ExportOptions:
     timing_cache: Path | None = None
     tf32: bool = False
     deployment_target: str = "iOS16"
+    int8_ops: str | None = None
+    graph_options: GraphOptions | str | None = None
 
     def __post_init__(self):
+        resolve_graph_options(self.graph_options)  # a bad name or value is an error now, before any export
         object.__setattr__(self, "size", parse_size(self.size, "size"))
         for name in ("min_size", "max_size"):
             value = getattr(self, name)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .graph import output_names
+from .graph_options import GraphOptions
 from .options import ExportOptions
 from .verify import Tolerance
 
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
     from .runtimes import Runtime
 
 #: Options every target accepts.
-COMMON_OPTIONS = ("size", "batch", "dynamic", "precision")
+COMMON_OPTIONS = ("size", "batch", "dynamic", "precision", "graph_options")
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,8 @@ class ExportTarget(ABC):
         verify_device: the ``device`` its runtime is loaded on to verify a fresh artifact.
         runs_on: where the artifact runs (manifest ``target_info`` and tables).
         verified_by: what checks the artifact's numbers after export.
+        default_graph_options: the export-graph options used where none are given (chosen by measurement on
+            the target's runtime, see :mod:`export.graph_options`).
     """
 
     name: str
@@ -83,6 +86,7 @@ class ExportTarget(ABC):
     verify_device: str = "cpu"
     runs_on: str
     verified_by: str
+    default_graph_options: GraphOptions = GraphOptions()
 
     def __repr__(self) -> str:
         return f"<export target {self.name!r}>"

@@ -94,7 +94,7 @@ class TensorRTTarget(ExportTarget):
             outputs=self.output_names(options)[1],
             dtype=torch.float16 if (options.precision == "fp16" and strong) else torch.float32,
             size=options.size,
-            dynamic=options.dynamic,
+            dynamic=options.dynamic, graph_options=options.graph_options,
         )
         with tempfile.TemporaryDirectory(prefix="pgn-trt-") as tmp:
             onnx_path = Path(tmp) / "graph.onnx"

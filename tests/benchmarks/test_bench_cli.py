@@ -121,3 +121,20 @@ def test_check_values_is_recorded_and_said(tmp_path):
     assert "checked input values: always" in (tmp_path / "b.md").read_text()
     bad = CliRunner().invoke(main, ["--check-values", "sometimes", *TINY])
     assert bad.exit_code == 2 and "sometimes" in bad.output
+
+
+def test_bad_graph_options_are_one_line_and_exit_1():
+    out = CliRunner().invoke(main, ["--models", "unet", "--graph-options", "band_rowz=4", *TINY])
+    assert out.exit_code == 1 and "band_rows, band_levels" in out.output and len(out.output.strip().splitlines()) == 1
+
+
+def test_graph_options_reach_the_export_task(monkeypatch, tmp_path):
+    from benchmarks import harness
+    from benchmarks.config import BenchmarkConfig
+
+    config = BenchmarkConfig(models=("unet",), runtimes=("onnxruntime",), sizes=(32,), graph_options="decoder_conv=split")
+    assert config.to_dict()["graph_options"] == "decoder_conv=split"
+    tasks = []
+    monkeypatch.setattr(harness, "run_task", lambda task, *args: tasks.append(task) or {"status": "failed", "reason": "stub"})
+    harness._Artifacts(config, tmp_path).get("unet", "onnxruntime", (32, 32), tmp_path / "inputs.pt")
+    assert [(t.mode, t.graph_options) for t in tasks] == [("prepare", config.graph_options)]

@@ -40,3 +40,33 @@ def test_int8_model_runs_and_tracks_fp32(tmp_path):
     assert acc["grad_cosine_min"] > 0.99
     assert acc["grad_rel_error_max"] > 0  # it really is quantized
 
+
+
+def _conv_graph():
+    """Three convolutions: 1×1 dense, 3×3 dense, 3×3 grouped (4 groups)."""
+    from onnx import TensorProto, helper, numpy_helper
+    import numpy as np
+
+    weights = {"w1": (8, 8, 1, 1), "w3": (8, 8, 3, 3), "wg": (8, 2, 3, 3)}
+    inits = [numpy_helper.from_array(np.ones(s, np.float32), name) for name, s in weights.items()]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], name="pointwise"),
+             helper.make_node("Conv", ["a", "w3"], ["b"], name="dense3x3", pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["b", "wg"], ["y"], name="grouped", pads=[1, 1, 1, 1], group=4)]
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, (1, 8, 4, 4)) for n in ("x", "y")]
+    return helper.make_model(helper.make_graph(nodes, "g", [io[0]], [io[1]], inits))
+
+
+@pytest.mark.parametrize("convs, names", [("all", ["pointwise", "dense3x3", "grouped"]), ("dense", ["pointwise", "dense3x3"]),
+                                          ("pointwise", ["pointwise"])])
+def test_conv_selections_pick_the_right_nodes(convs, names):
+    from benchmarks.quantize import selected_convs
+
+    assert selected_convs(_conv_graph(), convs) == names
+
+
+def test_unknown_conv_selection_is_an_error():
+    from benchmarks.quantize import selected_convs
+    from pgn.errors import PGNError
+
+    with pytest.raises(PGNError, match="all, dense, pointwise"):
+        selected_convs(_conv_graph(), "depthwise")

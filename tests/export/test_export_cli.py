@@ -64,7 +64,7 @@ def test_option_the_format_does_not_take(tmp_path):
     assert res.exit_code == 1
     err_lines = [l for l in res.output.splitlines() if l.startswith("error:")]
     assert err_lines == ["error: option opset=17 is not supported by target 'coreml'; it applies to onnx, tensorrt. "
-                         "coreml accepts: size, batch, dynamic, precision, min_size, max_size, max_batch, deployment_target"]
+                         "coreml accepts: size, batch, dynamic, precision, graph_options, min_size, max_size, max_batch, deployment_target"]
 
 
 def test_size_the_backbone_does_not_allow(tmp_path):

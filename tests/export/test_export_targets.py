@@ -189,7 +189,7 @@ def test_all_and_the_option_checks_include_a_new_target(torchscript, tmp_path):
     assert "Valid targets: onnx, tensorrt, coreml, executorch, torchscript, all" in _error(lambda: resolve_targets("torchscrip"))
     msg = _error(lambda: check_options(torchscript, {"opset": 17}))
     assert msg == ("option opset=17 is not supported by target 'torchscript'; it applies to onnx, tensorrt. "
-                   "torchscript accepts: size, batch, dynamic, precision")
+                   "torchscript accepts: size, batch, dynamic, precision, graph_options")
 
 
 def _error(call) -> str:
