@@ -43,8 +43,10 @@ def worker_env(threads: int) -> dict[str, str]:
 
 def run_task(task: Task, workdir: Path, threads: int, timeout: float) -> dict:
     """Run ``task`` in a fresh ``python -m benchmarks.worker`` process; returns its result dict (never raises)."""
-    index = len(list(workdir.glob("task-*.json")))
-    task_path, result_path = workdir / f"task-{index}.json", workdir / f"result-{index}.json"
+    fd, name = tempfile.mkstemp(prefix="task-", suffix=".json", dir=workdir)  # unique even when exports run in parallel
+    os.close(fd)
+    task_path = Path(name)
+    result_path = task_path.with_name("result-" + task_path.name[len("task-"):])
     write_json(task.to_dict(), task_path)
     cmd = [sys.executable, "-m", "benchmarks.worker", str(task_path), str(result_path)]
     try:

@@ -148,3 +148,35 @@ def test_export_jobs_must_be_positive():
 
     with pytest.raises(PGNError, match="export_jobs must be a positive integer"):
         BenchmarkConfig(export_jobs=0)
+
+
+def test_parallel_worker_tasks_get_their_own_files(tmp_path, monkeypatch):
+    """Two tasks started at once (parallel exports) never share a task or result file."""
+    import subprocess
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from benchmarks import harness
+    from benchmarks.worker import Task
+
+    barrier = threading.Barrier(2)
+    real_write_json = harness.write_json
+
+    def write_after_both_chose_a_name(data, path):
+        barrier.wait(timeout=10)
+        real_write_json(data, path)
+
+    def fake_worker(cmd, **kwargs):
+        barrier.wait(timeout=10)  # both task files written before either worker reads its own
+        task = json.loads(open(cmd[-2]).read())
+        with open(cmd[-1], "w") as f:
+            json.dump({"status": "ok", "runtime": task["runtime"]}, f)
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(harness, "write_json", write_after_both_chose_a_name)
+    monkeypatch.setattr(harness.subprocess, "run", fake_worker)
+    tasks = [Task(mode="prepare", model="resnet4", runtime=name, device="cpu", size=(32, 32), batch=1, inputs="x")
+             for name in ("executorch", "executorch-int8")]
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda t: harness.run_task(t, tmp_path, 1, 60), tasks))
+    assert [r["runtime"] for r in results] == ["executorch", "executorch-int8"]
