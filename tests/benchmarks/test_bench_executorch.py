@@ -69,12 +69,12 @@ def test_executorch_rows_record_the_program(et_result):
 
 def test_int8_program_is_the_export_targets_recipe(et_result):
     from export import read_manifest
-    from export.executorch import INT8_RECIPE
+    from export.executorch import DEFAULT_INT8_OPS, int8_recipe
 
     result, _ = et_result
     manifest = read_manifest(_row(result, "executorch-int8").runtime_info["artifact"])
     assert manifest["precision"] == "int8"
-    assert manifest["target_info"]["quantization"] == json.loads(json.dumps(INT8_RECIPE))
+    assert manifest["target_info"]["quantization"] == json.loads(json.dumps(int8_recipe(DEFAULT_INT8_OPS)))
 
 
 def test_without_executorch_the_rows_name_the_extra(monkeypatch, tmp_path):
