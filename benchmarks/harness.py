@@ -121,9 +121,8 @@ class _Artifacts:
         the fp32 exports, in a second wave, so no artifact is exported twice.
         """
         needed = [(model, runtime, size) for size, model, runtime in jobs
-                  if resolve_runtime(runtime).export_target is not None or resolve_runtime(runtime).quantizes_onnx]
-        needed = [job for job in needed
-                  if check_runnable(resolve_runtime(job[1]), self.config.device, resolve_model(job[0])) is None]
+                  if resolve_runtime(runtime).export_target is not None  # quantized ONNX models have one too
+                  and check_runnable(resolve_runtime(runtime), self.config.device, resolve_model(model)) is None]
         first = [job for job in needed if not resolve_runtime(job[1]).quantizes_onnx]
         second = [job for job in needed if resolve_runtime(job[1]).quantizes_onnx]
         with ThreadPoolExecutor(max_workers=self.config.export_jobs) as pool:
