@@ -183,9 +183,11 @@ def main() -> None:
 @fitting_options(lr="5e-5, as the paper", pgn_mse_weight="20", vgg_mse_weight="0")
 @click.option("--losses", type=CommaList(choices=LOSS_KEYS),
               help=f"Losses to compare, from {','.join(LOSS_KEYS)} (default: {','.join(DEFAULT_LOSSES)}; pgn-ort-train "
-                   "needs onnxruntime-training; pgn-executorch-train needs executorch and runs on ExecuTorch's slow "
-                   "portable kernels).")
+                   "needs onnxruntime-training; pgn-executorch-train needs executorch).")
 @click.option("--executorch-lr", type=FiniteFloat(0, min_open=True), help="SGD learning rate of the pgn-executorch-train row (default: 5e-5).")
+@click.option("--executorch-kernels", type=click.Choice(["xnnpack", "portable"]),
+              help="Kernels of the pgn-executorch-train program: xnnpack (default; PGN and generator matmuls in XNNPACK) "
+                   "or portable (ExecuTorch's portable kernels only: ~100x slower, less memory).")
 @click.option("--meta-steps", type=click.IntRange(0), help="Meta-training episodes of the generator (default: 200).")
 @click.option("--generator-checkpoint", type=click.Path(dir_okay=False, path_type=Path), help="Reuse a meta_trained_generator.pt from an earlier run.")
 def finetune(**kwargs) -> None:

@@ -40,6 +40,7 @@ from .generators.talking_head import META_TRAINING, Embedder, PoseGenerator, Tal
 from .losses import DEFAULT_LOSSES, LOSS_KEYS, MSELoss, PerceptualLossTerm
 from .measure import LossMeter
 from .ondevice import OnDevicePGNLoss, RuntimeStatus, check_recipe_applies, open_onnx_runtime
+from .ondevice_executorch import KERNELS as EXECUTORCH_KERNELS
 from .ondevice_executorch import executorch_training_available, finetune_on_executorch
 from .ondevice_training import finetune_on_device, training_available
 from .report import Column, DemoReport, Table
@@ -64,6 +65,9 @@ class FinetuneConfig(CommonConfig):
             Default: all but ``pgn-executorch-train`` (:data:`~demos.losses.DEFAULT_LOSSES`).
         executorch_lr: SGD learning rate of the ``pgn-executorch-train`` row (ExecuTorch's training runtime offers
             SGD only; 5e-5 moves the generator's parameters about as far per step as Adam at lr 5e-5 does).
+        executorch_kernels: the kernels of the ``pgn-executorch-train`` row's program: ``xnnpack`` (default: the
+            frozen PGN and the generator's convolutions, as matrix multiplies, in XNNPACK) or ``portable`` (every
+            operator on ExecuTorch's portable kernels: about two orders of magnitude slower, less memory).
         meta_steps: meta-training episodes of the generator (ignored with ``generator_checkpoint``).
         generator_checkpoint: a meta-trained generator saved by an earlier run (``meta_trained_generator.pt``).
         grid_frames: frames shown in each image grid.
@@ -80,6 +84,7 @@ class FinetuneConfig(CommonConfig):
     losses: tuple[str, ...] = DEFAULT_LOSSES
     meta_steps: int = 200
     executorch_lr: float = 5e-5
+    executorch_kernels: str = "xnnpack"
     generator_checkpoint: Path | None = None
     grid_frames: int = 4
 
@@ -91,6 +96,8 @@ class FinetuneConfig(CommonConfig):
             raise PGNError("need at least 1 train and 1 holdout frame")
         if not self.executorch_lr > 0:
             raise PGNError(f"executorch_lr must be > 0, got {self.executorch_lr}")
+        if self.executorch_kernels not in EXECUTORCH_KERNELS:
+            raise PGNError(f"executorch_kernels must be one of {', '.join(EXECUTORCH_KERNELS)}, got {self.executorch_kernels!r}")
         if self.steps < 1 or self.meta_steps < 0:
             raise PGNError("steps must be >= 1 and meta steps >= 0")
         check_size(self.size, 4, "the talking-head generator (two stride-2 levels)")
@@ -293,12 +300,12 @@ def _device_trainers(run: DemoRun, frames: Frames, status: RuntimeStatus | None,
 
     def executorch(meter, tick):
         tuned, trainer = finetune_on_executorch(init, run.pgn.model, frames.poses_train, frames.train, weight,
-                                                config.executorch_lr, config.steps, meter, tick)
+                                                config.executorch_lr, config.steps, meter, tick, kernels=config.executorch_kernels)
         path = config.output_dir / "executorch_training" / "finetune_step.pte"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(trainer.pte)
         return tuned, {"timing_covers": "whole step (generator + PGN + loss + backward + SGD)", "pte_mib": len(trainer.pte) / 2**20,
-                       "pte_path": str(path), "sgd_lr": config.executorch_lr}
+                       "pte_path": str(path), "sgd_lr": config.executorch_lr, "executorch_kernels": config.executorch_kernels}
 
     return {"pgn-ort-train": ort, "pgn-executorch-train": executorch}
 

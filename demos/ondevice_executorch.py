@@ -13,15 +13,21 @@ ExecuTorch program holds the whole step (:class:`FinetuneStepProgram`):
    the program's parameters in place.
 
 The program is exported once (:func:`export_step_program`); every step is then one ``forward_backward`` call
-and one optimizer step of ExecuTorch's runtime (:class:`ExecuTorchTrainer`), with no PyTorch autograd. Its
-operators run on ExecuTorch's portable kernels on the CPU: XNNPACK's partitioner would also take the generator's
-convolutions and pack their weights once, which freezes them. ExecuTorch's Python training bindings offer SGD
-only, so this path uses SGD.
+and one optimizer step of ExecuTorch's runtime (:class:`ExecuTorchTrainer`), with no PyTorch autograd.
+
+Where it runs: the frozen PGN (computed with the ExecuTorch export target's graph options) and every operator
+that reads no trainable parameter go to the XNNPACK delegate, the CPU kernels phones use; the generator's
+convolutions are written as batched matrix multiplies (:mod:`demos.matmul_conv`) so that XNNPACK runs them with
+weights that change every step. :class:`TrainingPartitioner` keeps every operator that reads a trainable
+parameter on ExecuTorch's own kernels: XNNPACK would pack such a weight once, and it would never train. The
+rest (reshapes of the weights, reductions, the loss) runs on ExecuTorch's portable kernels. ExecuTorch's Python
+training bindings offer SGD only, so this path uses SGD.
 """
 
 from __future__ import annotations
 
 import copy
+import operator
 import warnings
 from dataclasses import dataclass
 from typing import Callable
@@ -33,10 +39,14 @@ import pgn
 from pgn.constants import IMAGENET_STD
 from pgn.errors import PGNError, first_line
 
+from .matmul_conv import as_matmul_convs
 from .ondevice import check_recipe_applies
 
 #: The method of the exported step program.
 METHOD = "forward"
+#: Which kernels run the step program: ``xnnpack`` delegates what reads no trainable parameter to XNNPACK (the
+#: default); ``portable`` runs every operator on ExecuTorch's portable kernels (much slower, less memory).
+KERNELS = ("xnnpack", "portable")
 #: What to change when the step program does not export (the PGN exports as the ``executorch`` target does).
 GENERATOR_FIX = "change the generator"
 
@@ -70,7 +80,8 @@ class FinetuneStepProgram(nn.Module):
     """(poses, y) → (loss, ŷ): the generator, the frozen PGN's proxy and the surrogate loss, as one module.
 
     Args:
-        generator: ``poses → ŷ`` (N, 3, H, W) in [0, 1]; its parameters are what the program trains.
+        generator: ``poses → ŷ`` (N, 3, H, W) in [0, 1]; its parameters are what the program trains. Its
+            convolutions are made :class:`~demos.matmul_conv.MatmulConv2d` in place (same parameters and results).
         model: the PGN (RGB [0, 1] value space, a gradient that is an MSE gradient towards its proxy); a folded,
             frozen copy is taken.
         mse_weight: λ of the normalized-space MSE to ``y``.
@@ -82,8 +93,12 @@ class FinetuneStepProgram(nn.Module):
         from export.graph import ExportGraph
 
         check_recipe_applies(model)
+        from export.executorch import TARGET
+
         self.generator = generator
-        self.pgn = freeze_as_constants(ExportGraph(model, outputs="grad", size=size))
+        self.matmul_convs = as_matmul_convs(generator)
+        graph = ExportGraph(model, outputs="grad", size=size, graph_options=TARGET.default_graph_options)
+        self.pgn = freeze_as_constants(graph)
         self.alpha = float(model.alpha)
         self.mse_weight = float(mse_weight)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
@@ -91,31 +106,91 @@ class FinetuneStepProgram(nn.Module):
     def forward(self, poses: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: D102
         image = self.generator(poses)
         proxy = self.pgn(image.detach(), target)[0].detach()
-        to_proxy = ((image - proxy) / self.std).pow(2).mean(dim=(1, 2, 3))
-        to_target = ((image - target) / self.std).pow(2).mean(dim=(1, 2, 3))
+        to_proxy, to_target = (image - proxy) / self.std, (image - target) / self.std
+        to_proxy, to_target = (to_proxy * to_proxy).mean(dim=(1, 2, 3)), (to_target * to_target).mean(dim=(1, 2, 3))
         return (self.alpha * to_proxy + self.mse_weight * to_target).sum(), image.detach()
 
 
-def export_step_program(program: FinetuneStepProgram, poses: torch.Tensor, target: torch.Tensor) -> bytes:
+def training_partitioner(et) -> object:
+    """An XNNPACK partitioner for training programs: it delegates what XNNPACK matches except any operator that
+    reads a trainable parameter directly (XNNPACK would pack that weight once, so it would stop training)."""
+
+    class TrainingPartitioner(et.XnnpackPartitioner):
+        def get_matched_nodes_from_configs(self, ep):  # noqa: D102
+            trainable = set(ep.graph_signature.inputs_to_parameters)
+
+            def reads_trainable(node: torch.fx.Node) -> bool:
+                return any(n.op == "placeholder" and n.name in trainable for n in (node, *node.all_input_nodes))
+
+            matches = super().get_matched_nodes_from_configs(ep)
+            return [match for match in matches if not any(reads_trainable(node) for node in match)]
+
+    return TrainingPartitioner()
+
+
+def splits_as_slices(graph_module: torch.fx.GraphModule):
+    """Replace every ``split_with_sizes_copy`` of the edge graph by one ``slice_copy`` per used piece.
+
+    Forward splits (the taps of :class:`~demos.matmul_conv.MatmulConv2d`) have no XNNPACK kernel, so each would
+    cut the delegated activation path in two; slices with step 1 have one. The backward, already in the graph,
+    keeps the split's own gradient (a concatenation).
+    """
+    from executorch.exir.dialects._ops import ops as exir_ops
+    from executorch.exir.pass_base import PassResult
+
+    split, slice_copy = exir_ops.edge.aten.split_with_sizes_copy.default, exir_ops.edge.aten.slice_copy.Tensor
+    graph, changed = graph_module.graph, False
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target != split or not all(u.target is operator.getitem for u in node.users):
+            continue
+        source, sizes = node.args[0], node.args[1]
+        dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
+        starts = [sum(sizes[:i]) for i in range(len(sizes))]
+        for piece in list(node.users):
+            index = piece.args[1]
+            with graph.inserting_before(piece):
+                sliced = graph.call_function(slice_copy, (source, dim, starts[index], starts[index] + sizes[index], 1))
+            sliced.meta = dict(piece.meta)
+            piece.replace_all_uses_with(sliced)
+            graph.erase_node(piece)
+        graph.erase_node(node)
+        changed = True
+    graph_module.recompile()
+    return PassResult(graph_module, changed)
+
+
+def export_step_program(program: FinetuneStepProgram, poses: torch.Tensor, target: torch.Tensor, *,
+                        xnnpack: bool = True) -> bytes:
     """The ``.pte`` bytes of ``program``'s forward-backward graph at the shapes of ``poses`` and ``target``.
 
+    Args:
+        xnnpack: delegate what reads no trainable parameter to XNNPACK (``False``: every operator on ExecuTorch's
+            portable kernels, which is about two orders of magnitude slower).
+
     Raises:
-        PGNError: one line, naming the operator where ExecuTorch names one, if the program does not export.
+        PGNError: one line, naming the operator where ExecuTorch names one, if the program does not export, or if
+            a trainable parameter ended up inside a delegate.
     """
-    from executorch.exir import to_edge
     from torch.export.experimental import _export_forward_backward
 
     from export.executorch import check_kernels, import_executorch, lowering_error, quiet_native_output
 
     et = import_executorch()
+    trainable = {name for name, p in program.named_parameters() if p.requires_grad}
     try:
         with warnings.catch_warnings(), quiet_native_output():
             warnings.simplefilter("ignore")
             captured = torch.export.export(program, (poses, target), strict=False)
             joint = _export_forward_backward(captured)
-            pte = to_edge(joint).to_executorch().buffer
+            partitioners = [training_partitioner(et)] if xnnpack else []
+            edge = et.to_edge_transform_and_lower(joint, transform_passes=[splits_as_slices], partitioner=partitioners)
+            kept = set(edge.exported_program().graph_signature.parameters)
+            pte = edge.to_executorch().buffer
     except Exception as e:  # noqa: BLE001 - export failures become one line naming the operator
         raise PGNError(lowering_error(e, GENERATOR_FIX, "ExecuTorch training export")) from e
+    if trainable - kept:
+        raise PGNError(f"ExecuTorch's delegate took trainable parameters ({', '.join(sorted(trainable - kept)[:3])}); "
+                       "XNNPACK would pack them once and they would never train; export_step_program(..., xnnpack=False) avoids it")
     check_kernels(et, pte, GENERATOR_FIX)
     return pte
 
@@ -179,6 +254,7 @@ def finetune_on_executorch(
     meter=None,
     progress: Callable[[float], None] | None = None,
     pte: bytes | None = None,
+    kernels: str = "xnnpack",
 ) -> tuple[nn.Module, ExecuTorchTrainer]:
     """Fine-tune a copy of ``init`` with every step inside ExecuTorch's training runtime.
 
@@ -192,6 +268,7 @@ def finetune_on_executorch(
         progress: optional callable run after every step with the loss.
         pte: the step program of ``init`` and ``model`` for these shapes, exported earlier by
             :func:`export_step_program` (default: export it now).
+        kernels: one of :data:`KERNELS`, for the program exported now.
 
     Returns:
         A PyTorch copy of ``init`` holding the parameters trained by ExecuTorch, and the trainer.
@@ -201,7 +278,7 @@ def finetune_on_executorch(
     program = FinetuneStepProgram(copy.deepcopy(init).train(), model, mse_weight, tuple(target.shape[-2:]))
     poses, target = poses.float().contiguous(), target.float().contiguous()
     if pte is None:
-        pte = export_step_program(program, poses, target)
+        pte = export_step_program(program, poses, target, xnnpack=kernels == "xnnpack")
     # Loading allocates the memory ExecuTorch planned for every step; it counts towards the steps' peak memory.
     with meter.measure(timed=False) if meter is not None else nullcontext():
         trainer = ExecuTorchTrainer.load(pte, poses, target, lr)
@@ -214,5 +291,6 @@ def finetune_on_executorch(
     expected = {name for name, p in program.named_parameters() if p.requires_grad}
     if set(trained) != expected:
         raise PGNError(f"ExecuTorch trained {sorted(set(trained) ^ expected)[:3]}… instead of the generator's parameters")
-    program.load_state_dict(trained, strict=False)
-    return program.generator.eval(), trainer
+    tuned = copy.deepcopy(init)  # the program's copy computes its convolutions as matrix multiplies
+    tuned.load_state_dict({name.removeprefix("generator."): value for name, value in trained.items()}, strict=False)
+    return tuned.eval(), trainer

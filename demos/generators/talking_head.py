@@ -34,11 +34,12 @@ def instance_norm(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """Per-sample, per-channel normalization over H, W (as ``nn.InstanceNorm2d``), written with basic ops.
 
     Basic ops keep the generator's training step exportable to trainers that have no gradient for ONNX's
-    InstanceNormalization (ONNX Runtime training).
+    InstanceNormalization (ONNX Runtime training); squares are products, which XNNPACK takes in both directions
+    (ExecuTorch's training program), where ``pow`` and its backward would fall back to portable kernels.
     """
-    mean = x.mean(dim=(2, 3), keepdim=True)
-    var = (x - mean).pow(2).mean(dim=(2, 3), keepdim=True)
-    return (x - mean) / torch.sqrt(var + eps)
+    centred = x - x.mean(dim=(2, 3), keepdim=True)
+    var = (centred * centred).mean(dim=(2, 3), keepdim=True)
+    return centred / torch.sqrt(var + eps)
 
 
 def upsample2x(x: torch.Tensor) -> torch.Tensor:

@@ -69,6 +69,17 @@ def test_one_executorch_step_equals_one_eager_pgnloss_step(finetune_batch, pte):
 
 
 @needs_executorch
+def test_the_pgn_and_the_generators_convolutions_run_in_xnnpack(pte):
+    from export.executorch import DELEGATE, read_program
+
+    facts = read_program(pte)
+    assert facts["delegates"].get(DELEGATE, 0) > 0
+    # the generator's convolutions (forward and backward) are matrix multiplies in the delegate, the frozen PGN's
+    # convolutions are XNNPACK convolutions: no convolution is left to ExecuTorch's portable kernels
+    assert not [op for op in facts["outside_delegate"] if "convolution" in op], facts["outside_delegate"]
+
+
+@needs_executorch
 def test_pgn_weights_are_frozen_constants(finetune_batch, pte):
     init, poses, train, model = finetune_batch
     before = copy.deepcopy(model.state_dict())
@@ -101,10 +112,10 @@ def test_finetune_on_executorch_returns_the_trained_generator(finetune_batch, pt
     assert trainer.threads == torch.get_num_threads()
 
 
-def _finetune_rows(out, losses: str) -> tuple[dict, dict]:
+def _finetune_rows(out, losses: str, *options: str) -> tuple[dict, dict]:
     """``pgn-demo finetune`` at 16² (1 train frame, 2 steps, no meta-training): rows by key, and the notes."""
     result = CliRunner().invoke(main, ["finetune", "-o", str(out), "--size", "16", "--train-frames", "1", "--holdout-frames", "1",
-                                       "--steps", "2", "--meta-steps", "0", "--losses", losses, "--no-progress"],
+                                       "--steps", "2", "--meta-steps", "0", "--losses", losses, "--no-progress", *options],
                                 catch_exceptions=False)
     assert result.exit_code == 0, result.output
     table = json.loads((out / "results.json").read_text())["tables"]["finetune"]
@@ -113,14 +124,26 @@ def _finetune_rows(out, losses: str) -> tuple[dict, dict]:
 
 @needs_executorch
 def test_finetune_cli_runs_the_executorch_row(tmp_path):
-    rows, notes = _finetune_rows(tmp_path / "ft", "pgn,pgn-executorch-train")
+    # the portable program exports in a fraction of the XNNPACK one's time; the XNNPACK program is tested above
+    rows, notes = _finetune_rows(tmp_path / "ft", "pgn,pgn-executorch-train", "--executorch-kernels", "portable")
     row = rows["pgn-executorch-train"]
     assert row["status"] == "ok", row["status"]
+    assert row["executorch_kernels"] == "portable"
+    from export.executorch import read_program
+
+    assert read_program((tmp_path / "ft" / "executorch_training" / "finetune_step.pte").read_bytes())["delegates"] == {}
     # timed and memory-measured like the other rows, over the whole step; the program is kept and its size reported
     assert row["loss_time_ms"] > 0 and row["loss_peak_mem_mib"] is not None and row["pte_mib"] > 0.1
     assert (tmp_path / "ft" / "executorch_training" / "finetune_step.pte").stat().st_size == pytest.approx(row["pte_mib"] * 2**20)
     assert row["holdout_mse_x1e3"]["mean"] != rows["before fine-tuning"]["holdout_mse_x1e3"]["mean"]
     assert any(f"is {row['pte_mib']:.2f} MiB" in note for note in notes)
+
+
+def test_unknown_kernels_are_refused_in_one_line():
+    from demos.finetune import FinetuneConfig
+
+    with pytest.raises(pgn.PGNError, match="executorch_kernels must be one of xnnpack, portable"):
+        FinetuneConfig(executorch_kernels="gpu")
 
 
 def test_missing_executorch_is_a_skipped_row_with_one_line(tmp_path, monkeypatch):
