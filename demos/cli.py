@@ -93,7 +93,7 @@ COMMON_OPTIONS = [
                  help="Trained PGN (pgn-distill output or the authors' file; 'paper' = released file in the cache). Default: untrained, with a loud warning."),
     click.option("--pgn-preset", type=_preset_choice(), help="PGN preset (default: resnet4). Sizes must be multiples of 2 (ResNet) or 32 (UNet)."),
     click.option("--threads", type=click.IntRange(1, 256), help="torch CPU threads (default: torch's choice)."),
-    click.option("--measure-memory/--no-measure-memory", default=None, help="Measure peak memory of the loss part (Linux; default: on)."),
+    click.option("--measure-memory/--no-measure-memory", default=None, help="Measure peak memory of the loss part and of the whole step (Linux; default: on)."),
     click.option("--progress/--no-progress", default=None, help="Progress bars on stderr (default: on)."),
     click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write results.json's content here ('-' for stdout)."),
 ]
@@ -198,8 +198,8 @@ def finetune(**kwargs) -> None:
     in ONNX Runtime (trained through a weighted MSE towards the runtime's proxy: no VGG, no autograd through the
     PGN). Two more rows run the whole training step on an on-device trainer: ONNX Runtime training
     (pgn-ort-train) and ExecuTorch's training runtime (pgn-executorch-train: generator, frozen PGN, loss,
-    backward and SGD in one .pte program). Reports time and peak memory of the loss part (of the whole step for
-    those two rows), train/holdout metrics and gradient cosine to VGG-19.
+    backward and SGD in one .pte program). Reports time and peak memory of the whole training step for every row
+    and of the loss part for the eager rows, train/holdout metrics and gradient cosine to VGG-19.
 
     \b
     Examples:

@@ -26,7 +26,7 @@ class CommonConfig:
         vgg_weights: ``auto`` (ImageNet if cached, else random with a warning), ``imagenet``, ``random`` or a path.
         pgn_checkpoint: PGN weights (``pgn-distill`` output, the authors' file, or ``paper``); ``None`` = untrained.
         pgn_preset: the PGN preset (default ``resnet4``); checked against the checkpoint when both are given.
-        measure_memory: measure the loss part's peak memory (Linux only).
+        measure_memory: measure the peak memory of the loss part and of the whole step (Linux only).
         progress: show progress bars (on stderr).
     """
 

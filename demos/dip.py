@@ -32,7 +32,7 @@ from .losses import MSELoss, PerceptualLossTerm, PGNLossTerm
 from .plots import plot_curves
 from .report import Column, DemoReport, Table
 from .resources import Warnings, load_pgn
-from .runner import RECONSTRUCTION_COLUMNS, DemoRun, timing_cells
+from .runner import RECONSTRUCTION_COLUMNS, TIMING_NOTE, DemoRun, timing_cells
 from .stability import OUTCOMES, RunRecord, StabilityMonitor, StopRule, summarize_runs
 
 #: The three heads of the stability experiment and their default presets (the paper used ResNet-8 for all three).
@@ -167,7 +167,7 @@ def run_quality(run: DemoRun, monitor_pl: CachedPerceptual) -> tuple[Table, list
     losses = [run.pgn_loss(config.pgn_mse_weight), PerceptualLossTerm(run.teacher(), config.vgg_mse_weight), MSELoss()]
     scores = {loss.key: Scores() for loss in losses}
     cosines: dict[str, list[float]] = {loss.key: [] for loss in losses}
-    timings: dict[str, list[dict]] = {loss.key: [] for loss in losses}
+    timings: dict[str, tuple[list, list]] = {loss.key: ([], []) for loss in losses}  # loss-part, whole-step summaries
     grid_rows, curves = [], {}
     bar = run.progress(config.num_images * config.iterations * len(losses), "DIP quality")
     for i in range(config.num_images):
@@ -185,19 +185,21 @@ def run_quality(run: DemoRun, monitor_pl: CachedPerceptual) -> tuple[Table, list
                 final = init.clean(student.generator)
             scores[loss.key].extend(run.evaluator.scores(final, y))
             cosines[loss.key] += run.evaluator.gradient_cosine(loss, final, y)
-            timings[loss.key].append(student.meter.summary())
+            timings[loss.key][0].append(student.meter.summary())
+            timings[loss.key][1].append(student.step_meter.summary())
             finals.append(final)
         with torch.no_grad():
             proxy = run.pgn.model.proxy(finals[0], y)
         grid_rows.append(torch.cat([y, *finals, proxy]))
     bar.close()
     rows = [{"loss": loss.describe(), "key": loss.key, **scores[loss.key].cells(), "grad_cos": summary(cosines[loss.key]),
-             **timing_cells(timings[loss.key])} for loss in losses]
+             **timing_cells(*timings[loss.key])} for loss in losses]
     notes = [
         f"{config.num_images} image(s) at {config.size}×{config.size}, T = {config.iterations}, Adam lr {config.lr:g}, "
         f"input noise probability {config.input_noise_prob:g}; paper: 400 ImageNet images at 224², T = 3000.",
         "MSE in [0, 1] RGB space ×10³; PL = VGG-19 perceptual loss; grad cos = the loss's own gradient vs the VGG-19 "
-        "gradient at the final image (normalized space); ms/step and peak MiB cover the loss part only.",
+        "gradient at the final image (normalized space).",
+        TIMING_NOTE,
     ]
     table = Table("quality", "Deep Image Prior reconstruction (paper Table 2)", RECONSTRUCTION_COLUMNS, rows, notes)
     path = save_image_grid(grid_rows, config.output_dir / "dip_quality.png")

@@ -12,7 +12,8 @@ evaluated on the train frames and on 8 "holdout" frames in unseen poses. Losses:
 * ``pgn-ort-train`` and ``pgn-executorch-train``: the whole step on an on-device trainer, ONNX Runtime training
   (:mod:`demos.ondevice_training`) or ExecuTorch's training runtime (:mod:`demos.ondevice_executorch`).
 
-Reported per loss: time per step and peak memory of the loss part, train/holdout MSE (×10³, [0, 1] space),
+Reported per loss: time per step and peak memory of the whole training step, and for the eager rows also of the
+loss part alone (the on-device trainers run loss and backward as one call), train/holdout MSE (×10³, [0, 1] space),
 VGG-19 perceptual loss, SSIM, LPIPS (when available) and the cosine similarity of the loss's gradient to the
 VGG-19 gradient after fine-tuning (paper Table 4, "Heads").
 
@@ -44,7 +45,8 @@ from .ondevice_executorch import KERNELS as EXECUTORCH_KERNELS
 from .ondevice_executorch import executorch_training_available, finetune_on_executorch
 from .ondevice_training import finetune_on_device, training_available
 from .report import Column, DemoReport, Table
-from .runner import GRAD_COS_COLUMN, LOSS_COLUMN, TIMING_COLUMNS, DemoRun, score_columns, timing_cells
+from .runner import (GRAD_COS_COLUMN, LOSS_COLUMN, TIMING_COLUMNS, TIMING_NOTE, DemoRun, score_columns, student_timing_cells,
+                     timing_cells)
 
 CHECKPOINT_FORMAT = "pgn-demo-talking-head-v1"
 
@@ -258,7 +260,7 @@ def run_finetune(config: FinetuneConfig, console=None) -> DemoReport:
         student = run.fit(loss, init, frames.forward_train, frames.train, config.steps, config.lr)
         outputs[loss.key] = frames.render(student.generator)
         rows.append({**frames.row(run.evaluator, loss.describe(), outputs[loss.key]), "key": loss.key,
-                     **timing_cells([student.meter.summary()]),
+                     **student_timing_cells(student),
                      "grad_cos_start": summary(run.evaluator.gradient_cosine(loss, outputs["before"][0], frames.train)),
                      "grad_cos": summary(run.evaluator.gradient_cosine(loss, outputs[loss.key][0], frames.train))})
         if isinstance(loss, OnDevicePGNLoss):
@@ -330,7 +332,7 @@ def _device_training_row(run: DemoRun, frames: Frames, key: str, train: DeviceTr
     outputs = frames.render(tuned)
     reference = run.pgn_loss(config.pgn_mse_weight)  # the same PGN: the gradient-cosine column compares its gradient
     row = {**frames.row(run.evaluator, f"{DEVICE_LABELS[key]} + {config.pgn_mse_weight:g}·MSE", outputs), "key": key,
-           **timing_cells([meter.summary()]), **cells,
+           **timing_cells([], [meter.summary()]), **cells,  # the trainer's step is the whole step; no loss part apart
            "grad_cos": summary(run.evaluator.gradient_cosine(reference, outputs[0], frames.train))}
     return row, outputs
 
@@ -343,7 +345,8 @@ COLUMNS = [
     GRAD_COS_COLUMN,
     Column("status", "status"),
 ]
-CONSOLE_KEYS = ("loss", "loss_time_ms", "loss_peak_mem_mib", "train_mse_x1e3", "train_pl_vgg19", "holdout_mse_x1e3", "holdout_pl_vgg19", "grad_cos", "status")
+CONSOLE_KEYS = ("loss", "loss_time_ms", "loss_peak_mem_mib", "step_time_ms", "step_peak_mem_mib", "train_mse_x1e3",
+                "train_pl_vgg19", "holdout_mse_x1e3", "holdout_pl_vgg19", "grad_cos", "status")
 
 
 def _notes(config: FinetuneConfig, rows: list[dict], extra: dict) -> list[str]:
@@ -351,20 +354,22 @@ def _notes(config: FinetuneConfig, rows: list[dict], extra: dict) -> list[str]:
         f"T = {config.steps} Adam steps, lr {config.lr:g}, λ_MSE = {config.pgn_mse_weight:g} with the PGN, "
         f"{config.vgg_mse_weight:g} with VGG; {config.train_frames} train / {config.holdout_frames} holdout frames at "
         f"{config.size}×{config.size}.",
-        "ms/step and peak MiB cover the loss part only (loss forward + backward to the image; for ONNX Runtime the "
-        "runtime call + MSE to its proxy); peak MiB is the largest growth of the process's peak RSS during it over the "
-        "first 5 steps (first-call allocations that stay, such as ONNX Runtime's arena, included).",
+        TIMING_NOTE + " For the ONNX Runtime row the loss part is the runtime call + MSE to its proxy.",
         "MSE in [0, 1] RGB space ×10³; PL = VGG-19 perceptual loss (mean absolute feature difference per ReLU up to "
         "relu5_1, summed); grad cos = cosine similarity of the loss's own gradient (without the λ_MSE term) to the "
         "VGG-19 gradient after fine-tuning, in normalized space.",
     ]
     ok = {r.get("key"): r for r in rows if r.get("status") == "ok"}
+    if set(DEVICE_LABELS) & set(ok):
+        notes.append("The on-device trainer rows run generator forward, loss and backward as one call, so they have no "
+                     "loss part of their own (—): compare them with the other rows on the whole-step columns, which "
+                     "measure the same work for every row.")
     if "pgn-ort-train" in ok:
-        notes.append("For the ORT-training row, ms/step and peak MiB cover the whole device step: generator forward, PGN "
-                     "runtime, generator backward and Adam, all in ONNX Runtime.")
+        notes.append("For the ORT-training row, the whole step runs in ONNX Runtime: generator forward, PGN runtime, "
+                     "generator backward and Adam.")
     if "pgn-executorch-train" in ok:
         row = ok["pgn-executorch-train"]
-        notes.append("For the ExecuTorch row, ms/step and peak MiB cover the whole device step in one ExecuTorch program "
+        notes.append("For the ExecuTorch row, the whole step is one ExecuTorch program "
                      "(generator forward, frozen PGN, loss, backward) plus ExecuTorch's SGD update "
                      f"(lr {row['sgd_lr']:g}), on ExecuTorch's portable CPU kernels; the program ({Path(row['pte_path']).name}) "
                      f"is {row['pte_mib']:.2f} MiB.")

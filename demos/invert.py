@@ -32,7 +32,7 @@ from .generators.user import load_module
 from .losses import MSELoss, PerceptualLossTerm
 from .plots import plot_curves
 from .report import DemoReport, Table
-from .runner import RECONSTRUCTION_COLUMNS, DemoRun, timing_cells
+from .runner import RECONSTRUCTION_COLUMNS, TIMING_NOTE, DemoRun, student_timing_cells
 
 #: Bundled targets, in order: the portrait's face, then photographs. They are excluded from generator training.
 DEFAULT_TARGETS = ("face", "sklearn/china", "skimage/chelsea", "skimage/coffee")
@@ -232,7 +232,7 @@ def run_invert(config: InvertConfig, console=None) -> DemoReport:
         student = run.fit(loss, start_image, _generate, targets, config.steps, config.lr, observe=observe)
         finals[loss.key] = final = student.render(_generate)
         rows.append({"loss": loss.describe(), **run.evaluator.scores(final, targets).cells(), "key": loss.key,
-                     "grad_cos": summary(run.evaluator.gradient_cosine(loss, final, targets)), **timing_cells([student.meter.summary()])})
+                     "grad_cos": summary(run.evaluator.gradient_cosine(loss, final, targets)), **student_timing_cells(student)})
     with torch.no_grad():
         proxy = run.pgn.model.proxy(finals["pgn"], targets)
     grid_rows = [torch.stack([targets[i], initial[i], prefitted[i]] + [finals[loss.key][i] for loss in losses] + [proxy[i]]) for i in range(targets.shape[0])]
@@ -242,8 +242,8 @@ def run_invert(config: InvertConfig, console=None) -> DemoReport:
         f"{targets.shape[0]} target(s) at {size[0]}×{size[1]}, T0 = {config.prefit_steps} MSE pre-fit steps, then T = {config.steps} "
         f"steps per loss, Adam lr {config.lr:g}; λ_MSE = {config.vgg_mse_weight:g} with VGG-19, {config.pgn_mse_weight:g} with the PGN. "
         "Paper: 100 FFHQ images at 256², T0 = 5000, T = 1000.",
-        "MSE in [0, 1] RGB space ×10³; grad cos = the loss's own gradient vs the VGG-19 gradient at the final image; "
-        "ms/step and peak MiB cover the loss part only.",
+        "MSE in [0, 1] RGB space ×10³; grad cos = the loss's own gradient vs the VGG-19 gradient at the final image.",
+        TIMING_NOTE,
     ]
     table = Table("invert", "Generator inversion (Image2StyleGAN protocol, paper Table 2)", RECONSTRUCTION_COLUMNS, rows, notes)
     images = [

@@ -6,8 +6,8 @@ initialization, its targets, its losses and its tables. :class:`DemoRun` does th
 1. :meth:`DemoRun.start` makes the output folder, loads the VGG-19 teacher that scores every result, LPIPS and
    the PGN, checks the image size against the PGN and prints which weights the run uses, with the warnings;
 2. :meth:`DemoRun.fit` trains a copy of the shared initialization with one loss, behind a progress bar;
-3. its :class:`~demos.common.Evaluator` scores the results, and :func:`timing_cells` the loss part's time and
-   memory, as table cells (:data:`RECONSTRUCTION_COLUMNS`, :func:`score_columns`);
+3. its :class:`~demos.common.Evaluator` scores the results, and :func:`timing_cells` the time and memory of the
+   loss part and of the whole step, as table cells (:data:`RECONSTRUCTION_COLUMNS`, :func:`score_columns`);
 4. :meth:`DemoRun.finish` writes ``results.json`` and ``results.md`` and returns the report.
 """
 
@@ -26,6 +26,7 @@ import pgn
 from .common import CommonConfig, Evaluator, check_size, progress_bar
 from .generators.training import Progress
 from .losses import Loss, PGNLossTerm
+from .measure import MEMORY_CALLS
 from .metrics import LPIPSMetric
 from .report import Column, DemoReport, Table, print_warnings
 from .resources import PGNSource, Warnings, load_pgn, load_teacher
@@ -113,7 +114,8 @@ class DemoRun:
             forward: how the generator makes its images (``forward(generator) -> ŷ``).
             bar: a progress bar to advance (default: one of its own for this fit).
             observe: sees every step (curves, stop rules); returning true ends the fit early.
-            measure_memory: measure the loss part's memory (default: as the run's configuration says).
+            measure_memory: measure the memory of the loss part and of the whole step (default: as the run's
+                configuration says).
         """
         memory = self.config.measure_memory if measure_memory is None else measure_memory
         student = Student.from_init(loss.label, loss, init, lr, measure_memory=memory)
@@ -140,18 +142,29 @@ class DemoRun:
         return report
 
 
-def timing_cells(meters: list[dict]) -> dict:
-    """Loss-part cells from :meth:`~demos.measure.LossMeter.summary` of one or more fits.
+def timing_cells(loss_part: list[dict], whole_step: list[dict]) -> dict:
+    """Timing cells from :meth:`~demos.measure.LossMeter.summary` of one or more fits.
 
-    The mean of their median times per step, the largest peak memory, and the median of their median peaks.
+    ``loss_*`` cells from the loss-part meters, ``step_*`` cells from the whole-step meters (``None`` for a part
+    nobody measured: pass ``[]``). Each part: the mean of the fits' median times per step, the largest peak
+    memory, and the median of their median peaks.
     """
+    return {**_meter_cells("loss_", loss_part), **_meter_cells("step_", whole_step)}
+
+
+def student_timing_cells(student: Student) -> dict:
+    """:func:`timing_cells` of one fitted student (its loss-part and whole-step meters)."""
+    return timing_cells([student.meter.summary()], [student.step_meter.summary()])
+
+
+def _meter_cells(prefix: str, meters: list[dict]) -> dict:
     times = [s["time_ms"] for s in meters if s["time_ms"] is not None]
     peaks = [s["peak_mem_mib"] for s in meters if s["peak_mem_mib"] is not None]
     medians = [s["peak_mem_median_mib"] for s in meters if s["peak_mem_median_mib"] is not None]
     return {
-        "loss_time_ms": statistics.fmean(times) if times else None,
-        "loss_peak_mem_mib": max(peaks) if peaks else None,
-        "loss_peak_mem_median_mib": statistics.median(medians) if medians else None,
+        f"{prefix}time_ms": statistics.fmean(times) if times else None,
+        f"{prefix}peak_mem_mib": max(peaks) if peaks else None,
+        f"{prefix}peak_mem_median_mib": statistics.median(medians) if medians else None,
     }
 
 
@@ -167,6 +180,13 @@ def score_columns(prefix: str = "", keys: tuple[str, ...] = tuple(_SCORE_HEADERS
 
 LOSS_COLUMN = Column("loss", "Loss")
 GRAD_COS_COLUMN = Column("grad_cos", "grad cos vs VGG-19", "{:.3f}")
-TIMING_COLUMNS = [Column("loss_time_ms", "ms/step (loss)", "{:.1f}"), Column("loss_peak_mem_mib", "peak MiB (loss)", "{:.1f}")]
+#: Time per step and peak memory, of the loss part and of the whole step (:func:`timing_cells`).
+TIMING_COLUMNS = [Column("loss_time_ms", "ms/step (loss)", "{:.1f}"), Column("loss_peak_mem_mib", "peak MiB (loss)", "{:.1f}"),
+                  Column("step_time_ms", "ms/step (whole)", "{:.1f}"), Column("step_peak_mem_mib", "peak MiB (whole)", "{:.1f}")]
+#: What :data:`TIMING_COLUMNS` cover, for the notes under a table of students.
+TIMING_NOTE = ("ms/step (loss) and peak MiB (loss) cover the loss part (loss forward + backward to the image); "
+               "ms/step (whole) and peak MiB (whole) the whole training step (generator forward, loss part, "
+               "backward into the generator, Adam update). Peak MiB is the largest growth of the process's peak "
+               f"RSS during that part over the first {MEMORY_CALLS} steps (first-call allocations that stay included).")
 #: One row per loss, scored against one set of targets (DIP quality, inversion).
 RECONSTRUCTION_COLUMNS = [LOSS_COLUMN, *score_columns(), GRAD_COS_COLUMN, *TIMING_COLUMNS]

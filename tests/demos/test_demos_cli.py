@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import sys
 
 import pytest
 from click.testing import CliRunner
@@ -47,8 +48,12 @@ def test_finetune_tiny(tmp_path):
     assert set(rows) == {"before fine-tuning", "mse", "vgg19", "vgg11", "pgn", "pgn-onnx", "pgn-ort-train"}
     for key in ("mse", "vgg19", "vgg11", "pgn"):
         row = rows[key]
-        for col in ("loss_time_ms", "train_mse_x1e3", "train_pl_vgg19", "holdout_mse_x1e3", "holdout_pl_vgg19", "holdout_ssim", "grad_cos"):
+        for col in ("loss_time_ms", "step_time_ms", "train_mse_x1e3", "train_pl_vgg19", "holdout_mse_x1e3", "holdout_pl_vgg19",
+                    "holdout_ssim", "grad_cos"):
             assert row[col] is not None, (key, col)
+        assert row["step_time_ms"] >= row["loss_time_ms"], key  # the whole step holds the loss part
+        if sys.platform.startswith("linux"):  # peak memory of both, step by step
+            assert row["loss_peak_mem_mib"] is not None and row["step_peak_mem_mib"] is not None, key
         if LPIPSMetric.try_load().available:
             assert isinstance(row["holdout_lpips"], dict)
         else:
@@ -69,6 +74,7 @@ def test_finetune_tiny(tmp_path):
     assert (out / "finetune_holdout.png").is_file() and (out / "meta_trained_generator.pt").is_file()
     md = (out / "results.md").read_text()
     assert "| PGN resnet4 + 20·MSE |" in md and "| before fine-tuning |" in md
+    assert "| ms/step (loss) | peak MiB (loss) | ms/step (whole) | peak MiB (whole) |" in md
 
     # the meta-trained generator is reusable, and gives the same starting point
     out2 = tmp_path / "ft2"

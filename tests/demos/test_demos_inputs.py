@@ -1,6 +1,7 @@
 """Frames, user generator modules and the loss meter: outputs and clear errors on bad input."""
 
 import sys
+import time
 
 import pytest
 import torch
@@ -92,6 +93,26 @@ def test_loss_meter_counts_the_memory_but_not_the_time_of_an_untimed_setup():
     s = meter.summary()
     assert s["calls"] == 1 and len(meter.peaks_bytes) == 2
     assert s["peak_mem_mib"] >= 31.0 and meter.peaks_bytes[1] < 8 * 2**20
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="peak memory is read from /proc (Linux)")
+def test_a_nested_meter_neither_hides_the_outer_peak_nor_adds_its_reset_to_the_outer_time(monkeypatch):
+    outer, inner = LossMeter(memory=True), LossMeter(memory=True)  # a whole step around its loss part
+    reset, reset_s = inner._reset_peak, 0.25
+
+    def slow_reset():
+        time.sleep(reset_s)
+        return reset()
+
+    monkeypatch.setattr(inner, "_reset_peak", slow_reset)
+    with outer.measure():
+        x = torch.ones(32 * 2**20 // 4)  # 32 MiB, touched and freed before the inner reset
+        float(x.sum())
+        del x
+        with inner.measure(within=outer):
+            float(torch.ones(1024).sum())
+    assert outer.peaks_bytes[0] >= 31 * 2**20 and inner.peaks_bytes[0] < 8 * 2**20
+    assert inner.times_s[0] < reset_s and outer.times_s[0] < reset_s
 
 
 def test_loss_meter_without_proc_reports_no_memory(monkeypatch, tmp_path):

@@ -132,11 +132,14 @@ def test_finetune_cli_runs_the_executorch_row(tmp_path):
     from export.executorch import read_program
 
     assert read_program((tmp_path / "ft" / "executorch_training" / "finetune_step.pte").read_bytes())["delegates"] == {}
-    # timed and memory-measured like the other rows, over the whole step; the program is kept and its size reported
-    assert row["loss_time_ms"] > 0 and row["loss_peak_mem_mib"] is not None and row["pte_mib"] > 0.1
+    # timed and memory-measured like the other rows' whole step (no loss part apart); the program is kept, its size reported
+    assert row["step_time_ms"] > 0 and row["step_peak_mem_mib"] is not None and row["pte_mib"] > 0.1
+    assert row["loss_time_ms"] is None and row["loss_peak_mem_mib"] is None
+    assert rows["pgn"]["step_time_ms"] > 0 and rows["pgn"]["step_peak_mem_mib"] is not None  # the eager row to compare with
     assert (tmp_path / "ft" / "executorch_training" / "finetune_step.pte").stat().st_size == pytest.approx(row["pte_mib"] * 2**20)
     assert row["holdout_mse_x1e3"]["mean"] != rows["before fine-tuning"]["holdout_mse_x1e3"]["mean"]
     assert any(f"is {row['pte_mib']:.2f} MiB" in note for note in notes)
+    assert any("no loss part of their own" in note for note in notes)
 
 
 def test_unknown_kernels_are_refused_in_one_line():
