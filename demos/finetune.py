@@ -279,6 +279,11 @@ def run_finetune(config: FinetuneConfig, console=None) -> DemoReport:
     return run.finish([table], _grids(config, frames, outputs, labels), extra, frames=frames.source, generator=gen_info["source"], **teachers)
 
 
+#: How the ExecuTorch row's note says where its program ran, by ``executorch_kernels``.
+EXECUTORCH_KERNEL_NOTES = {
+    "xnnpack": "the frozen PGN and the generator's convolutions (as matrix multiplies) in XNNPACK, the rest on ExecuTorch's portable kernels",
+    "portable": "every operator on ExecuTorch's portable CPU kernels",
+}
 ORT_TRAIN_LABEL = "PGN ONNX Runtime, generator trained by ORT training"
 EXECUTORCH_TRAIN_LABEL = "PGN + generator trained in ExecuTorch (SGD)"
 #: Rows whose whole step runs on an on-device trainer, by key.
@@ -371,7 +376,7 @@ def _notes(config: FinetuneConfig, rows: list[dict], extra: dict) -> list[str]:
         row = ok["pgn-executorch-train"]
         notes.append("For the ExecuTorch row, the whole step is one ExecuTorch program "
                      "(generator forward, frozen PGN, loss, backward) plus ExecuTorch's SGD update "
-                     f"(lr {row['sgd_lr']:g}), on ExecuTorch's portable CPU kernels; the program ({Path(row['pte_path']).name}) "
+                     f"(lr {row['sgd_lr']:g}), {EXECUTORCH_KERNEL_NOTES[row['executorch_kernels']]}; the program ({Path(row['pte_path']).name}) "
                      f"is {row['pte_mib']:.2f} MiB.")
     if "ondevice_recipe_max_relative_deviation" in extra:
         notes.append(
