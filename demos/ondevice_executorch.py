@@ -18,7 +18,7 @@ and one optimizer step of ExecuTorch's runtime (:class:`ExecuTorchTrainer`), wit
 Where it runs: the frozen PGN (computed with the ExecuTorch export target's graph options) and every operator
 that reads no trainable parameter go to the XNNPACK delegate, the CPU kernels phones use; the generator's
 convolutions are written as batched matrix multiplies (:mod:`demos.matmul_conv`) so that XNNPACK runs them with
-weights that change every step. :class:`TrainingPartitioner` keeps every operator that reads a trainable
+weights that change every step. :func:`training_partitioner` keeps every operator that reads a trainable
 parameter on ExecuTorch's own kernels: XNNPACK would pack such a weight once, and it would never train. The
 rest (reshapes of the weights, reductions, the loss) runs on ExecuTorch's portable kernels. ExecuTorch's Python
 training bindings offer SGD only, so this path uses SGD.
@@ -90,11 +90,10 @@ class FinetuneStepProgram(nn.Module):
 
     def __init__(self, generator: nn.Module, model: "pgn.PGN", mse_weight: float, size: tuple[int, int]):
         super().__init__()
+        from export.executorch import TARGET
         from export.graph import ExportGraph
 
         check_recipe_applies(model)
-        from export.executorch import TARGET
-
         self.generator = generator
         self.matmul_convs = as_matmul_convs(generator)
         graph = ExportGraph(model, outputs="grad", size=size, graph_options=TARGET.default_graph_options)
