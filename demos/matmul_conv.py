@@ -32,15 +32,15 @@ from torch import nn
 
 
 def _zero_pad(x: torch.Tensor, dim: int, before: int, after: int) -> torch.Tensor:
-    """``x`` with ``before``/``after`` zero rows concatenated along ``dim``."""
-    if before <= 0 and after <= 0:
-        return x
-    parts = []
-    for rows in (before, after):
+    """``x`` with ``before``/``after`` zero rows concatenated along ``dim`` (negative counts add none)."""
+
+    def zeros(rows: int) -> torch.Tensor:
         shape = list(x.shape)
         shape[dim] = rows
-        parts.append(x.new_zeros(shape) if rows > 0 else None)
-    return torch.cat([p for p in (parts[0], x, parts[1]) if p is not None], dim=dim)
+        return x.new_zeros(shape)
+
+    parts = ([zeros(before)] if before > 0 else []) + [x] + ([zeros(after)] if after > 0 else [])
+    return torch.cat(parts, dim=dim) if len(parts) > 1 else x
 
 
 def _taps(x: torch.Tensor, dim: int, kernel: int, stride: int, padding: int, out: int) -> list[torch.Tensor]:

@@ -95,7 +95,7 @@ class FinetuneStepProgram(nn.Module):
 
         check_recipe_applies(model)
         self.generator = generator
-        self.matmul_convs = as_matmul_convs(generator)
+        as_matmul_convs(generator)
         graph = ExportGraph(model, outputs="grad", size=size, graph_options=TARGET.default_graph_options)
         self.pgn = freeze_as_constants(graph)
         self.alpha = float(model.alpha)
