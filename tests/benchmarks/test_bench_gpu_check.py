@@ -98,7 +98,8 @@ def test_gpu_tests_collect_without_the_modules_a_gpu_image_lacks(tmp_path):
     """The gpu-tests step collects the whole suite: no test module may need an optional package to be imported."""
     env = _blocking_env(tmp_path, [m for m in ABSENT_ON_GPU_IMAGE if m != "pytest"])
     env["PYTHONPATH"] += os.pathsep + str(ROOT)
-    proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "gpu", "-p", "no:cacheprovider", str(ROOT / "tests")],
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "gpu", "-p", "no:cacheprovider",
+                           "-o", "addopts=-ra", str(ROOT / "tests")],  # as the gpu-tests step: a GPU image has no pytest-xdist
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:]
     assert "test_one_rank_nccl_distillation_trains_and_resumes" in proc.stdout
