@@ -483,6 +483,8 @@ class ExecuTorchRuntime(Runtime):
     """
 
     name = "executorch-xnnpack"
+    delegate = DELEGATE  #: the backend the program's subgraphs need
+    missing_delegate_hint = INSTALL_HINT  #: what to do where this ExecuTorch build lacks it
 
     def __init__(self, artifact: Path, manifest: dict[str, Any], *, threads: int | None = None):
         super().__init__(artifact, manifest)
@@ -498,8 +500,8 @@ class ExecuTorchRuntime(Runtime):
         try:
             with quiet_native_output():
                 runtime = et.Runtime.get()
-                if not runtime.backend_registry.is_available(DELEGATE):
-                    raise RuntimeUnavailable(f"this ExecuTorch build has no {DELEGATE}: {INSTALL_HINT}")
+                if not runtime.backend_registry.is_available(self.delegate):
+                    raise RuntimeUnavailable(f"this ExecuTorch build has no {self.delegate}: {self.missing_delegate_hint}")
                 self.program = runtime.load_program(data, verification=et.Verification.InternalConsistency)
                 self.method = self.program.load_method(METHOD)
         except PGNError:
@@ -510,7 +512,7 @@ class ExecuTorchRuntime(Runtime):
         self.info.update(
             runtime="executorch",
             executorch=_version("executorch"),
-            delegate=DELEGATE,
+            delegate=self.delegate,
             device="cpu",
             method=METHOD,
             threads=THREAD_POOL.size(et.portable_lib),

@@ -14,13 +14,15 @@ from pathlib import Path
 
 from pgn.errors import PGNError
 
-from . import coreml, executorch, onnx, tensorrt
+from . import coreml, executorch, executorch_coreml, onnx, tensorrt
 from .graph_options import resolve_graph_options
 from .options import ExportOptions
 from .target import ExportTarget
 
 #: Every export target by name; ``target="all"`` exports to each, in this order.
-FORMATS: dict[str, ExportTarget] = {t.name: t for t in (onnx.TARGET, tensorrt.TARGET, coreml.TARGET, executorch.TARGET)}
+FORMATS: dict[str, ExportTarget] = {
+    t.name: t for t in (onnx.TARGET, tensorrt.TARGET, coreml.TARGET, executorch.TARGET, executorch_coreml.TARGET)
+}
 
 
 def resolve_targets(target: str) -> list[ExportTarget]:
@@ -41,10 +43,11 @@ def resolve_targets(target: str) -> list[ExportTarget]:
 
 
 def target_of(artifact: Path) -> ExportTarget:
-    """The target whose suffix ``artifact`` has; a clear error if none does."""
-    for target in FORMATS.values():
-        if artifact.name.endswith(target.suffix):
-            return target
+    """The target whose suffix ``artifact`` has (the longest that matches: ``.coreml.pte`` before ``.pte``); a
+    clear error if none does."""
+    matches = [t for t in FORMATS.values() if artifact.name.endswith(t.suffix)]
+    if matches:
+        return max(matches, key=lambda t: len(t.suffix))
     suffixes = ", ".join(t.suffix for t in FORMATS.values())
     raise PGNError(f"cannot tell the runtime of {artifact.name} from its suffix (known: {suffixes}); pass target=")
 

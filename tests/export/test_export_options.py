@@ -9,16 +9,17 @@ from pgn.errors import PGNError
 
 
 def test_table_rows_are_complete():
-    assert set(FORMATS) == {"onnx", "tensorrt", "coreml", "executorch"}
+    assert set(FORMATS) == {"onnx", "tensorrt", "coreml", "executorch", "executorch-coreml"}
     for fmt in FORMATS.values():
         assert fmt.suffix.startswith(".") and fmt.default_precision in ("fp32", "fp16")
     assert FORMATS["executorch"].precisions == ("fp32", "int8")
     assert FORMATS["tensorrt"].verify_device == "cuda" and FORMATS["onnx"].verify_device == "cpu"
     assert FORMATS["coreml"].default_precision == "fp16" and FORMATS["onnx"].default_precision == "fp32"
+    assert FORMATS["executorch-coreml"].precisions == ("fp16", "fp32")
 
 
 def test_all_expands_in_table_order():
-    assert [f.name for f in resolve_targets("all")] == ["onnx", "tensorrt", "coreml", "executorch"]
+    assert [f.name for f in resolve_targets("all")] == ["onnx", "tensorrt", "coreml", "executorch", "executorch-coreml"]
     assert [f.name for f in resolve_targets("CoreML")] == ["coreml"]
 
 
@@ -27,7 +28,7 @@ def test_unknown_target_raises_with_did_you_mean(typo, suggestion):
     with pytest.raises(PGNError) as e:
         resolve_targets(typo)
     msg = str(e.value)
-    assert "unknown export target" in msg and "Valid targets: onnx, tensorrt, coreml, executorch, all" in msg
+    assert "unknown export target" in msg and "Valid targets: onnx, tensorrt, coreml, executorch, executorch-coreml, all" in msg
     if suggestion:
         assert f"Did you mean '{suggestion}'" in msg
 

@@ -185,8 +185,8 @@ def test_a_runtime_missing_here_gives_converted_not_run(torchscript, tmp_path):
 
 
 def test_all_and_the_option_checks_include_a_new_target(torchscript, tmp_path):
-    assert [t.name for t in resolve_targets("all")] == ["onnx", "tensorrt", "coreml", "executorch", "torchscript"]
-    assert "Valid targets: onnx, tensorrt, coreml, executorch, torchscript, all" in _error(lambda: resolve_targets("torchscrip"))
+    assert [t.name for t in resolve_targets("all")] == ["onnx", "tensorrt", "coreml", "executorch", "executorch-coreml", "torchscript"]
+    assert "Valid targets: onnx, tensorrt, coreml, executorch, executorch-coreml, torchscript, all" in _error(lambda: resolve_targets("torchscrip"))
     msg = _error(lambda: check_options(torchscript, {"opset": 17}))
     assert msg == ("option opset=17 is not supported by target 'torchscript'; it applies to onnx, tensorrt. "
                    "torchscript accepts: size, batch, dynamic, precision, graph_options")

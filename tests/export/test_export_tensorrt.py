@@ -37,12 +37,13 @@ def test_all_reports_tensorrt_as_failed_and_exports_the_rest(tmp_path, no_tensor
     # ExecuTorch is made missing too (test_export_executorch.py exports it), and "all" reports it the same way
     results = export.export(build("unet"), "all", output_dir=tmp_path, size=64)
     by = {r.target: r for r in results}
-    assert [r.target for r in results] == ["onnx", "tensorrt", "coreml", "executorch"]
+    assert [r.target for r in results] == ["onnx", "tensorrt", "coreml", "executorch", "executorch-coreml"]
     assert by["onnx"].status == "verified"
     assert by["tensorrt"].status == "failed" and by["tensorrt"].artifact is None
     assert "TensorRT is not installed" in by["tensorrt"].reason
     assert by["coreml"].ok
-    assert by["executorch"].status == "failed" and 'pip install "pgn-toolkit[executorch]"' in by["executorch"].reason
+    for name in ("executorch", "executorch-coreml"):
+        assert by[name].status == "failed" and 'pip install "pgn-toolkit[executorch]"' in by[name].reason
     names = sorted(p.name for p in tmp_path.iterdir())
     assert not any(n.endswith((".engine", ".pte")) or n.startswith(".pgn-export") for n in names)
 
