@@ -13,6 +13,7 @@ onnxruntime-dw     cpu, cuda  fp32      as onnxruntime, with the UNet's one-outp
 onnxruntime-int8   cpu        int8      the ONNX artifact statically quantized (QDQ, per-channel weights)
 executorch         cpu        fp32      ``export`` ExecuTorch program (``.pte``), XNNPACK delegate
 executorch-int8    cpu        int8      the ``export`` target's int8 program (pt2e, int8 convolutions)
+executorch-coreml  cpu        fp16      ``export`` ExecuTorch program with the Core ML delegate; Apple platforms
 tensorrt           cuda       fp32      ``export`` TensorRT engine
 tensorrt-fp16      cuda       fp16      ``export`` TensorRT engine built with fp16 kernels
 coreml             cpu        fp16      ``export`` Core ML ML program; runs only on macOS
@@ -85,6 +86,8 @@ RUNTIMES: dict[str, RuntimeSpec] = {
         RuntimeSpec("executorch", "executorch", ("cpu",), "fp32", "executorch", "ExecuTorch, XNNPACK delegate"),
         RuntimeSpec("executorch-int8", "executorch", ("cpu",), "int8", "executorch",
                     "ExecuTorch, XNNPACK delegate, static int8 convolutions (the export target's recipe)"),
+        RuntimeSpec("executorch-coreml", "executorch", ("cpu",), "fp16", "executorch-coreml",
+                    "ExecuTorch, Core ML delegate (Apple platforms)"),
         RuntimeSpec("tensorrt", "tensorrt", ("cuda",), "fp32", "tensorrt", "TensorRT engine"),
         RuntimeSpec("tensorrt-fp16", "tensorrt", ("cuda",), "fp16", "tensorrt", "TensorRT engine with fp16 kernels"),
         RuntimeSpec("coreml", "coreml", ("cpu",), "fp16", "coreml", "Core ML ML program (macOS)"),
@@ -93,7 +96,8 @@ RUNTIMES: dict[str, RuntimeSpec] = {
 
 #: What a plain ``pgn-bench --device D`` runs. Runtimes that cannot run here become rows that say why.
 DEFAULT_RUNTIMES: dict[str, tuple[str, ...]] = {
-    "cpu": ("torch", "torch-bf16", "onnxruntime", "onnxruntime-int8", "executorch", "executorch-int8", "tensorrt", "coreml"),
+    "cpu": ("torch", "torch-bf16", "onnxruntime", "onnxruntime-int8", "executorch", "executorch-int8", "executorch-coreml",
+            "tensorrt", "coreml"),
     "cuda": ("torch", "torch-compile", "torch-fp16", "onnxruntime", "tensorrt", "tensorrt-fp16"),
 }
 
@@ -102,6 +106,7 @@ _WRONG_DEVICE = {
     "onnxruntime-int8": "the int8 QDQ model runs on the CPU execution provider; use --device cpu",
     "executorch": "ExecuTorch runs .pte programs on the CPU here (XNNPACK): use --device cpu",
     "executorch-int8": "ExecuTorch runs .pte programs on the CPU here (XNNPACK): use --device cpu",
+    "executorch-coreml": "ExecuTorch's Core ML delegate runs on Apple hardware, not CUDA: run with --device cpu on macOS",
     "tensorrt": "TensorRT needs an NVIDIA GPU: run with --device cuda",
     "tensorrt-fp16": "TensorRT needs an NVIDIA GPU: run with --device cuda",
     "coreml": "Core ML runs on Apple hardware, not CUDA: run with --device cpu on macOS",
@@ -157,6 +162,8 @@ def runtime_unavailable(runtime: RuntimeSpec, device: str) -> str | None:
         reason = _onnxruntime_unavailable(runtime, device)
     elif runtime.family == "executorch":
         reason = export_package_unavailable() or _executorch_unavailable()
+        if not reason and runtime.export_target == "executorch-coreml":
+            reason = _executorch_coreml_unavailable()
     elif runtime.family == "tensorrt":
         from .probe import probe
 
@@ -232,6 +239,15 @@ def _executorch_unavailable() -> str | None:
         verb = "is" if len(missing) == 1 else "are"
         return f"{' and '.join(missing)} {verb} not installed: {INSTALL_HINT} (ExecuTorch, PyTorch's on-device runtime, with XNNPACK)"
     return None
+
+
+def _executorch_coreml_unavailable() -> str | None:
+    if platform.system() != "Darwin":
+        return (f"ExecuTorch's Core ML backend is built only for Apple platforms (this is {platform.system()}); "
+                "pgn-export --target executorch-coreml can still write the program here")
+    from export.executorch_coreml import TARGET
+
+    return TARGET.runtime_missing_here()
 
 
 def bf16_native() -> bool:

@@ -111,3 +111,23 @@ def test_both_int8_recipes_calibrate_on_the_export_calibration_pairs(tmp_path):
     # the accuracy check runs on the parity photographs, none of which is a calibration image
     assert torch.equal(inputs["eval_y"], real_images(size, 2, PARITY_PHOTOS))
     assert not any(torch.equal(e, c) for e in inputs["eval_y"] for c in calib_y)
+
+
+def test_the_core_ml_delegate_row_says_where_it_runs(monkeypatch):
+    import platform
+
+    runtime = RUNTIMES["executorch-coreml"]
+    assert runtime.export_target == "executorch-coreml" and runtime.precision == "fp16"
+    skip = check_runnable(runtime, "cpu", resolve_model("resnet4"))
+    if platform.system() != "Darwin":
+        assert skip.status == "unavailable" and "only for Apple platforms" in skip.reason
+    # on macOS the row runs only where this ExecuTorch build has the backend (the Linux build has not)
+    pytest.importorskip("executorch")
+    monkeypatch.setattr(platform, "system", lambda: "Darwin")
+    from export.executorch_coreml import TARGET
+
+    skip = check_runnable(runtime, "cpu", resolve_model("resnet4"))
+    assert (skip is None) == (TARGET.runtime_missing_here() is None)
+    if skip is not None:
+        assert "no CoreMLBackend" in skip.reason
+    assert "Apple hardware" in check_runnable(runtime, "cuda", resolve_model("resnet4")).reason
