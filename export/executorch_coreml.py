@@ -7,7 +7,7 @@ Steps: :class:`export.graph.ExportGraph` (outputs ``proxy`` and, as for the Core
 program with the requested compute precision and deployment target) → ``to_executorch`` → the ``.pte`` bytes.
 
 Lowering runs on any OS. Running needs an ExecuTorch build with the Core ML backend, which exists only on Apple
-platforms (ExecuTorch's iOS/macOS libraries; the Linux ``executorch`` package has XNNPACK, not Core ML). Where the
+platforms (ExecuTorch's iOS/macOS libraries; the Linux ``executorch`` package has no Core ML backend). Where the
 backend is missing, the program is checked structurally (:meth:`ExecuTorchCoreMLTarget.structural_checks`): the
 Core ML delegate is present, every operator outside it has a kernel in ExecuTorch, and the method's inputs and
 outputs have the names' shapes and float32 type. The artifact is then ``converted-not-run``.
@@ -33,11 +33,11 @@ from .target import ExportTarget, RuntimeSettings
 
 #: The delegate of every program of this target (ExecuTorch's backend id).
 DELEGATE = "CoreMLBackend"
-#: Why a program is not run where the backend is missing (its parity record's reason).
 #: numpy-style names of ExecuTorch's scalar types (the rest are lower-cased).
 DTYPE_NAMES = {"FLOAT": "float32", "HALF": "float16", "DOUBLE": "float64"}
+#: Why a program is not run where the backend is missing (its parity record's reason).
 NOT_RUN_WITHOUT_COREML = ("not executed: this ExecuTorch build has no CoreMLBackend (it runs in ExecuTorch's iOS and macOS "
-                          "builds; the Linux package has XNNPACK only)")
+                          "builds; the Linux package has none)")
 
 
 class ExecuTorchCoreMLTarget(ExportTarget):
@@ -143,14 +143,17 @@ class ExecuTorchCoreMLRuntime(ExecuTorchRuntime):
 
     name = "executorch-coreml"
     delegate = DELEGATE
-    missing_delegate_hint = "run it with ExecuTorch's iOS or macOS build (the Linux package has XNNPACK only)"
+    missing_delegate_hint = "run it with ExecuTorch's iOS or macOS build (the Linux package has no Core ML backend)"
 
 
 def method_io(pte: bytes) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The shapes and dtypes of the ``forward`` method's inputs and outputs, read from a serialized program."""
     from executorch.exir._serialize._program import deserialize_pte_binary
     from executorch.exir.schema import Tensor
-    plan = next(p for p in deserialize_pte_binary(pte).program.execution_plan if p.name == METHOD)
+
+    plan = next((p for p in deserialize_pte_binary(pte).program.execution_plan if p.name == METHOD), None)
+    if plan is None:
+        raise PGNError(f"the program has no {METHOD!r} method")
 
     def tensor(index: int) -> dict[str, Any]:
         value = plan.values[index].val
