@@ -36,7 +36,8 @@ def _sizes(value: str | None) -> tuple[int, ...] | None:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True, help="Where to compute.")
 @click.option("--runtimes", metavar="LIST",
-              help=f"Comma-separated runtimes: {', '.join(RUNTIMES)}. Default on cpu: {','.join(DEFAULT_RUNTIMES['cpu'])}; "
+              help=f"Comma-separated runtimes: {', '.join(RUNTIMES)}. Default on cpu: {','.join(DEFAULT_RUNTIMES['cpu'])} "
+                   "(torch-bf16 only where the CPU has native bfloat16); "
                    f"on cuda: {','.join(DEFAULT_RUNTIMES['cuda'])}.")
 @click.option("--models", metavar="LIST", help=f"Comma-separated models (default: {','.join(DEFAULT_MODELS)}); any PGN preset works.")
 @click.option("--batch", type=click.IntRange(1), default=1, show_default=True, help="Image pairs per gradient call.")

@@ -11,7 +11,7 @@ from pgn.errors import PGNError
 from pgn.inputs import CHECK_VALUES, nearest_valid_size
 
 from .models import DEFAULT_MODELS, resolve_model, size_multiple
-from .runtimes import DEFAULT_RUNTIMES, resolve_runtime
+from .runtimes import default_runtimes, resolve_runtime
 
 DEVICES = ("cpu", "cuda")
 DEFAULT_SIZE = 224
@@ -76,7 +76,7 @@ class BenchmarkConfig:
     def __post_init__(self):
         if self.device not in DEVICES:
             raise PGNError(f"unknown device {self.device!r}: use cpu or cuda")
-        runtimes = tuple(self.runtimes) if self.runtimes is not None else DEFAULT_RUNTIMES[self.device]
+        runtimes = tuple(self.runtimes) if self.runtimes is not None else default_runtimes(self.device)
         for name in runtimes:
             resolve_runtime(name)
         if not runtimes:

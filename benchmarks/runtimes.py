@@ -101,6 +101,20 @@ DEFAULT_RUNTIMES: dict[str, tuple[str, ...]] = {
     "cuda": ("torch", "torch-compile", "torch-fp16", "onnxruntime", "tensorrt", "tensorrt-fp16"),
 }
 
+#: Left out of the default CPU run where the CPU has no native bfloat16 (:func:`bf16_native`): oneDNN then emulates
+#: it, and one VGG-19 row ran past the 900 s worker limit on a 2-core AVX2 CPU. ``--runtimes`` still runs it.
+EMULATED_ON_CPU = ("torch-bf16",)
+
+
+def default_runtimes(device: str) -> tuple[str, ...]:
+    """What a plain ``pgn-bench --device D`` runs here: :data:`DEFAULT_RUNTIMES`, without bfloat16 on a CPU that
+    would only emulate it."""
+    runtimes = DEFAULT_RUNTIMES[device]
+    if device == "cpu" and not bf16_native():
+        runtimes = tuple(r for r in runtimes if r not in EMULATED_ON_CPU)
+    return runtimes
+
+
 _WRONG_DEVICE = {
     "torch-fp16": "float16 autocast is a GPU path; on the CPU use torch-bf16",
     "onnxruntime-int8": "the int8 QDQ model runs on the CPU execution provider; use --device cpu",

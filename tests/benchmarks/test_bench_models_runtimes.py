@@ -90,5 +90,14 @@ def test_config_validates_sizes_names_and_counts():
         BenchmarkConfig(models=("resnet4",), weights="/nonexistent/folder")
     cfg = BenchmarkConfig(models=("resnet4", "resnet4"), sizes=(32, (32, 64)))
     assert cfg.models == ("resnet4",) and cfg.sizes == ((32, 32), (32, 64))
-    assert cfg.runtimes == rt_mod.DEFAULT_RUNTIMES["cpu"]
+    assert cfg.runtimes == rt_mod.default_runtimes("cpu")
     assert cfg.to_dict()["effective_warmup"] == 2
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_the_default_cpu_run_has_bf16_only_where_the_cpu_has_it(monkeypatch, native):
+    monkeypatch.setattr(rt_mod, "bf16_native", lambda: native)
+    assert ("torch-bf16" in BenchmarkConfig().runtimes) is native
+    assert set(BenchmarkConfig().runtimes) | {"torch-bf16"} == set(rt_mod.DEFAULT_RUNTIMES["cpu"])
+    assert "torch-bf16" in BenchmarkConfig(runtimes=("torch-bf16",)).runtimes  # asked for, it runs
+    assert BenchmarkConfig(device="cuda").runtimes == rt_mod.DEFAULT_RUNTIMES["cuda"]
