@@ -328,6 +328,16 @@ def check_kernels(et: SimpleNamespace, pte: bytes, fix: str = "change the head o
                        f"implement it{' (also: ' + ', '.join(missing[1:]) + ')' if missing[1:] else ''}; {fix}")
 
 
+def method_plan(pte: bytes):
+    """The execution plan of the :data:`METHOD` method of a serialized program; a :class:`PGNError` if it has none."""
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    plan = next((p for p in deserialize_pte_binary(pte).program.execution_plan if p.name == METHOD), None)
+    if plan is None:
+        raise PGNError(f"the program has no {METHOD!r} method")
+    return plan
+
+
 def read_program(pte: bytes) -> dict[str, Any]:
     """Delegates and the operators left outside them, read from a serialized program.
 
@@ -337,13 +347,9 @@ def read_program(pte: bytes) -> dict[str, Any]:
         ``planned_memory_mb`` (the activation memory ExecuTorch allocates when it loads the method, sized for the
         largest input; the delegate's own scratch memory comes on top).
     """
-    from executorch.exir._serialize._program import deserialize_pte_binary
     from executorch.exir.schema import DelegateCall, KernelCall
 
-    plans = [p for p in deserialize_pte_binary(pte).program.execution_plan if p.name == METHOD]
-    if not plans:
-        raise PGNError(f"the program has no {METHOD!r} method")
-    plan = plans[0]
+    plan = method_plan(pte)
     delegates: dict[str, int] = {}
     outside: dict[str, int] = {}
     calls = 0

@@ -19,14 +19,12 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import torch
-
 import pgn
 from pgn.errors import PGNError
 
 from .coreml import deployment_target, import_coremltools
 from .executorch import (METHOD, ExecuTorchRuntime, _capture, _version, check_kernels, import_executorch, lowering_error,
-                         quiet_native_output, read_program)
+                         method_plan, quiet_native_output, read_program, trace_inputs)
 from .graph import ExportGraph
 from .options import ExportOptions
 from .target import ExportTarget, RuntimeSettings
@@ -73,8 +71,7 @@ class ExecuTorchCoreMLTarget(ExportTarget):
         from executorch.backends.apple.coreml.partition import CoreMLPartitioner
 
         graph = ExportGraph(model, outputs=self.output_names(options)[1], size=options.size, graph_options=options.graph_options)
-        gen = torch.Generator().manual_seed(0)
-        example = (torch.rand(options.shape, generator=gen), torch.rand(options.shape, generator=gen))
+        example, _ = trace_inputs(options, model.size_multiple)  # fixed shapes (validate refuses dynamic ones)
         program = _capture(graph, example, None)
         specs = CoreMLBackend.generate_compile_specs(
             compute_precision=ct.precision.FLOAT16 if options.precision == "fp16" else ct.precision.FLOAT32,
@@ -148,12 +145,9 @@ class ExecuTorchCoreMLRuntime(ExecuTorchRuntime):
 
 def method_io(pte: bytes) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The shapes and dtypes of the ``forward`` method's inputs and outputs, read from a serialized program."""
-    from executorch.exir._serialize._program import deserialize_pte_binary
     from executorch.exir.schema import Tensor
 
-    plan = next((p for p in deserialize_pte_binary(pte).program.execution_plan if p.name == METHOD), None)
-    if plan is None:
-        raise PGNError(f"the program has no {METHOD!r} method")
+    plan = method_plan(pte)
 
     def tensor(index: int) -> dict[str, Any]:
         value = plan.values[index].val
