@@ -188,6 +188,9 @@ def main() -> None:
 @click.option("--executorch-kernels", type=click.Choice(["xnnpack", "portable"]),
               help="Kernels of the pgn-executorch-train program: xnnpack (default; PGN and generator matmuls in XNNPACK) "
                    "or portable (ExecuTorch's portable kernels only: ~100x slower, less memory).")
+@click.option("--executorch-precision", type=click.Choice(["fp32", "int8"]),
+              help="Precision of the frozen PGN inside the pgn-executorch-train program: fp32 (default) or int8 (its "
+                   "convolutions quantized as pgn-export --target executorch --precision int8 does; xnnpack kernels only).")
 @click.option("--meta-steps", type=click.IntRange(0), help="Meta-training episodes of the generator (default: 200).")
 @click.option("--generator-checkpoint", type=click.Path(dir_okay=False, path_type=Path), help="Reuse a meta_trained_generator.pt from an earlier run.")
 def finetune(**kwargs) -> None:

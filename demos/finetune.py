@@ -42,6 +42,7 @@ from .losses import DEFAULT_LOSSES, LOSS_KEYS, MSELoss, PerceptualLossTerm
 from .measure import LossMeter
 from .ondevice import OnDevicePGNLoss, RuntimeStatus, check_recipe_applies, open_onnx_runtime
 from .ondevice_executorch import KERNELS as EXECUTORCH_KERNELS
+from .ondevice_executorch import PRECISIONS as EXECUTORCH_PRECISIONS
 from .ondevice_executorch import executorch_training_available, finetune_on_executorch
 from .ondevice_training import finetune_on_device, training_available
 from .report import Column, DemoReport, Table
@@ -70,6 +71,8 @@ class FinetuneConfig(CommonConfig):
         executorch_kernels: the kernels of the ``pgn-executorch-train`` row's program: ``xnnpack`` (default: the
             frozen PGN and the generator's convolutions, as matrix multiplies, in XNNPACK) or ``portable`` (every
             operator on ExecuTorch's portable kernels: about two orders of magnitude slower, less memory).
+        executorch_precision: the precision of the frozen PGN inside that program: ``fp32`` (default) or ``int8``
+            (its convolutions quantized as ``pgn-export --target executorch --precision int8`` does; XNNPACK only).
         meta_steps: meta-training episodes of the generator (ignored with ``generator_checkpoint``).
         generator_checkpoint: a meta-trained generator saved by an earlier run (``meta_trained_generator.pt``).
         grid_frames: frames shown in each image grid.
@@ -87,6 +90,7 @@ class FinetuneConfig(CommonConfig):
     meta_steps: int = 200
     executorch_lr: float = 5e-5
     executorch_kernels: str = "xnnpack"
+    executorch_precision: str = "fp32"
     generator_checkpoint: Path | None = None
     grid_frames: int = 4
 
@@ -100,6 +104,10 @@ class FinetuneConfig(CommonConfig):
             raise PGNError(f"executorch_lr must be > 0, got {self.executorch_lr}")
         if self.executorch_kernels not in EXECUTORCH_KERNELS:
             raise PGNError(f"executorch_kernels must be one of {', '.join(EXECUTORCH_KERNELS)}, got {self.executorch_kernels!r}")
+        if self.executorch_precision not in EXECUTORCH_PRECISIONS:
+            raise PGNError(f"executorch_precision must be one of {', '.join(EXECUTORCH_PRECISIONS)}, got {self.executorch_precision!r}")
+        if self.executorch_precision == "int8" and self.executorch_kernels != "xnnpack":
+            raise PGNError("an int8 PGN runs in XNNPACK: use executorch_kernels='xnnpack' (--executorch-kernels xnnpack) with it")
         if self.steps < 1 or self.meta_steps < 0:
             raise PGNError("steps must be >= 1 and meta steps >= 0")
         check_size(self.size, 4, "the talking-head generator (two stride-2 levels)")
@@ -284,6 +292,9 @@ EXECUTORCH_KERNEL_NOTES = {
     "xnnpack": "the frozen PGN and the generator's convolutions (as matrix multiplies) in XNNPACK, the rest on ExecuTorch's portable kernels",
     "portable": "every operator on ExecuTorch's portable CPU kernels",
 }
+#: What the ExecuTorch row's note adds with an int8 PGN (``executorch_precision="int8"``).
+EXECUTORCH_INT8_NOTE = (" The frozen PGN's convolutions ran in int8 (static quantization, int8 weights per output channel, "
+                        "calibrated on bundled photographs); the generator, its gradients and the update stayed fp32.")
 ORT_TRAIN_LABEL = "PGN ONNX Runtime, generator trained by ORT training"
 EXECUTORCH_TRAIN_LABEL = "PGN + generator trained in ExecuTorch (SGD)"
 #: Rows whose whole step runs on an on-device trainer, by key.
@@ -307,12 +318,14 @@ def _device_trainers(run: DemoRun, frames: Frames, status: RuntimeStatus | None,
 
     def executorch(meter, tick):
         tuned, trainer = finetune_on_executorch(init, run.pgn.model, frames.poses_train, frames.train, weight,
-                                                config.executorch_lr, config.steps, meter, tick, kernels=config.executorch_kernels)
+                                                config.executorch_lr, config.steps, meter, tick, kernels=config.executorch_kernels,
+                                                precision=config.executorch_precision)
         path = config.output_dir / "executorch_training" / "finetune_step.pte"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(trainer.pte)
         return tuned, {"timing_covers": "whole step (generator + PGN + loss + backward + SGD)", "pte_mib": len(trainer.pte) / 2**20,
-                       "pte_path": str(path), "sgd_lr": config.executorch_lr, "executorch_kernels": config.executorch_kernels}
+                       "pte_path": str(path), "sgd_lr": config.executorch_lr, "executorch_kernels": config.executorch_kernels,
+                       "pgn_precision": config.executorch_precision}
 
     return {"pgn-ort-train": ort, "pgn-executorch-train": executorch}
 
@@ -376,8 +389,9 @@ def _notes(config: FinetuneConfig, rows: list[dict], extra: dict) -> list[str]:
         row = ok["pgn-executorch-train"]
         notes.append("For the ExecuTorch row, the whole step is one ExecuTorch program "
                      "(generator forward, frozen PGN, loss, backward) plus ExecuTorch's SGD update "
-                     f"(lr {row['sgd_lr']:g}), {EXECUTORCH_KERNEL_NOTES[row['executorch_kernels']]}; the program ({Path(row['pte_path']).name}) "
-                     f"is {row['pte_mib']:.2f} MiB.")
+                     f"(lr {row['sgd_lr']:g}), {EXECUTORCH_KERNEL_NOTES[row['executorch_kernels']]}; the program "
+                     f"({Path(row['pte_path']).name}) is {row['pte_mib']:.2f} MiB."
+                     + (EXECUTORCH_INT8_NOTE if row["pgn_precision"] == "int8" else ""))
     if "ondevice_recipe_max_relative_deviation" in extra:
         notes.append(
             "On-device recipe check: max |∇ weighted-MSE-to-P − runtime gradient| / max|runtime gradient| = "

@@ -49,6 +49,9 @@ METHOD = "forward"
 KERNELS = ("xnnpack", "portable")
 #: What to change when the step program does not export (the PGN exports as the ``executorch`` target does).
 GENERATOR_FIX = "change the generator"
+#: Precisions of the frozen PGN inside the step program: ``fp32``, or ``int8`` (its convolutions quantized as the
+#: ``executorch`` export target's int8 programs are; the generator, its gradients and the loss stay fp32).
+PRECISIONS = ("fp32", "int8")
 
 
 def executorch_training_available() -> str | None:
@@ -64,6 +67,42 @@ def executorch_training_available() -> str | None:
     except ImportError as e:
         return f"ExecuTorch not installed ({first_line(e, 80)}): {INSTALL_HINT}"
     return None
+
+
+def drop_unused_constants(module: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """``module`` without the buffers its graph does not read (a quantized graph keeps its fp32 weights as dead
+    buffers, which an exported program would otherwise store beside their int8 copies), in place."""
+    graph = module.graph
+    for node in list(graph.nodes):
+        if node.op == "get_attr" and not node.users:
+            graph.erase_node(node)
+    read = {node.target for node in graph.nodes if node.op == "get_attr"}
+    for name, _ in list(module.named_buffers()):
+        if name not in read:
+            owner, _, attr = name.rpartition(".")
+            delattr(module.get_submodule(owner) if owner else module, attr)
+    module.recompile()
+    return module
+
+
+def quantized_proxy(graph: nn.Module, batch: int, size: tuple[int, int]) -> torch.fx.GraphModule:
+    """The frozen PGN's export graph with its convolutions in static int8, as the ``executorch`` export target
+    quantizes them (pt2e, XNNPACK's quantizer, per-channel symmetric weights), calibrated on bundled photographs
+    that its parity check does not use, for inputs of ``batch`` images of ``size``.
+
+    Raises:
+        PGNError: one line, if the quantizer fails.
+    """
+    from export.executorch import CALIBRATION_PAIRS, DEFAULT_INT8_OPS, quantize_int8
+    from export.verify import calibration_pairs
+
+    example = (torch.zeros(batch, 3, *size), torch.zeros(batch, 3, *size))
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        captured = torch.export.export(graph.eval(), example, strict=False)
+    pairs = -(-CALIBRATION_PAIRS // batch) * batch  # whole batches: the captured graph takes only its own batch
+    quantized = quantize_int8(captured, example, None, calibration_pairs(size, pairs), batch=batch, ops=DEFAULT_INT8_OPS)
+    return drop_unused_constants(quantized.module())
 
 
 def freeze_as_constants(module: nn.Module) -> nn.Module:
@@ -86,18 +125,25 @@ class FinetuneStepProgram(nn.Module):
             frozen copy is taken.
         mse_weight: λ of the normalized-space MSE to ``y``.
         size: (H, W) of the images.
+        precision: the frozen PGN's precision, one of :data:`PRECISIONS` (``int8``: :func:`quantized_proxy`; in
+            eager PyTorch its quantization is simulated in fp32, in ExecuTorch XNNPACK runs it in int8).
+        batch: the batch the program runs with (an ``int8`` PGN is captured for it).
     """
 
-    def __init__(self, generator: nn.Module, model: "pgn.PGN", mse_weight: float, size: tuple[int, int]):
+    def __init__(self, generator: nn.Module, model: "pgn.PGN", mse_weight: float, size: tuple[int, int], *,
+                 precision: str = "fp32", batch: int = 1):
         super().__init__()
         from export.executorch import TARGET
         from export.graph import ExportGraph
 
+        if precision not in PRECISIONS:
+            raise PGNError(f"the step program's PGN precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         check_recipe_applies(model)
         self.generator = generator
         as_matmul_convs(generator)
-        graph = ExportGraph(model, outputs="grad", size=size, graph_options=TARGET.default_graph_options)
-        self.pgn = freeze_as_constants(graph)
+        graph = freeze_as_constants(ExportGraph(model, outputs="grad", size=size, graph_options=TARGET.default_graph_options))
+        self.pgn = quantized_proxy(graph, batch, size) if precision == "int8" else graph
+        self.precision = precision
         self.alpha = float(model.alpha)
         self.mse_weight = float(mse_weight)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
@@ -174,6 +220,8 @@ def export_step_program(program: FinetuneStepProgram, poses: torch.Tensor, targe
 
     from export.executorch import check_kernels, import_executorch, lowering_error, quiet_native_output
 
+    if program.precision == "int8" and not xnnpack:
+        raise PGNError("an int8 PGN runs in XNNPACK: export its step program with xnnpack=True (--executorch-kernels xnnpack)")
     et = import_executorch()
     trainable = {name for name, p in program.named_parameters() if p.requires_grad}
     try:
@@ -254,6 +302,7 @@ def finetune_on_executorch(
     progress: Callable[[float], None] | None = None,
     pte: bytes | None = None,
     kernels: str = "xnnpack",
+    precision: str = "fp32",
 ) -> tuple[nn.Module, ExecuTorchTrainer]:
     """Fine-tune a copy of ``init`` with every step inside ExecuTorch's training runtime.
 
@@ -268,13 +317,15 @@ def finetune_on_executorch(
         pte: the step program of ``init`` and ``model`` for these shapes, exported earlier by
             :func:`export_step_program` (default: export it now).
         kernels: one of :data:`KERNELS`, for the program exported now.
+        precision: the frozen PGN's precision, one of :data:`PRECISIONS`, for the program exported now.
 
     Returns:
         A PyTorch copy of ``init`` holding the parameters trained by ExecuTorch, and the trainer.
     """
     from contextlib import nullcontext
 
-    program = FinetuneStepProgram(copy.deepcopy(init).train(), model, mse_weight, tuple(target.shape[-2:]))
+    program = FinetuneStepProgram(copy.deepcopy(init).train(), model, mse_weight, tuple(target.shape[-2:]),
+                                  precision=precision, batch=target.shape[0])
     poses, target = poses.float().contiguous(), target.float().contiguous()
     if pte is None:
         pte = export_step_program(program, poses, target, xnnpack=kernels == "xnnpack")
