@@ -21,7 +21,8 @@ convolutions are written as batched matrix multiplies (:mod:`demos.matmul_conv`)
 weights that change every step. :func:`training_partitioner` keeps every operator that reads a trainable
 parameter on ExecuTorch's own kernels: XNNPACK would pack such a weight once, and it would never train. The
 rest (reshapes of the weights, reductions, the loss) runs on ExecuTorch's portable kernels. ExecuTorch's Python
-training bindings offer SGD only, so this path uses SGD.
+training bindings offer SGD only, so this path uses SGD. With ``precision="int8"`` the frozen PGN's convolutions
+run in int8 (:func:`quantized_proxy`); everything that trains stays fp32.
 """
 
 from __future__ import annotations
@@ -97,9 +98,12 @@ def quantized_proxy(graph: nn.Module, batch: int, size: tuple[int, int]) -> torc
     from export.verify import calibration_pairs
 
     example = (torch.zeros(batch, 3, *size), torch.zeros(batch, 3, *size))
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        captured = torch.export.export(graph.eval(), example, strict=False)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            captured = torch.export.export(graph.eval(), example, strict=False)
+    except Exception as e:  # noqa: BLE001 - a capture failure becomes one line
+        raise PGNError(f"torch.export failed for the int8 PGN: {type(e).__name__}: {first_line(e)}") from e
     pairs = -(-CALIBRATION_PAIRS // batch) * batch  # whole batches: the captured graph takes only its own batch
     quantized = quantize_int8(captured, example, None, calibration_pairs(size, pairs), batch=batch, ops=DEFAULT_INT8_OPS)
     return drop_unused_constants(quantized.module())
@@ -143,7 +147,7 @@ class FinetuneStepProgram(nn.Module):
         as_matmul_convs(generator)
         graph = freeze_as_constants(ExportGraph(model, outputs="grad", size=size, graph_options=TARGET.default_graph_options))
         self.pgn = quantized_proxy(graph, batch, size) if precision == "int8" else graph
-        self.precision = precision
+        self.precision, self.batch = precision, batch
         self.alpha = float(model.alpha)
         self.mse_weight = float(mse_weight)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
@@ -222,6 +226,9 @@ def export_step_program(program: FinetuneStepProgram, poses: torch.Tensor, targe
 
     if program.precision == "int8" and not xnnpack:
         raise PGNError("an int8 PGN runs in XNNPACK: export its step program with xnnpack=True (--executorch-kernels xnnpack)")
+    if program.precision == "int8" and len(target) != program.batch:
+        raise PGNError(f"the int8 PGN was captured for batch {program.batch}, the step gets {len(target)} images: "
+                       f"build the FinetuneStepProgram with batch={len(target)}")
     et = import_executorch()
     trainable = {name for name, p in program.named_parameters() if p.requires_grad}
     try:

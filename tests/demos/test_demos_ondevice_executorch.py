@@ -177,6 +177,16 @@ def test_int8_needs_the_xnnpack_kernels_and_unknown_precisions_are_refused(finet
         FinetuneStepProgram(copy.deepcopy(init), model, MSE_WEIGHT, (16, 16), precision="bf16")
 
 
+@needs_executorch
+def test_an_int8_program_refuses_another_batch_or_the_portable_kernels(finetune_batch, int8_program):
+    init, poses, train, model = finetune_batch
+    program, _ = int8_program
+    with pytest.raises(PGNError, match="captured for batch 2, the step gets 1 images: build the FinetuneStepProgram with batch=1"):
+        export_step_program(program, poses[:1], train[:1])
+    with pytest.raises(PGNError, match="int8 PGN runs in XNNPACK"):
+        export_step_program(program, poses, train, xnnpack=False)
+
+
 def _finetune_rows(out, losses: str, *options: str) -> tuple[dict, dict]:
     """``pgn-demo finetune`` at 16² (1 train frame, 2 steps, no meta-training): rows by key, and the notes."""
     result = CliRunner().invoke(main, ["finetune", "-o", str(out), "--size", "16", "--train-frames", "1", "--holdout-frames", "1",
