@@ -92,18 +92,13 @@ def quantized_proxy(graph: nn.Module, batch: int, size: tuple[int, int]) -> torc
     that its parity check does not use, for inputs of ``batch`` images of ``size``.
 
     Raises:
-        PGNError: one line, if the quantizer fails.
+        PGNError: one line, if the capture or the quantizer fails.
     """
-    from export.executorch import CALIBRATION_PAIRS, DEFAULT_INT8_OPS, quantize_int8
+    from export.executorch import CALIBRATION_PAIRS, DEFAULT_INT8_OPS, capture_graph, quantize_int8
     from export.verify import calibration_pairs
 
     example = (torch.zeros(batch, 3, *size), torch.zeros(batch, 3, *size))
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            captured = torch.export.export(graph.eval(), example, strict=False)
-    except Exception as e:  # noqa: BLE001 - a capture failure becomes one line
-        raise PGNError(f"torch.export failed for the int8 PGN: {type(e).__name__}: {first_line(e)}") from e
+    captured = capture_graph(graph, example, None)  # as the export target captures it: one line if it fails
     pairs = -(-CALIBRATION_PAIRS // batch) * batch  # whole batches: the captured graph takes only its own batch
     quantized = quantize_int8(captured, example, None, calibration_pairs(size, pairs), batch=batch, ops=DEFAULT_INT8_OPS)
     return drop_unused_constants(quantized.module())
@@ -331,10 +326,10 @@ def finetune_on_executorch(
     """
     from contextlib import nullcontext
 
-    program = FinetuneStepProgram(copy.deepcopy(init).train(), model, mse_weight, tuple(target.shape[-2:]),
-                                  precision=precision, batch=target.shape[0])
     poses, target = poses.float().contiguous(), target.float().contiguous()
     if pte is None:
+        program = FinetuneStepProgram(copy.deepcopy(init).train(), model, mse_weight, tuple(target.shape[-2:]),
+                                      precision=precision, batch=target.shape[0])
         pte = export_step_program(program, poses, target, xnnpack=kernels == "xnnpack")
     # Loading allocates the memory ExecuTorch planned for every step; it counts towards the steps' peak memory.
     with meter.measure(timed=False) if meter is not None else nullcontext():
@@ -345,7 +340,7 @@ def finetune_on_executorch(
         if progress is not None:
             progress(loss)
     trained = trainer.parameters()
-    expected = {name for name, p in program.named_parameters() if p.requires_grad}
+    expected = {f"generator.{name}" for name, p in init.named_parameters() if p.requires_grad}  # the program's names
     if set(trained) != expected:
         raise PGNError(f"ExecuTorch trained {sorted(set(trained) ^ expected)[:3]}… instead of the generator's parameters")
     tuned = copy.deepcopy(init)  # the program's copy computes its convolutions as matrix multiplies

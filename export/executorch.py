@@ -144,7 +144,7 @@ class ExecuTorchTarget(ExportTarget):
         et = import_executorch()
         graph = ExportGraph(model, outputs="grad", size=options.size, dynamic=options.dynamic, graph_options=options.graph_options)
         example, dynamic_shapes = trace_inputs(options, model.size_multiple)
-        program = _capture(graph, example, dynamic_shapes)
+        program = capture_graph(graph, example, dynamic_shapes)
         if options.precision == "int8":
             program = quantize_int8(program, example, dynamic_shapes, calibration_pairs(options.size, CALIBRATION_PAIRS),
                                     batch=options.batch, ops=options.int8_ops or DEFAULT_INT8_OPS)
@@ -328,6 +328,12 @@ def check_kernels(et: SimpleNamespace, pte: bytes, fix: str = "change the head o
                        f"implement it{' (also: ' + ', '.join(missing[1:]) + ')' if missing[1:] else ''}; {fix}")
 
 
+def backend_available(et: SimpleNamespace, backend: str) -> bool:
+    """Whether this ExecuTorch build registers ``backend`` (e.g. :data:`DELEGATE`)."""
+    with quiet_native_output():
+        return et.Runtime.get().backend_registry.is_available(backend)
+
+
 def method_plan(pte: bytes):
     """The execution plan of the :data:`METHOD` method of a serialized program; a :class:`PGNError` if it has none."""
     from executorch.exir._serialize._program import deserialize_pte_binary
@@ -373,7 +379,9 @@ def read_program(pte: bytes) -> dict[str, Any]:
     }
 
 
-def _capture(graph: ExportGraph, example, dynamic_shapes) -> torch.export.ExportedProgram:
+def capture_graph(graph: ExportGraph, example, dynamic_shapes) -> torch.export.ExportedProgram:
+    """``torch.export`` of ``graph`` in eval mode, without gradients, for ``example`` (and ``dynamic_shapes``); a
+    one-line :class:`PGNError` if it fails."""
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -504,11 +512,10 @@ class ExecuTorchRuntime(Runtime):
                            f"{str(manifest.get('sha256'))[:12]}…): re-export it, or put its own manifest beside it")
         self.pool_generation = THREAD_POOL.claim(self, et.portable_lib, threads)
         try:
+            if not backend_available(et, self.delegate):
+                raise RuntimeUnavailable(f"this ExecuTorch build has no {self.delegate}: {self.missing_delegate_hint}")
             with quiet_native_output():
-                runtime = et.Runtime.get()
-                if not runtime.backend_registry.is_available(self.delegate):
-                    raise RuntimeUnavailable(f"this ExecuTorch build has no {self.delegate}: {self.missing_delegate_hint}")
-                self.program = runtime.load_program(data, verification=et.Verification.InternalConsistency)
+                self.program = et.Runtime.get().load_program(data, verification=et.Verification.InternalConsistency)
                 self.method = self.program.load_method(METHOD)
         except PGNError:
             raise

@@ -23,8 +23,8 @@ import pgn
 from pgn.errors import PGNError
 
 from .coreml import deployment_target, import_coremltools
-from .executorch import (METHOD, ExecuTorchRuntime, _capture, _version, check_kernels, import_executorch, lowering_error,
-                         method_plan, quiet_native_output, read_program, trace_inputs)
+from .executorch import (METHOD, ExecuTorchRuntime, _version, backend_available, capture_graph, check_kernels,
+                         import_executorch, lowering_error, method_plan, quiet_native_output, read_program, trace_inputs)
 from .graph import ExportGraph
 from .options import ExportOptions
 from .target import ExportTarget, RuntimeSettings
@@ -72,7 +72,7 @@ class ExecuTorchCoreMLTarget(ExportTarget):
 
         graph = ExportGraph(model, outputs=self.output_names(options)[1], size=options.size, graph_options=options.graph_options)
         example, _ = trace_inputs(options, model.size_multiple)  # fixed shapes (validate refuses dynamic ones)
-        program = _capture(graph, example, None)
+        program = capture_graph(graph, example, None)
         specs = CoreMLBackend.generate_compile_specs(
             compute_precision=ct.precision.FLOAT16 if options.precision == "fp16" else ct.precision.FLOAT32,
             minimum_deployment_target=deployment_target(ct, options.deployment_target),
@@ -107,10 +107,7 @@ class ExecuTorchCoreMLTarget(ExportTarget):
 
     def runtime_missing_here(self) -> str | None:
         """Why the program cannot run here: no ExecuTorch build with the Core ML backend (every non-Apple one)."""
-        et = import_executorch()
-        with quiet_native_output():
-            available = et.Runtime.get().backend_registry.is_available(DELEGATE)
-        return None if available else NOT_RUN_WITHOUT_COREML
+        return None if backend_available(import_executorch(), DELEGATE) else NOT_RUN_WITHOUT_COREML
 
     def describe(self, artifact: Path, options: ExportOptions, model: "pgn.PGN") -> dict[str, Any]:
         """Lowering facts: versions, compute precision, deployment target, delegates and operators outside them."""
