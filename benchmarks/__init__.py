@@ -1,7 +1,7 @@
 """``benchmarks``: how much cheaper a PGN gradient is than a VGG forward + backward, on every runtime.
 
-    from benchmarks import BenchmarkConfig, run_benchmark
-    from benchmarks.report import render_table, plot_time_memory
+    from pgn.benchmarks import BenchmarkConfig, run_benchmark
+    from pgn.benchmarks.report import render_table, plot_time_memory
     result = run_benchmark(BenchmarkConfig(device="cpu", models=("vgg19", "resnet4", "unet")))
     render_table(result)
     result.write_json("bench.json")

@@ -124,9 +124,14 @@ def _run(options: dict, *, json_path: Path | None, plot_path: Path | None, markd
     from .harness import run_benchmark
     from .report import plot_scaling, plot_time_memory, render_markdown, render_table, scaling_plot_path
 
+    from pgn.extras import require_all
+
+    if plot_path is not None:
+        require_all(("matplotlib",), "pgn-bench --plot", "bench")
     if from_json is not None:
         result = _load(from_json)
     else:
+        require_all(("psutil",), "pgn-bench", "bench")
         result = run_benchmark(BenchmarkConfig(**options), progress=progress)
         result.config["command"] = shlex.join(["pgn-bench", *sys.argv[1:]])
     render_table(result)

@@ -6,7 +6,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from export.graph_options import GraphOptions
+from pgn.export.graph_options import GraphOptions
 from pgn.errors import PGNError
 from pgn.inputs import CHECK_VALUES, nearest_valid_size
 

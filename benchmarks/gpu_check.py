@@ -1,6 +1,7 @@
 """The GPU check: one command that measures and tests everything CUDA on a machine with one NVIDIA GPU.
 
-Run ``benchmarks/gpu_check.sh`` from the repository root (it sets ``PYTHONPATH=.``; nothing is installed). In
+Run ``benchmarks/gpu_check.sh`` from a plain checkout (it lays the checkout out as the ``pgn`` namespace in a temporary
+folder and puts that on ``PYTHONPATH``; nothing is installed). In
 under 10 minutes it runs, each step in its own process with its own time limit, in this order:
 
 1. ``pgn-bench --device cuda`` for VGG-19, VGG-11 and every PGN at batch 1 and at batch 8, 224²: torch eager,
@@ -11,7 +12,7 @@ under 10 minutes it runs, each step in its own process with its own time limit, 
 5. the torch-compile rows at batch 1 and 8, one process per model (last, since compiling is slow).
 
 A step that fails is recorded and the next one runs; a step that does not fit in what is left of the time budget
-is skipped, saying so. Everything lands in ``benchmarks/results/<gpu-name>/``: per batch JSON, Markdown and a
+is skipped, saying so. Everything lands in ``results/gpu/<gpu-name>/``: per batch JSON, Markdown and a
 plot (eager and compiled rows merged), the validation-cost run, the distillation's metrics and curves, the test
 log, the environment, and ``summary.md`` / ``summary.json`` with the goals (every PGN faster than VGG-11
 forward + backward; the UNet no slower than ResNet-4).
@@ -123,7 +124,7 @@ def plan_steps(plan: Plan, out: Path, work: Path) -> list[Step]:
     models = ",".join(plan.models)
     common = ["--device", plan.device, "--size", str(plan.size), "--repeats", str(plan.repeats), "--warmup", str(plan.warmup),
               "--timeout", str(plan.worker_timeout), "--quiet"]
-    bench = [py, "-m", "benchmarks.cli", *common]
+    bench = [py, "-m", "pgn.benchmarks.cli", *common]
     steps = []
     for b in plan.batches:
         steps.append(Step(f"bench-batch{b}", [*bench, "--models", models, "--runtimes", ",".join(plan.eager_runtimes), "--batch", str(b),
@@ -133,12 +134,13 @@ def plan_steps(plan: Plan, out: Path, work: Path) -> list[Step]:
                                        "--markdown", str(out / f"check-values-{plan.size}.md")], cap=60))
     weights = "imagenet" if _imagenet_vgg_cached() else "random"
     steps.append(Step("distill-nccl" if plan.device == "cuda" else "distill-gloo",
-                      [py, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", "-m", "distill.cli",
+                      [py, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", "-m", "pgn.distill.cli",
                        "--device", plan.device, "--steps", str(plan.distill_steps), "--vgg-weights", weights, "--no-progress",
                        "--save-every", str(plan.distill_steps), *plan.distill_args, "--run-dir", str(work / "distill"),
                        "--json", str(work / "distill" / "summary.json")], cap=150, env={"OMP_NUM_THREADS": "4"}))
     steps.append(Step("gpu-tests", [py, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "-o", "addopts=-ra",
-                                    "--junitxml", str(out / "gpu-tests.xml"), str(ROOT / "tests")], cap=240, needs=("pytest",)))
+                                    "--junitxml", str(out / "gpu-tests.xml"), "--rootdir", str(ROOT), "-c", str(ROOT / "setup.cfg"),
+                                    str(ROOT / "tests")], cap=240, needs=("pytest",)))
     for b in plan.batches:  # one process per model: a model that does not compile in time costs only its own rows
         for model in compile_order(plan.models):
             steps.append(Step(f"bench-batch{b}-compiled-{model}", [*bench, "--models", model, "--runtimes", ",".join(plan.compiled_runtimes),
@@ -153,8 +155,12 @@ def compile_order(models: tuple[str, ...]) -> list[str]:
     return first + [m for m in models if m not in first and m != "vgg19"] + [m for m in models if m == "vgg19"]
 
 
-def run_step(step: Step, left: float, logs: Path) -> None:
-    """Run ``step`` within ``min(step.cap, left)`` seconds; fills its status, time and detail (never raises)."""
+def run_step(step: Step, left: float, logs: Path, cwd: Path) -> None:
+    """Run ``step`` in ``cwd`` within ``min(step.cap, left)`` seconds; fills its status, time and detail (never raises).
+
+    ``cwd`` is a scratch folder, never the checkout: ``python -m`` puts its working folder first on ``sys.path``, and
+    the checkout's ``pgn/`` folder alone lacks the ``pgn.export``/``pgn.benchmarks``/... subpackages.
+    """
     missing = [m for m in step.needs if not module_available(m)]
     if missing:
         step.status, step.detail = "skipped", f"{', '.join(missing)} not installed: {OPTIONAL_MODULES.get(missing[0], '')}"
@@ -163,14 +169,14 @@ def run_step(step: Step, left: float, logs: Path) -> None:
     if limit < MIN_STEP_SECONDS:
         step.status, step.detail = "skipped", f"not started: {left:.0f} s of the time budget left"
         return
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p), **step.env)
+    env = dict(os.environ, **step.env)
     log = logs / f"{step.name}.log"
     start = time.monotonic()
     with open(log, "w") as fh:
         fh.write(f"$ {shlex.join(step.command)}\n")
         fh.flush()
         try:
-            proc = subprocess.run(step.command, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, timeout=limit)
+            proc = subprocess.run(step.command, cwd=cwd, env=env, stdout=fh, stderr=subprocess.STDOUT, timeout=limit)
             rc = proc.returncode
         except subprocess.TimeoutExpired:
             rc = None
@@ -345,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="CPU plumbing check at tiny sizes (about two minutes).")
     parser.add_argument("--dry-run", action="store_true", help="Write the plan (plan.json) and exit.")
     parser.add_argument("--budget", type=float, default=DEFAULT_BUDGET, help="Seconds for the whole check (default %(default)s).")
-    parser.add_argument("--results-root", type=Path, default=ROOT / "benchmarks" / "results", help="Where the GPU's folder goes.")
+    parser.add_argument("--results-root", type=Path, default=ROOT / "results" / "gpu", help="Where the GPU's folder goes.")
     parser.add_argument("--only", metavar="STEP,...", help="Run only these steps (names as in summary.md, prefixes allowed).")
     args = parser.parse_args(argv)
     started = time.monotonic()
@@ -372,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         for step in steps:
             left = args.budget - (time.monotonic() - started) - RESERVE
             print(f"gpu_check: {step.name} …", flush=True)
-            run_step(step, left, logs)
+            run_step(step, left, logs, work)
             print(f"gpu_check: {step.name}: {step.status} ({step.seconds:.0f} s) {step.detail}", flush=True)
         batches = {}
         for b in plan.batches:

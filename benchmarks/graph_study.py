@@ -77,8 +77,8 @@ def parse_variant(text: str) -> Variant:
 
 def export_variant(variant: Variant, model, size: tuple[int, int], batch: int, workdir: Path, index: int) -> None:
     """Write the variant's artifact under ``workdir`` and record its path (and ExecuTorch's program facts)."""
-    from export import export
-    from export.graph_options import GraphOptions
+    from pgn.export import export
+    from pgn.export.graph_options import GraphOptions
 
     options = GraphOptions.parse(variant.options)
     target = "executorch" if variant.family == "executorch" else "onnx"
@@ -99,7 +99,7 @@ def export_variant(variant: Variant, model, size: tuple[int, int], batch: int, w
         write_int8_manifest(artifact, dst)
         artifact = dst
     if variant.family == "executorch":
-        from export.executorch import read_program
+        from pgn.export.executorch import read_program
 
         program = read_program(artifact.read_bytes())
         variant.planned_memory_mb = program["planned_memory_mb"]
@@ -117,7 +117,7 @@ def _calibration(size, batch, make_inputs, batches: int = 4) -> tuple[np.ndarray
 
 def load(artifact: str, threads: int):
     """A runtime on ``artifact`` as ``pgn-bench`` runs it (ONNX Runtime with its memory pattern off)."""
-    from export import load_runtime
+    from pgn.export import load_runtime
 
     from .runners import disable_memory_pattern
 
@@ -139,7 +139,7 @@ def peak_memory(artifact: str, size: tuple[int, int], batch: int, threads: int) 
 
 
 def _child_peak_memory(artifact: str, size, batch: int, threads: int) -> float:
-    cmd = [sys.executable, "-m", "benchmarks.graph_study", "--memory-of", artifact, "--size", str(size[0]), str(size[1]),
+    cmd = [sys.executable, "-m", "pgn.benchmarks.graph_study", "--memory-of", artifact, "--size", str(size[0]), str(size[1]),
            "--batch", str(batch), "--threads", str(threads)]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:

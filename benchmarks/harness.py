@@ -2,7 +2,7 @@
 
 Example::
 
-    from benchmarks import BenchmarkConfig, run_benchmark
+    from pgn.benchmarks import BenchmarkConfig, run_benchmark
     result = run_benchmark(BenchmarkConfig(device="cpu", models=("vgg19", "resnet4"), runtimes=("torch",)))
     result.write_json("bench.json")
 """
@@ -48,7 +48,7 @@ def run_task(task: Task, workdir: Path, threads: int, timeout: float) -> dict:
     task_path = Path(name)
     result_path = task_path.with_name("result-" + task_path.name[len("task-"):])
     write_json(task.to_dict(), task_path)
-    cmd = [sys.executable, "-m", "benchmarks.worker", str(task_path), str(result_path)]
+    cmd = [sys.executable, "-m", "pgn.benchmarks.worker", str(task_path), str(result_path)]
     try:
         proc = subprocess.run(cmd, env=worker_env(threads), capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:

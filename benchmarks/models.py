@@ -174,7 +174,7 @@ def make_input_file(path, batch: int, size: tuple[int, int], seed: int = 0):
     images and checked on others. Made once per run so that every process sees identical inputs without decoding
     the photos again.
     """
-    from export.verify import PARITY_PHOTOS, calibration_pairs
+    from pgn.export.verify import PARITY_PHOTOS, calibration_pairs
 
     y_hat, y = make_inputs(batch, size, seed)
     eval_y_hat, eval_y = make_inputs(batch, size, seed + 1, PARITY_PHOTOS)

@@ -82,7 +82,7 @@ def probe(kind: str, provider: str = "") -> str | None:
     Args:
         kind: ``onnxruntime`` (with ``provider``, e.g. ``CUDAExecutionProvider``) or ``tensorrt``.
     """
-    cmd = [sys.executable, "-m", "benchmarks.probe", kind, *([provider] if provider else [])]
+    cmd = [sys.executable, "-m", "pgn.benchmarks.probe", kind, *([provider] if provider else [])]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=PROBE_TIMEOUT, env=_child_env())
     except subprocess.TimeoutExpired:

@@ -137,7 +137,7 @@ def write_int8_manifest(src: str | Path, dst: str | Path) -> Path:
     which quantization does not change). Precision, file name, hash and size are updated and the int8 recipe
     is recorded; parity is left to the benchmark's accuracy check against fp32 PyTorch.
     """
-    from export import manifest_path, read_manifest
+    from pgn.export import manifest_path, read_manifest
 
     src, dst = Path(src), Path(dst)
     manifest = read_manifest(src)

@@ -184,7 +184,7 @@ class ExportedRunner(Runner):
             self.memory = "cuda_device"
 
     def prepare(self) -> None:
-        from export import load_runtime
+        from pgn.export import load_runtime
 
         if self.artifact is None:
             raise PGNError(f"{self.runtime.name} needs an exported artifact")
@@ -221,7 +221,7 @@ def executorch_program_facts(artifact: Path) -> dict:
     """What a ``.pte`` holds (:func:`export.executorch.read_program`): the memory ExecuTorch plans for tensors
     outside the delegate (allocated when the method loads, so it is in the baseline, not in the peak), the
     delegated subgraphs, and the operators that run on ExecuTorch's own kernels."""
-    from export.executorch import read_program
+    from pgn.export.executorch import read_program
 
     return read_program(artifact.read_bytes())
 

@@ -35,6 +35,7 @@ import shutil
 from dataclasses import dataclass
 
 from pgn.errors import PGNError
+from pgn.extras import install_hint
 
 from .models import ModelSpec
 
@@ -171,7 +172,7 @@ def runtime_unavailable(runtime: RuntimeSpec, device: str) -> str | None:
         return _torch_unavailable(runtime, device)
     reason = None
     if runtime.family in ("onnxruntime", "tensorrt") and not module_available("onnxscript"):
-        reason = "onnxscript is not installed, and the ONNX exporter needs it: pip install onnxscript"
+        reason = f"onnxscript is not installed, and the ONNX exporter needs it: {install_hint('onnx')}"
     elif runtime.family == "onnxruntime":
         reason = _onnxruntime_unavailable(runtime, device)
     elif runtime.family == "executorch":
@@ -186,7 +187,7 @@ def runtime_unavailable(runtime: RuntimeSpec, device: str) -> str | None:
         if platform.system() != "Darwin":
             reason = f"Core ML models run only on macOS (this is {platform.system()}); pgn-export can still write the artifact here"
         elif not module_available("coremltools"):
-            reason = "coremltools is not installed: pip install coremltools"
+            reason = f"coremltools is not installed: {install_hint('coreml')}"
     return reason or export_package_unavailable()
 
 
@@ -201,7 +202,7 @@ def module_available(name: str) -> bool:
 def export_package_unavailable() -> str | None:
     """Why the ``export`` package cannot be used, or None when ``export``, ``load_runtime`` import."""
     try:
-        from export import export, load_runtime  # noqa: F401
+        from pgn.export import export, load_runtime  # noqa: F401
     except ImportError as e:
         return f"export package not available ({e})"
     return None
@@ -229,7 +230,7 @@ def _torch_unavailable(runtime: RuntimeSpec, device: str) -> str | None:
 
 def _onnxruntime_unavailable(runtime: RuntimeSpec, device: str) -> str | None:
     if not module_available("onnxruntime"):
-        return "onnxruntime is not installed: pip install onnxruntime (CPU) or onnxruntime-gpu (CUDA)"
+        return f"onnxruntime is not installed: {install_hint('onnx')} (CPU) or \"pgn-toolkit[onnx-gpu]\" (CUDA)"
     import onnxruntime as ort
 
     wanted = "CUDAExecutionProvider" if device == "cuda" else "CPUExecutionProvider"
@@ -246,7 +247,7 @@ def _onnxruntime_unavailable(runtime: RuntimeSpec, device: str) -> str | None:
 
 
 def _executorch_unavailable() -> str | None:
-    from export.executorch import INSTALL_HINT
+    from pgn.export.executorch import INSTALL_HINT
 
     missing = [name for name in ("executorch", "torchao") if not module_available(name)]
     if missing:
@@ -259,7 +260,7 @@ def _executorch_coreml_unavailable() -> str | None:
     if platform.system() != "Darwin":
         return (f"ExecuTorch's Core ML backend is built only for Apple platforms (this is {platform.system()}); "
                 "pgn-export --target executorch-coreml can still write the program here")
-    from export.executorch_coreml import TARGET
+    from pgn.export.executorch_coreml import TARGET
 
     return TARGET.runtime_missing_here()
 

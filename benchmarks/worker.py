@@ -153,7 +153,7 @@ def prepare(task: Task) -> dict:
     runtime = resolve_runtime(task.runtime)
     if runtime.quantizes_onnx:
         return _quantize(task)
-    from export import export
+    from pgn.export import export
 
     from .models import build_pgn
 

@@ -12,6 +12,7 @@ from typing import Any, Callable
 import click
 
 from pgn.cliutils import FiniteFloat, run_cli, write_json
+from pgn.extras import require_all
 
 from .dip import HEAD_PRESETS, PARTS
 from .losses import DEFAULT_LOSSES, LOSS_KEYS
@@ -151,7 +152,11 @@ def run_demo(config_cls, run_fn, *, threads: int | None, json_path: Path | None,
         write_json(report.to_dict(), json_path)
 
     output_dir = kwargs.get("output_dir") or config_cls.output_dir
-    run_cli(body, files={"--json": json_path}, folders={"--output": output_dir})
+    def checked_body():
+        require_all(("matplotlib", "psutil", "tqdm", "skimage"), "pgn-demo", "demos")
+        return body()
+
+    run_cli(checked_body, files={"--json": json_path}, folders={"--output": output_dir})
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ VGG-19 gradient after fine-tuning (paper Table 4, "Heads").
 
 Example::
 
-    from demos.finetune import FinetuneConfig, run_finetune
+    from pgn.demos.finetune import FinetuneConfig, run_finetune
     report = run_finetune(FinetuneConfig(output_dir=Path("out/finetune")))
 """
 

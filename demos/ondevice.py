@@ -85,7 +85,7 @@ def open_onnx_runtime(model: pgn.PGN, size: tuple[int, int], batch: int, output_
     Never raises for a missing or failing exporter: the returned status says what went wrong.
     """
     try:
-        from export import RuntimeUnavailable, export, load_runtime
+        from pgn.export import RuntimeUnavailable, export, load_runtime
     except ImportError as e:
         return RuntimeStatus(None, f"export package not available ({e})")
     try:

@@ -58,7 +58,7 @@ PRECISIONS = ("fp32", "int8")
 def executorch_training_available() -> str | None:
     """``None`` when ExecuTorch's training runtime can be imported, else one line saying why and how to get it."""
     try:
-        from export.executorch import INSTALL_HINT, quiet_native_output
+        from pgn.export.executorch import INSTALL_HINT, quiet_native_output
     except ImportError as e:
         return f"export package not available ({e})"
     try:
@@ -94,8 +94,8 @@ def quantized_proxy(graph: nn.Module, batch: int, size: tuple[int, int]) -> torc
     Raises:
         PGNError: one line, if the capture or the quantizer fails.
     """
-    from export.executorch import CALIBRATION_PAIRS, DEFAULT_INT8_OPS, capture_graph, quantize_int8
-    from export.verify import calibration_pairs
+    from pgn.export.executorch import CALIBRATION_PAIRS, DEFAULT_INT8_OPS, capture_graph, quantize_int8
+    from pgn.export.verify import calibration_pairs
 
     example = (torch.zeros(batch, 3, *size), torch.zeros(batch, 3, *size))
     captured = capture_graph(graph, example, None)  # as the export target captures it: one line if it fails
@@ -132,8 +132,8 @@ class FinetuneStepProgram(nn.Module):
     def __init__(self, generator: nn.Module, model: "pgn.PGN", mse_weight: float, size: tuple[int, int], *,
                  precision: str = "fp32", batch: int = 1):
         super().__init__()
-        from export.executorch import TARGET
-        from export.graph import ExportGraph
+        from pgn.export.executorch import TARGET
+        from pgn.export.graph import ExportGraph
 
         if precision not in PRECISIONS:
             raise PGNError(f"the step program's PGN precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -217,7 +217,7 @@ def export_step_program(program: FinetuneStepProgram, poses: torch.Tensor, targe
     """
     from torch.export.experimental import _export_forward_backward
 
-    from export.executorch import check_kernels, import_executorch, lowering_error, quiet_native_output
+    from pgn.export.executorch import check_kernels, import_executorch, lowering_error, quiet_native_output
 
     if program.precision == "int8" and not xnnpack:
         raise PGNError("an int8 PGN runs in XNNPACK: export its step program with xnnpack=True (--executorch-kernels xnnpack)")
@@ -261,7 +261,7 @@ class ExecuTorchTrainer:
         ExecuTorch's thread pool (one per process) is sized to ``torch.get_num_threads()``, the thread count the
         demo's other rows run with.
         """
-        from export.executorch import THREAD_POOL, import_executorch, quiet_native_output
+        from pgn.export.executorch import THREAD_POOL, import_executorch, quiet_native_output
 
         portable_lib = import_executorch().portable_lib
         with quiet_native_output():

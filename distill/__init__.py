@@ -1,6 +1,6 @@
 """Training Perceptual Gradient Networks as in the paper (Nikulin et al., 2020, §3) and the authors' code.
 
-    from distill import DistillConfig, train
+    from pgn.distill import DistillConfig, train
     result = train(DistillConfig(backbone="resnet4", vgg_weights="imagenet", data="/data/ImageNet"))
     model = pgn.load(result.pgn_path)
 

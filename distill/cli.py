@@ -17,6 +17,7 @@ import click
 from pgn.authors import AUTHORS_HEADS
 from pgn.backbones.blocks import BLOCK_TYPES, CONV_TYPES
 from pgn.cliutils import run_cli, write_json
+from pgn.extras import require_all
 from pgn.heads import GRAD_TYPES, HEAD_KINDS
 
 from .config import DATASETS, DEVICES, LOSS_PRESETS, OPTIMIZERS, TEACHERS, DistillConfig, load_config
@@ -248,6 +249,7 @@ def _check_world_size(kw: dict[str, Any]) -> None:
 
 
 def _run(kw: dict[str, Any]) -> None:
+    require_all(("matplotlib", "skimage"), "pgn-distill", "distill")
     from .trainer import train
     from .validation import evaluate_pgn
 

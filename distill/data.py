@@ -38,6 +38,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pgn.errors import PGNError
+from pgn.extras import install_hint
 from pgn.images import IMAGE_SUFFIXES, list_images
 from pgn.value_spaces import normalize
 
@@ -118,7 +119,7 @@ def find_images(data: str, dataset: str = "auto", val_fraction: float = 0.02) ->
         val = [n for n in names if n in HELD_OUT_SAMPLES] or names[-2:]
         train = [n for n in names if n not in val]
         if not train:
-            raise PGNError("too few bundled sample images to hold some out: pip install scikit-image scikit-learn")
+            raise PGNError(f"too few bundled sample images to hold some out: {install_hint('images')} brings more")
         return DataSplit("samples", train, val, "scikit-image + scikit-learn")
     root = Path(data)
     if not root.is_dir():

@@ -26,6 +26,7 @@ import torch
 
 import pgn
 from pgn.errors import PGNError, first_line
+from pgn.extras import install_hint
 
 from .errors import RuntimeUnavailable
 from .graph import INPUT_NAMES, ExportGraph
@@ -230,7 +231,7 @@ def import_coremltools():
             finally:
                 logger.setLevel(level)
     except ImportError:
-        raise RuntimeUnavailable('coremltools is not installed: pip install coremltools (converts on Linux and macOS)') from None
+        raise RuntimeUnavailable(f'coremltools is not installed: {install_hint("coreml")} (converts on Linux and macOS)') from None
     return ct
 
 

@@ -21,6 +21,7 @@ import torch
 
 import pgn
 from pgn.errors import PGNError, first_line
+from pgn.extras import install_hint
 
 from .errors import RuntimeUnavailable
 from .graph import INPUT_NAMES, ExportGraph
@@ -55,11 +56,11 @@ class OnnxTarget(ExportTarget):
 
     def check_available(self) -> None:
         """Raise :class:`export.RuntimeUnavailable` if ``onnx``, ``onnxscript`` or ``onnxruntime`` cannot be imported."""
-        for name, pip in (("onnx", "onnx"), ("onnxscript", "onnxscript"), ("onnxruntime", "onnxruntime")):
+        for name in ("onnx", "onnxscript", "onnxruntime"):
             try:
                 __import__(name)
             except ImportError:
-                raise RuntimeUnavailable(f"{name} is not installed: pip install {pip} (ONNX export runs on any OS)") from None
+                raise RuntimeUnavailable(f"{name} is not installed: {install_hint('onnx')} (ONNX export runs on any OS)") from None
 
     def export(self, model: "pgn.PGN", path: Path, options: ExportOptions) -> None:
         """Write ``model`` (backbone + head) as an ONNX file at ``path``; fp16 computes in half between float32
@@ -248,7 +249,7 @@ class OnnxRuntime(Runtime):
         try:
             import onnxruntime as ort
         except ImportError:
-            raise RuntimeUnavailable("onnxruntime is not installed: pip install onnxruntime (or onnxruntime-gpu for CUDA)") from None
+            raise RuntimeUnavailable(f"onnxruntime is not installed: {install_hint('onnx')} (or \"pgn-toolkit[onnx-gpu]\" for CUDA)") from None
         if graph_optimization_level not in GRAPH_OPTIMIZATION_LEVELS:
             raise PGNError(f"unknown graph_optimization_level {graph_optimization_level!r}: use one of {', '.join(GRAPH_OPTIMIZATION_LEVELS)}")
         kind, device_id = parse_device(device)

@@ -12,7 +12,7 @@ device, precision, versions, thread settings), so benchmarks can store it.
 
 Example::
 
-    from export import load_runtime
+    from pgn.export import load_runtime
     rt = load_runtime("exports/unet-224x224-b1-fp32.onnx", device="cpu", threads=1)
     out = rt.run(y_hat, y)          # out["grad"], out["proxy"]
 """

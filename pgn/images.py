@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from .errors import PGNError
+from .extras import install_hint, require
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
 
@@ -79,14 +80,13 @@ def sample_images() -> dict[str, torch.Tensor]:
     except ImportError:
         pass
     if not arrays:
-        raise PGNError("no bundled sample images: pip install scikit-image scikit-learn")
+        raise PGNError(f"no bundled sample images: scikit-image and scikit-learn are not installed: {install_hint('images')}")
     return {k: _unit_tensor(v) for k, v in arrays.items()}
 
 
 def face_image() -> torch.Tensor:
     """The bundled portrait (scikit-image's astronaut, a face photograph), (3, 512, 512) in [0, 1]."""
-    import skimage.data as skd
-
+    skd = require("skimage.data", "the bundled portrait")
     return _unit_tensor(skd.astronaut())
 
 

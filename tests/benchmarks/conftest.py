@@ -2,7 +2,7 @@
 
 import pytest
 
-from benchmarks.results import BenchmarkResult, Row, attach_ratios
+from pgn.benchmarks.results import BenchmarkResult, Row, attach_ratios
 
 TINY = 32
 
@@ -15,7 +15,7 @@ def _make_row(model, runtime, samples, memory, *, kind=None, size=(TINY, TINY), 
               size=list(size), batch=1, status=status, reason=reason, samples_ms=list(samples),
               memory_mb=memory, work_macs=work_macs, params=10, paper_macs=20)
     if status == "ok":
-        from benchmarks.measure import TimingStats
+        from pgn.benchmarks.measure import TimingStats
 
         row.time_ms = TimingStats.from_samples(row.samples_ms).to_dict()
     return row

@@ -6,7 +6,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from benchmarks.cli import main
+from pgn.benchmarks.cli import main
 
 TINY = ["--threads", "1", "--repeats", "2", "--warmup", "1", "--quiet"]
 
@@ -65,9 +65,9 @@ def _errors(out):
 
 
 def test_unwritable_outputs_fail_before_measuring(read_only_dir, tmp_path, monkeypatch):
-    import benchmarks.harness
+    import pgn.benchmarks.harness
 
-    monkeypatch.setattr(benchmarks.harness, "run_benchmark", lambda *a, **k: pytest.fail("measured with nowhere to save"))
+    monkeypatch.setattr(pgn.benchmarks.harness, "run_benchmark", lambda *a, **k: pytest.fail("measured with nowhere to save"))
     (tmp_path / "file").write_text("x")
     for option, path in (("--json", read_only_dir / "b.json"), ("--plot", read_only_dir / "b.png"), ("--json", tmp_path / "file" / "b.json")):
         out = CliRunner().invoke(main, ["--models", "resnet4", "--size", "32", option, str(path), *TINY])
@@ -75,7 +75,7 @@ def test_unwritable_outputs_fail_before_measuring(read_only_dir, tmp_path, monke
 
 
 def test_a_late_write_failure_keeps_the_table_and_saves_the_results_elsewhere(synthetic_result, tmp_path, monkeypatch):
-    import benchmarks.harness
+    import pgn.benchmarks.harness
     from write_faults import make_read_only
 
     results = tmp_path / "results"
@@ -85,7 +85,7 @@ def test_a_late_write_failure_keeps_the_table_and_saves_the_results_elsewhere(sy
         make_read_only(results, monkeypatch)  # e.g. a network share that went read-only during the run
         return synthetic_result
 
-    monkeypatch.setattr(benchmarks.harness, "run_benchmark", measure_then_lose_the_folder)
+    monkeypatch.setattr(pgn.benchmarks.harness, "run_benchmark", measure_then_lose_the_folder)
     monkeypatch.chdir(tmp_path)
     out = CliRunner().invoke(main, ["--models", "resnet4", "--size", "32", "--json", str(results / "b.json"),
                                     "--plot", str(results / "b.png"), *TINY])
@@ -129,8 +129,8 @@ def test_bad_graph_options_are_one_line_and_exit_1():
 
 
 def test_graph_options_reach_the_export_task(monkeypatch, tmp_path):
-    from benchmarks import harness
-    from benchmarks.config import BenchmarkConfig
+    from pgn.benchmarks import harness
+    from pgn.benchmarks.config import BenchmarkConfig
 
     config = BenchmarkConfig(models=("unet",), runtimes=("onnxruntime",), sizes=(32,), graph_options="decoder_conv=split")
     assert config.to_dict()["graph_options"] == "decoder_conv=split"

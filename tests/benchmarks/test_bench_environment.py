@@ -2,8 +2,8 @@
 
 import pytest
 
-from benchmarks import environment
-from benchmarks.environment import INT8_DOT_PRODUCT_FLAGS, cpu_flags, cpu_name
+from pgn.benchmarks import environment
+from pgn.benchmarks.environment import INT8_DOT_PRODUCT_FLAGS, cpu_flags, cpu_name
 
 X86 = """processor\t: 0
 vendor_id\t: GenuineIntel

@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
-from benchmarks import BenchmarkConfig, run_benchmark
-from benchmarks import runtimes as rt_mod
-from benchmarks.models import CALIBRATION_IMAGES, make_input_file, resolve_model
-from benchmarks.runtimes import RUNTIMES, check_runnable
+from pgn.benchmarks import BenchmarkConfig, run_benchmark
+from pgn.benchmarks import runtimes as rt_mod
+from pgn.benchmarks.models import CALIBRATION_IMAGES, make_input_file, resolve_model
+from pgn.benchmarks.runtimes import RUNTIMES, check_runnable
 
 ET_RUNTIMES = ("executorch", "executorch-int8")
 INSTALL_HINT = 'pip install "pgn-toolkit[executorch]"'
@@ -54,7 +54,7 @@ def test_executorch_thread_pool_is_sized_to_the_run_and_recorded(et_result):
 
 
 def test_executorch_rows_record_the_program(et_result):
-    from export import read_manifest
+    from pgn.export import read_manifest
 
     result, _ = et_result
     for runtime in ET_RUNTIMES:
@@ -68,8 +68,8 @@ def test_executorch_rows_record_the_program(et_result):
 
 
 def test_int8_program_is_the_export_targets_recipe(et_result):
-    from export import read_manifest
-    from export.executorch import DEFAULT_INT8_OPS, int8_recipe
+    from pgn.export import read_manifest
+    from pgn.export.executorch import DEFAULT_INT8_OPS, int8_recipe
 
     result, _ = et_result
     manifest = read_manifest(_row(result, "executorch-int8").runtime_info["artifact"])
@@ -100,7 +100,7 @@ def test_default_cpu_run_includes_executorch_when_installed():
 
 
 def test_both_int8_recipes_calibrate_on_the_export_calibration_pairs(tmp_path):
-    from export.verify import PARITY_PHOTOS, calibration_pairs, real_images
+    from pgn.export.verify import PARITY_PHOTOS, calibration_pairs, real_images
 
     size = (32, 32)
     inputs = torch.load(make_input_file(tmp_path / "inputs.pt", 2, size), weights_only=True)
@@ -124,7 +124,7 @@ def test_the_core_ml_delegate_row_says_where_it_runs(monkeypatch):
     # on macOS the row runs only where this ExecuTorch build has the backend (the Linux build has not)
     pytest.importorskip("executorch")
     monkeypatch.setattr(platform, "system", lambda: "Darwin")
-    from export.executorch_coreml import TARGET
+    from pgn.export.executorch_coreml import TARGET
 
     skip = check_runnable(runtime, "cpu", resolve_model("resnet4"))
     assert (skip is None) == (TARGET.runtime_missing_here() is None)

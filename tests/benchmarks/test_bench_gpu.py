@@ -5,8 +5,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from benchmarks.cli import main
-from benchmarks.runtimes import resolve_runtime, runtime_unavailable
+from pgn.benchmarks.cli import main
+from pgn.benchmarks.runtimes import resolve_runtime, runtime_unavailable
 
 pytestmark = pytest.mark.gpu
 TINY = ["--device", "cuda", "--size", "32", "--repeats", "3", "--warmup", "2", "--quiet"]

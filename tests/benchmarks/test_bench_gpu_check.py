@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import gpu_check
-from benchmarks.gpu_check import Step, gpu_slug, run_step
+from pgn.benchmarks import gpu_check
+from pgn.benchmarks.gpu_check import Step, gpu_slug, run_step
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Modules a GPU image with only torch, torchvision, onnx, onnxruntime (CPU), click, rich, psutil, scikit-image and

@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from benchmarks import BenchmarkConfig, run_benchmark
-from benchmarks.environment import INT8_DOT_PRODUCT_FLAGS, cpu_flags
-from benchmarks.runtimes import resolve_runtime, runtime_unavailable
-from benchmarks.report import plot_scaling, plot_time_memory, render_table
+from pgn.benchmarks import BenchmarkConfig, run_benchmark
+from pgn.benchmarks.environment import INT8_DOT_PRODUCT_FLAGS, cpu_flags
+from pgn.benchmarks.runtimes import resolve_runtime, runtime_unavailable
+from pgn.benchmarks.report import plot_scaling, plot_time_memory, render_table
 
 MODELS = ("vgg19", "vgg11-cached", "resnet4")
 RUNTIMES = ("torch", "onnxruntime", "onnxruntime-int8", "tensorrt")
@@ -58,7 +58,7 @@ def test_rows_that_cannot_run_say_why(result):
 
 
 def test_exported_rows_run_the_artifact_and_check_accuracy(result):
-    from benchmarks.runtimes import export_package_unavailable
+    from pgn.benchmarks.runtimes import export_package_unavailable
 
     if export_package_unavailable():
         pytest.skip(export_package_unavailable())
@@ -112,7 +112,7 @@ def test_artifacts_are_exported_in_parallel_before_any_measurement(tmp_path, mon
     import threading
     import time
 
-    from benchmarks import harness
+    from pgn.benchmarks import harness
 
     calls, running, peak, lock = [], [0], [0], threading.Lock()
 
@@ -156,8 +156,8 @@ def test_parallel_worker_tasks_get_their_own_files(tmp_path, monkeypatch):
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    from benchmarks import harness
-    from benchmarks.worker import Task
+    from pgn.benchmarks import harness
+    from pgn.benchmarks.worker import Task
 
     barrier = threading.Barrier(2)
     real_write_json = harness.write_json

@@ -5,7 +5,7 @@ import types
 import numpy as np
 import pytest
 
-from benchmarks.measure import MemoryReading, TimingStats, measure_cpu_memory, time_calls
+from pgn.benchmarks.measure import MemoryReading, TimingStats, measure_cpu_memory, time_calls
 
 
 def test_stats_from_samples_match_numpy():
@@ -82,7 +82,7 @@ def test_cuda_peak_memory_is_read_after_the_warm_up(monkeypatch):
     """The one-time workspace of the first call must not be counted as the model's working memory."""
     import torch
 
-    from benchmarks import runners, worker
+    from pgn.benchmarks import runners, worker
 
     alloc = _FakeCudaAllocator()
     alloc.install(monkeypatch)

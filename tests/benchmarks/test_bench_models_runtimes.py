@@ -5,10 +5,10 @@ import platform
 import pytest
 import torch
 
-from benchmarks import runtimes as rt_mod
-from benchmarks.config import BenchmarkConfig
-from benchmarks.models import make_inputs, model_cost, resolve_model
-from benchmarks.runtimes import RUNTIMES, check_runnable, resolve_runtime
+from pgn.benchmarks import runtimes as rt_mod
+from pgn.benchmarks.config import BenchmarkConfig
+from pgn.benchmarks.models import make_inputs, model_cost, resolve_model
+from pgn.benchmarks.runtimes import RUNTIMES, check_runnable, resolve_runtime
 from pgn.errors import PGNError
 
 

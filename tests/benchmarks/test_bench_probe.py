@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from benchmarks import probe as probe_mod
-from benchmarks import runtimes as rt_mod
-from benchmarks.models import resolve_model
-from benchmarks.runtimes import RUNTIMES, check_runnable
+from pgn.benchmarks import probe as probe_mod
+from pgn.benchmarks import runtimes as rt_mod
+from pgn.benchmarks.models import resolve_model
+from pgn.benchmarks.runtimes import RUNTIMES, check_runnable
 
 ort = pytest.importorskip("onnxruntime")
 

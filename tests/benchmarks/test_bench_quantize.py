@@ -4,9 +4,9 @@ import pytest
 import torch
 from proxy_runtimes import export_onnx
 
-from benchmarks.models import build_pgn, make_inputs
-from benchmarks.quantize import quantize_int8
-from benchmarks.runners import compare_outputs
+from pgn.benchmarks.models import build_pgn, make_inputs
+from pgn.benchmarks.quantize import quantize_int8
+from pgn.benchmarks.runners import compare_outputs
 
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
@@ -59,13 +59,13 @@ def _conv_graph():
 @pytest.mark.parametrize("convs, names", [("all", ["pointwise", "dense3x3", "grouped"]), ("dense", ["pointwise", "dense3x3"]),
                                           ("pointwise", ["pointwise"])])
 def test_conv_selections_pick_the_right_nodes(convs, names):
-    from benchmarks.quantize import selected_convs
+    from pgn.benchmarks.quantize import selected_convs
 
     assert selected_convs(_conv_graph(), convs) == names
 
 
 def test_unknown_conv_selection_is_an_error():
-    from benchmarks.quantize import selected_convs
+    from pgn.benchmarks.quantize import selected_convs
     from pgn.errors import PGNError
 
     with pytest.raises(PGNError, match="all, dense, pointwise"):

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from benchmarks.results import SCHEMA, BenchmarkResult, Row, attach_ratios
+from pgn.benchmarks.results import SCHEMA, BenchmarkResult, Row, attach_ratios
 
 ROW_KEYS = {
     "model", "display", "kind", "runtime", "family", "precision", "device", "size", "batch", "status", "reason", "target_features",

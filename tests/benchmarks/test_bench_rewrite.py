@@ -2,10 +2,10 @@
 
 import torch
 
-from benchmarks.models import build_pgn, make_inputs
-from benchmarks.rewrite import DepthwiseGroupSumConv, rewritable_count, rewrite_grouped_convs
-from benchmarks.runtimes import RUNTIMES, check_runnable
-from benchmarks.models import resolve_model
+from pgn.benchmarks.models import build_pgn, make_inputs
+from pgn.benchmarks.rewrite import DepthwiseGroupSumConv, rewritable_count, rewrite_grouped_convs
+from pgn.benchmarks.runtimes import RUNTIMES, check_runnable
+from pgn.benchmarks.models import resolve_model
 from pgn.backbones.blocks import SeparableConv
 
 

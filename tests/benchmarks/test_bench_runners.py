@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import pgn
-from benchmarks.models import build_pgn, make_inputs
-from benchmarks.runners import TorchPGNRunner, TorchTeacherRunner, compare_outputs, make_runner, reference_outputs
+from pgn.benchmarks.models import build_pgn, make_inputs
+from pgn.benchmarks.runners import TorchPGNRunner, TorchTeacherRunner, compare_outputs, make_runner, reference_outputs
 from pgn.errors import PGNError
 
 
@@ -65,8 +65,8 @@ def test_compare_outputs_identical_and_opposite():
 
 
 def test_an_fp32_artifact_that_disagrees_with_pytorch_fails_its_row():
-    from benchmarks.runtimes import RUNTIMES
-    from benchmarks.worker import FP32_ARTIFACT_MIN_COSINE, _broken_artifact_reason
+    from pgn.benchmarks.runtimes import RUNTIMES
+    from pgn.benchmarks.worker import FP32_ARTIFACT_MIN_COSINE, _broken_artifact_reason
 
     bad, good = {"grad_cosine_min": 0.5}, {"grad_cosine_min": FP32_ARTIFACT_MIN_COSINE + 1e-4}
     reason = _broken_artifact_reason(RUNTIMES["onnxruntime"], bad)
@@ -82,7 +82,7 @@ def test_an_fp32_artifact_that_disagrees_with_pytorch_fails_its_row():
 def test_a_failing_worker_reports_one_line(tmp_path, monkeypatch, error, reason):
     import json
 
-    from benchmarks import worker
+    from pgn.benchmarks import worker
 
     def fail(task):
         raise error

@@ -36,8 +36,8 @@ def fit_inputs():
 @pytest.fixture(scope="module")
 def finetune_batch():
     """A personalized talking-head generator, its 2 train poses and frames at 16², and an untrained ResNet-4 PGN."""
-    from demos.frames import edge_map, face_frames
-    from demos.generators import Embedder, PoseGenerator, personalize
+    from pgn.demos.frames import edge_map, face_frames
+    from pgn.demos.generators import Embedder, PoseGenerator, personalize
     from pgn import build
 
     torch.manual_seed(0)

@@ -7,9 +7,9 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from demos.cli import main
-from demos.metrics import LPIPSMetric
-from demos.ondevice_training import training_available
+from pgn.demos.cli import main
+from pgn.demos.metrics import LPIPSMetric
+from pgn.demos.ondevice_training import training_available
 
 FAST = ["--no-progress", "--seed", "0"]
 

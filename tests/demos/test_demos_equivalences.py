@@ -13,9 +13,9 @@ import torch
 from proxy_runtimes import TorchProxyRuntime
 
 import pgn
-from demos.losses import PGNLossTerm, normalized_mse
-from demos.ondevice import OnDevicePGNLoss, proxy_mse, proxy_mse_gradient
-from demos.students import Student
+from pgn.demos.losses import PGNLossTerm, normalized_mse
+from pgn.demos.ondevice import OnDevicePGNLoss, proxy_mse, proxy_mse_gradient
+from pgn.demos.students import Student
 
 HEADS = ["resnet4", "resnet4-proxy", "resnet4-direct", "resnet4-hybrid"]
 
@@ -119,7 +119,7 @@ def test_on_device_loss_with_onnx_runtime(ort_runtime_factory, tiny_generator):
 
 def test_on_device_loss_with_the_export_package(tmp_path, tiny_generator):
     pytest.importorskip("export", reason="the export package is not installed")
-    from demos.ondevice import open_onnx_runtime
+    from pgn.demos.ondevice import open_onnx_runtime
 
     torch.manual_seed(0)
     model = pgn.build("resnet4")
@@ -133,7 +133,7 @@ def test_on_device_loss_with_the_export_package(tmp_path, tiny_generator):
 def test_missing_export_package_is_reported(monkeypatch, tmp_path):
     import builtins
 
-    from demos.ondevice import open_onnx_runtime
+    from pgn.demos.ondevice import open_onnx_runtime
 
     real_import = builtins.__import__
 

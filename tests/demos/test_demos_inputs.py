@@ -6,9 +6,9 @@ import time
 import pytest
 import torch
 
-from demos.frames import edge_map, face_frames, read_frames
-from demos.generators import load_module
-from demos.measure import LossMeter
+from pgn.demos.frames import edge_map, face_frames, read_frames
+from pgn.demos.generators import load_module
+from pgn.demos.measure import LossMeter
 from pgn.errors import PGNError
 
 
@@ -116,9 +116,9 @@ def test_a_nested_meter_neither_hides_the_outer_peak_nor_adds_its_reset_to_the_o
 
 
 def test_loss_meter_without_proc_reports_no_memory(monkeypatch, tmp_path):
-    import demos.measure
+    import pgn.demos.measure
 
-    monkeypatch.setattr(demos.measure, "_STATUS", tmp_path / "no-status")  # as on macOS or Windows
+    monkeypatch.setattr(pgn.demos.measure, "_STATUS", tmp_path / "no-status")  # as on macOS or Windows
     meter = LossMeter(memory=True)
     with meter.measure():
         torch.ones(1024).sum()

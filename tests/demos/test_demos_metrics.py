@@ -6,7 +6,7 @@ import types
 import pytest
 import torch
 
-from demos.metrics import LPIPSMetric, gradient_cosine, mse, ssim, ssim_map
+from pgn.demos.metrics import LPIPSMetric, gradient_cosine, mse, ssim, ssim_map
 
 
 def test_ssim_of_identical_images_is_one():

@@ -10,9 +10,9 @@ from click.testing import CliRunner
 
 import pgn
 from pgn.errors import PGNError
-from demos.cli import main
-from demos.losses import PGNLossTerm
-from demos.ondevice_executorch import (
+from pgn.demos.cli import main
+from pgn.demos.losses import PGNLossTerm
+from pgn.demos.ondevice_executorch import (
     ExecuTorchTrainer,
     FinetuneStepProgram,
     executorch_training_available,
@@ -71,7 +71,7 @@ def test_one_executorch_step_equals_one_eager_pgnloss_step(finetune_batch, pte):
 
 @needs_executorch
 def test_the_pgn_and_the_generators_convolutions_run_in_xnnpack(pte):
-    from export.executorch import DELEGATE, read_program
+    from pgn.export.executorch import DELEGATE, read_program
 
     facts = read_program(pte)
     assert facts["delegates"].get(DELEGATE, 0) > 0
@@ -135,7 +135,7 @@ def _eager_program_step(program, poses, train, lr):
 
 @needs_executorch
 def test_an_int8_pgn_step_matches_the_eager_step_of_the_same_quantized_program(finetune_batch, int8_program):
-    from export.executorch import DELEGATE, read_program
+    from pgn.export.executorch import DELEGATE, read_program
 
     init, poses, train, model = finetune_batch
     program, pte = int8_program
@@ -166,7 +166,7 @@ def test_an_int8_pgn_program_stores_int8_weights_only(int8_program, pte):
 
 
 def test_int8_needs_the_xnnpack_kernels_and_unknown_precisions_are_refused(finetune_batch):
-    from demos.finetune import FinetuneConfig
+    from pgn.demos.finetune import FinetuneConfig
 
     init, poses, train, model = finetune_batch
     with pytest.raises(PGNError, match="int8 PGN runs in XNNPACK"):
@@ -204,7 +204,7 @@ def test_finetune_cli_runs_the_executorch_row(tmp_path):
     row = rows["pgn-executorch-train"]
     assert row["status"] == "ok", row["status"]
     assert row["executorch_kernels"] == "portable"
-    from export.executorch import read_program
+    from pgn.export.executorch import read_program
 
     assert read_program((tmp_path / "ft" / "executorch_training" / "finetune_step.pte").read_bytes())["delegates"] == {}
     # timed and memory-measured like the other rows' whole step (no loss part apart); the program is kept, its size reported
@@ -219,7 +219,7 @@ def test_finetune_cli_runs_the_executorch_row(tmp_path):
 
 
 def test_the_notes_say_when_the_pgn_ran_in_int8():
-    from demos.finetune import FinetuneConfig, _notes
+    from pgn.demos.finetune import FinetuneConfig, _notes
 
     row = {"key": "pgn-executorch-train", "status": "ok", "sgd_lr": 5e-5, "executorch_kernels": "xnnpack",
            "pgn_precision": "int8", "pte_mib": 5.41, "pte_path": "run/executorch_training/finetune_step.pte"}
@@ -228,7 +228,7 @@ def test_the_notes_say_when_the_pgn_ran_in_int8():
 
 
 def test_unknown_kernels_are_refused_in_one_line():
-    from demos.finetune import FinetuneConfig
+    from pgn.demos.finetune import FinetuneConfig
 
     with pytest.raises(pgn.PGNError, match="executorch_kernels must be one of xnnpack, portable"):
         FinetuneConfig(executorch_kernels="gpu")

@@ -6,9 +6,9 @@ import pytest
 import torch
 from proxy_runtimes import TorchProxyRuntime
 
-from demos.losses import PGNLossTerm
-from demos.ondevice_training import FinetuneLossGraph, finetune_on_device, training_available
-from demos.students import Student
+from pgn.demos.losses import PGNLossTerm
+from pgn.demos.ondevice_training import FinetuneLossGraph, finetune_on_device, training_available
+from pgn.demos.students import Student
 
 
 def test_loss_graph_is_the_pgn_student_loss(finetune_batch):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import pgn
-from demos.resources import Warnings, load_pgn, load_teacher, resolve_vgg_weights
+from pgn.demos.resources import Warnings, load_pgn, load_teacher, resolve_vgg_weights
 from pgn.errors import PGNError
 
 
@@ -32,10 +32,10 @@ def test_checkpoint_is_loaded_without_warning(tmp_path):
 
 
 def test_vgg_weights_auto_uses_cached_imagenet_weights_else_random_with_a_warning(tmp_path, monkeypatch):
-    import demos.resources
+    import pgn.demos.resources
 
     cached = tmp_path / "vgg19-dcbb9e9d.pth"
-    monkeypatch.setattr(demos.resources, "imagenet_weights_path", lambda net: cached)
+    monkeypatch.setattr(pgn.demos.resources, "imagenet_weights_path", lambda net: cached)
     w = Warnings()
     assert resolve_vgg_weights("auto", "vgg19", w) == "random"
     assert len(w.items) == 1 and "RANDOM" in w.items[0] and str(cached) in w.items[0]
@@ -49,7 +49,7 @@ def test_vgg_weights_auto_uses_cached_imagenet_weights_else_random_with_a_warnin
 def test_cli_reports_the_checkpoint(tmp_path):
     from click.testing import CliRunner
 
-    from demos.cli import main
+    from pgn.demos.cli import main
 
     path = pgn.save(pgn.build("resnet4"), tmp_path / "r4.pt")
     out = tmp_path / "o"

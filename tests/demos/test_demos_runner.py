@@ -7,13 +7,13 @@ import time
 import pytest
 import torch
 
-from demos.common import CommonConfig, Scores
-from demos.dip import DipConfig, make_init
-from demos.losses import MSELoss
-from demos.measure import MEMORY_CALLS
-from demos.resources import Warnings
-from demos.runner import DemoRun, student_timing_cells, timing_cells
-from demos.students import Student
+from pgn.demos.common import CommonConfig, Scores
+from pgn.demos.dip import DipConfig, make_init
+from pgn.demos.losses import MSELoss
+from pgn.demos.measure import MEMORY_CALLS
+from pgn.demos.resources import Warnings
+from pgn.demos.runner import DemoRun, student_timing_cells, timing_cells
+from pgn.demos.students import Student
 
 LOSS_SLEEP_S, FORWARD_SLEEP_S = 0.02, 0.03
 

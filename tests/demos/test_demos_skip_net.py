@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from demos.generators import SkipNet, SkipNetConfig
+from pgn.demos.generators import SkipNet, SkipNetConfig
 from pgn.errors import PGNError
 
 

@@ -31,7 +31,7 @@ TINY = dict(
 @pytest.fixture
 def tiny_config(tmp_path):
     """A DistillConfig for a few-second run in a fresh run directory."""
-    from distill.config import DistillConfig
+    from pgn.distill.config import DistillConfig
 
     def make(**kw):
         values = dict(TINY, run_dir=str(tmp_path / "run"), batches_per_epoch=2)

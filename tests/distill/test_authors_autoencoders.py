@@ -6,10 +6,10 @@ import pytest
 import torch
 from authors_reference import AuthorsAutoencoder, AuthorsResNet, distinct_state_dict, realistic_weights
 
-from distill import checkpoints as ckpt
-from distill import distributed as dist
-from distill.autoencoders import SurrogateAutoencoder
-from distill.trainer import Distiller
+from pgn.distill import checkpoints as ckpt
+from pgn.distill import distributed as dist
+from pgn.distill.autoencoders import SurrogateAutoencoder
+from pgn.distill.trainer import Distiller
 
 
 @pytest.mark.parametrize("depth, params", [(0, 54_019), (1, 111_491), (2, 408_195)])

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from distill.autoencoders import SurrogateAutoencoder, build_autoencoders, split_sizes
-from distill.running_stats import MovingAverage, PlateauTracker
+from pgn.distill.autoencoders import SurrogateAutoencoder, build_autoencoders, split_sizes
+from pgn.distill.running_stats import MovingAverage, PlateauTracker
 from pgn.errors import PGNError
 
 

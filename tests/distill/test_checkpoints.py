@@ -4,11 +4,11 @@ import pytest
 import torch
 
 import pgn
-from distill import checkpoints as ckpt
-from distill import distributed as dist
-from distill.resume import starting_point
-from distill.runlog import read_metrics
-from distill.trainer import Distiller, train
+from pgn.distill import checkpoints as ckpt
+from pgn.distill import distributed as dist
+from pgn.distill.resume import starting_point
+from pgn.distill.runlog import read_metrics
+from pgn.distill.trainer import Distiller, train
 from pgn.errors import PGNError
 
 

@@ -4,7 +4,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from distill.cli import build_config, command, join_list_arguments
+from pgn.distill.cli import build_config, command, join_list_arguments
 
 TINY = ["--size", "32", "--batch-size", "6", "--vgg-weights", "random", "--num-blocks", "1", "--down-channels", "16,32",
         "--up-channels", "16", "--val-images", "3", "--no-progress", "--device", "cpu"]

@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from distill.data import (
+from pgn.distill.data import (
     HELD_OUT_SAMPLES,
     StepBatchSampler,
     TrainImages,
@@ -81,7 +81,7 @@ def test_unreadable_and_too_small_images_are_skipped_and_counted(tmp_path):
 
 
 def test_loader_counts_skips_over_a_run(tmp_path):
-    from distill.data import DataSplit
+    from pgn.distill.data import DataSplit
 
     items = [write_image(tmp_path / f"g{i}.png", seed=i) for i in range(3)]
     (tmp_path / "bad.png").write_bytes(b"\x89PNG broken")
@@ -92,7 +92,7 @@ def test_loader_counts_skips_over_a_run(tmp_path):
 
 
 def test_all_images_unusable_is_a_clear_error(tmp_path):
-    from distill.data import DataSplit
+    from pgn.distill.data import DataSplit
 
     bad = []
     for i in range(3):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from distill.runlog import read_metrics
+from pgn.distill.runlog import read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY_ARGS = ["--size", "32", "--batch-size", "6", "--vgg-weights", "random", "--num-blocks", "1", "--down-channels", "16,32",
@@ -25,7 +25,7 @@ def _env():
 
 def one_rank_nccl(run_dir: Path, steps: int, *extra: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """``torchrun --nproc_per_node 1 -m distill.cli ... --device cuda`` (NCCL is the default backend on GPUs)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", "-m", "distill.cli",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", "-m", "pgn.distill.cli",
            *TINY_ARGS, "--steps", str(steps), "--run-dir", str(run_dir), *extra]
     return subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout)
 
@@ -51,7 +51,7 @@ def test_one_rank_nccl_distillation_trains_and_resumes(tmp_path):
 
 @pytest.mark.gpu
 def test_single_process_cuda_distillation(tiny_config):
-    from distill.trainer import train
+    from pgn.distill.trainer import train
 
     result = train(tiny_config(device="cuda", steps=2))
     assert result.steps == 2 and result.last_validation["val/cos"] == result.last_validation["val/cos"]

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from distill import distributed as dist
-from distill.runlog import read_metrics
+from pgn.distill import distributed as dist
+from pgn.distill.runlog import read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY_ARGS = ["--size", "32", "--batch-size", "6", "--vgg-weights", "random", "--num-blocks", "1", "--down-channels", "16,32",
@@ -24,7 +24,7 @@ def torchrun(*args, timeout=240):
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(var, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "distill.cli", *args]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "pgn.distill.cli", *args]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 import pgn
-from distill.config import DistillConfig
-from distill.metalosses import MetaLossWeights, TeacherPass, gradient_metrics, meta_loss, teacher_pass
+from pgn.distill.config import DistillConfig
+from pgn.distill.metalosses import MetaLossWeights, TeacherPass, gradient_metrics, meta_loss, teacher_pass
 from pgn.heads import GradientHead, HeadConfig
 
 

@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from distill import checkpoints as ckpt
-from distill.cli import command
+from pgn.distill import checkpoints as ckpt
+from pgn.distill.cli import command
 from test_cli import TINY
 from write_faults import FullDiskFile
 
@@ -105,15 +105,15 @@ def test_disk_full_during_a_run_keeps_the_older_checkpoints(tmp_path, monkeypatc
         return FullDiskFile(f, limit=4096) if full["on"] and "b" in mode and "w" in mode else f
 
     monkeypatch.setattr(os, "fdopen", fdopen)
-    import distill.trainer
+    import pgn.distill.trainer
 
-    real_save = distill.trainer._save
+    real_save = pgn.distill.trainer._save
 
     def save(distiller, step, *args):
         full["on"] = step >= 3  # the disk fills up after the step-2 checkpoint
         return real_save(distiller, step, *args)
 
-    monkeypatch.setattr(distill.trainer, "_save", save)
+    monkeypatch.setattr(pgn.distill.trainer, "_save", save)
     result = invoke(*TINY, "--steps", 4, "--save-every", 1, "--run-dir", run)
     assert result.exit_code == 1 and len(errors(result)) == 1, result.output
     line = errors(result)[0]
@@ -174,7 +174,7 @@ def test_corrupt_held_out_image_is_skipped_and_another_is_held_out(tmp_path):
 
 
 def test_replacement_held_out_image_is_not_trained_on(tmp_path):
-    from distill.data import find_images, validation_images
+    from pgn.distill.data import find_images, validation_images
 
     for i in range(4):
         Image.new("RGB", (64, 48), (50 * i, 90, 200)).save(tmp_path / f"img{i}.png")

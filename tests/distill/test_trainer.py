@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from distill import distributed as dist
-from distill.config import DistillConfig
-from distill.runlog import read_metrics
-from distill.trainer import Distiller, initial_pgn, train
+from pgn.distill import distributed as dist
+from pgn.distill.config import DistillConfig
+from pgn.distill.runlog import read_metrics
+from pgn.distill.trainer import Distiller, initial_pgn, train
 
 
 def run_metrics(result):

@@ -8,9 +8,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import export
+from pgn import export
 import pgn
-from export.cli import main
+from pgn.export.cli import main
 
 from export_helpers import build
 
@@ -91,28 +91,28 @@ def test_missing_checkpoint_and_missing_backbone(tmp_path):
 
 
 def test_output_in_a_read_only_folder_fails_before_exporting(read_only_dir, monkeypatch):
-    import export.api
+    import pgn.export.api
 
-    monkeypatch.setattr(export.api, "export", lambda *a, **k: pytest.fail("exported into a folder it cannot write"))
+    monkeypatch.setattr(pgn.export.api, "export", lambda *a, **k: pytest.fail("exported into a folder it cannot write"))
     res = _run("--backbone", "resnet4", "--size", 32, 32, "--output", read_only_dir / "exports")
     errors = [line for line in res.output.splitlines() if line.startswith("error:")]
     assert res.exit_code == 1 and len(errors) == 1 and errors[0].startswith("error: --output")
 
 
 def test_json_that_becomes_unwritable_after_the_export_is_one_line(tmp_path, monkeypatch):
-    import export.api
+    import pgn.export.api
     from write_faults import make_read_only
 
     reports = tmp_path / "reports"
     reports.mkdir()
-    real_export = export.api.export
+    real_export = pgn.export.api.export
 
     def export_then_lose_the_folder(*args, **kwargs):
         results = real_export(*args, **kwargs)
         make_read_only(reports, monkeypatch)
         return results
 
-    monkeypatch.setattr(export.api, "export", export_then_lose_the_folder)
+    monkeypatch.setattr(pgn.export.api, "export", export_then_lose_the_folder)
     res = _run("--backbone", "resnet4", "--size", 32, 32, "--output", tmp_path / "out", "--json", reports / "r.json")
     errors = [line for line in res.output.splitlines() if line.startswith("error:")]
     assert res.exit_code == 1 and len(errors) == 1, res.output
@@ -123,12 +123,12 @@ def test_json_that_becomes_unwritable_after_the_export_is_one_line(tmp_path, mon
 def test_disk_full_during_export_is_one_line_and_leaves_no_empty_folder(tmp_path, monkeypatch):
     import errno
 
-    import export.api
+    import pgn.export.api
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "new" / "out" / "x.onnx"))
 
-    monkeypatch.setattr(export.api, "_export_one", full)
+    monkeypatch.setattr(pgn.export.api, "_export_one", full)
     res = _run("--backbone", "resnet4", "--size", 32, 32, "--output", tmp_path / "new" / "out")
     errors = [line for line in res.output.splitlines() if line.startswith("error:")]
     assert res.exit_code == 1 and len(errors) == 1 and "disk full" in errors[0]

@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-import export
-from export.coreml import import_coremltools
+from pgn import export
+from pgn.export.coreml import import_coremltools
 
 from export_helpers import PRESETS, build
 

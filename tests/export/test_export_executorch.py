@@ -14,11 +14,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import export
+from pgn import export
 import pgn
-from export.cli import main
-from export.executorch import INT8_MIN_GRAD_COSINE, THREAD_POOL, import_executorch
-from export.verify import CALIBRATION_PHOTOS, PARITY_PHOTOS, calibration_pairs, real_images
+from pgn.export.cli import main
+from pgn.export.executorch import INT8_MIN_GRAD_COSINE, THREAD_POOL, import_executorch
+from pgn.export.verify import CALIBRATION_PHOTOS, PARITY_PHOTOS, calibration_pairs, real_images
 from pgn.errors import PGNError
 
 from export_helpers import build

@@ -5,14 +5,14 @@ from pathlib import Path
 
 import pytest
 
-import export
+from pgn import export
 import pgn
-from export.formats import target_of
+from pgn.export.formats import target_of
 
 pytest.importorskip("executorch", reason="ExecuTorch is not installed")
 pytest.importorskip("coremltools", reason="coremltools is not installed")
 
-from export.executorch_coreml import TARGET, ExecuTorchCoreMLTarget, method_io  # noqa: E402
+from pgn.export.executorch_coreml import TARGET, ExecuTorchCoreMLTarget, method_io  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def test_loading_without_the_coreml_backend_is_one_line(programs):
 
 
 def test_a_program_of_another_shape_fails_the_structural_checks(models, programs):
-    from export.options import ExportOptions
+    from pgn.export.options import ExportOptions
 
     with pytest.raises(pgn.PGNError, match=r"inputs are .*expected two float32 \[1, 3, 32, 32\]"):
         ExecuTorchCoreMLTarget().structural_checks(programs["resnet4-fp32"].artifact, ExportOptions(size=(32, 32)), models["resnet4"])

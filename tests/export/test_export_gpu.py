@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-import export
-from benchmarks.probe import probe
-from benchmarks.runtimes import RUNTIMES, runtime_unavailable
+from pgn import export
+from pgn.benchmarks.probe import probe
+from pgn.benchmarks.runtimes import RUNTIMES, runtime_unavailable
 
 from export_helpers import build
 
@@ -29,7 +29,7 @@ def test_onnxruntime_cuda_parity_without_tf32(tmp_path):
     rt = export.load_runtime(artifact, device="cuda")
     assert rt.info["providers"][0] == "CUDAExecutionProvider"
     assert rt.info["provider_options"]["CUDAExecutionProvider"]["use_tf32"] == "0"
-    from export.verify import Tolerance, parity_inputs, verify_runtime
+    from pgn.export.verify import Tolerance, parity_inputs, verify_runtime
 
     parity = verify_runtime(rt, build("resnet4"), parity_inputs((64, 64), 1), Tolerance.for_precision("fp32"), fixed_batch=1)
     assert parity["passed"], parity["failures"]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import pgn
-from export.graph import ExportGraph, GradientRecipe, fold_batchnorm
+from pgn.export.graph import ExportGraph, GradientRecipe, fold_batchnorm
 
 from export_helpers import build
 

@@ -6,10 +6,10 @@ import json
 import pytest
 import torch
 
-from export.graph import ExportGraph, describe_graph
-from export.graph_options import GraphOptions
-from export.resnet_graph import ExportResNet
-from export.unet_graph import ExportUNet, band_bounds
+from pgn.export.graph import ExportGraph, describe_graph
+from pgn.export.graph_options import GraphOptions
+from pgn.export.resnet_graph import ExportResNet
+from pgn.export.unet_graph import ExportUNet, band_bounds
 from pgn.errors import PGNError
 
 from export_helpers import build
@@ -111,7 +111,7 @@ def test_parse_keeps_unnamed_fields_and_plain_turns_everything_off():
 
 
 def test_onnx_export_with_options_passes_parity_and_records_them(unet, tmp_path):
-    from export import export
+    from pgn.export import export
 
     result = export(unet, "onnx", output_dir=tmp_path, size=(64, 96), graph_options="band_rows=16,decoder_conv=split")[0]
     assert result.status == "verified", result.reason
@@ -124,8 +124,8 @@ def test_onnx_export_with_options_passes_parity_and_records_them(unet, tmp_path)
 
 
 def _executorch_missing() -> str | None:
-    from export import RuntimeUnavailable
-    from export.executorch import import_executorch
+    from pgn.export import RuntimeUnavailable
+    from pgn.export.executorch import import_executorch
 
     try:
         import_executorch()
@@ -139,7 +139,7 @@ needs_executorch = pytest.mark.skipif(_executorch_missing() is not None, reason=
 
 @needs_executorch
 def test_executorch_banded_unet_stays_in_the_delegate_and_passes_parity(unet, tmp_path):
-    from export import export
+    from pgn.export import export
 
     result = export(unet, "executorch", output_dir=tmp_path, size=(64, 96), graph_options="band_rows=16,decoder_conv=split")[0]
     assert result.status == "verified", result.reason
@@ -151,7 +151,7 @@ def test_executorch_banded_unet_stays_in_the_delegate_and_passes_parity(unet, tm
 @needs_executorch
 def test_executorch_int8_banded_unet_loads_and_meets_the_cosine(unet, tmp_path):
     """Bands once shared one quantized weight between several convolutions, which XNNPACK refuses at load time."""
-    from export import export
+    from pgn.export import export
 
     result = export(unet, "executorch", output_dir=tmp_path, size=(64, 64), precision="int8", graph_options="band_rows=32")[0]
     assert result.status == "verified", result.reason
@@ -161,7 +161,7 @@ def test_executorch_int8_banded_unet_loads_and_meets_the_cosine(unet, tmp_path):
 @pytest.mark.parametrize("kwargs, message", [({"int8_ops": "dense"}, "precision='int8'"),
                                              ({"int8_ops": "depthwise", "precision": "int8"}, "conv, dense, pointwise, all")])
 def test_int8_ops_is_checked_before_export(unet, tmp_path, kwargs, message):
-    from export import export
+    from pgn.export import export
 
     with pytest.raises(PGNError, match=message):
         export(unet, "executorch", output_dir=tmp_path, size=(64, 64), **kwargs)
@@ -169,8 +169,8 @@ def test_int8_ops_is_checked_before_export(unet, tmp_path, kwargs, message):
 
 
 def test_each_target_fills_in_its_measured_defaults(tmp_path):
-    from export.formats import FORMATS, options_for
-    from export.options import ExportOptions
+    from pgn.export.formats import FORMATS, options_for
+    from pgn.export.options import ExportOptions
 
     def resolved(target, text=None):
         return options_for(FORMATS[target], ExportOptions(size=(64, 64), graph_options=text), tmp_path).graph_options

@@ -7,9 +7,9 @@ import onnx
 import pytest
 import torch
 
-import export
+from pgn import export
 import pgn
-from export.manifest import manifest_path, sha256_of
+from pgn.export.manifest import manifest_path, sha256_of
 
 from export_helpers import PRESETS, build
 
@@ -231,7 +231,7 @@ def test_legacy_exporter(tmp_path):
 
 
 def test_parity_failure_fails_the_export_and_leaves_nothing(tmp_path, monkeypatch):
-    from export import verify
+    from pgn.export import verify
 
     strict = verify.Tolerance("fp32", max_rel_grad=0.0, max_rel_proxy=0.0, min_grad_cosine=None)
     monkeypatch.setattr(verify.Tolerance, "for_precision", classmethod(lambda cls, p: strict))

@@ -2,9 +2,9 @@
 
 import pytest
 
-import export
-from export.formats import FORMATS, check_options, options_for, resolve_targets
-from export.options import ExportOptions, parse_size
+from pgn import export
+from pgn.export.formats import FORMATS, check_options, options_for, resolve_targets
+from pgn.export.options import ExportOptions, parse_size
 from pgn.errors import PGNError
 
 

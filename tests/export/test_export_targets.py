@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 import torch
 
-import export
-from export.formats import FORMATS, check_options, options_for, precisions, resolve_targets, target_of
-from export.graph import ExportGraph
-from export.options import ExportOptions
-from export.runtimes import Runtime
-from export.target import ExportTarget
-from export.verify import Tolerance
+from pgn import export
+from pgn.export.formats import FORMATS, check_options, options_for, precisions, resolve_targets, target_of
+from pgn.export.graph import ExportGraph
+from pgn.export.options import ExportOptions
+from pgn.export.runtimes import Runtime
+from pgn.export.target import ExportTarget
+from pgn.export.verify import Tolerance
 from pgn.errors import PGNError
 
 from export_helpers import build

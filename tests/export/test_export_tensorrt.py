@@ -11,10 +11,10 @@ import onnx
 import pytest
 import torch
 
-import export
+from pgn import export
 import pgn
-from export import tensorrt as trt_export
-from export.options import ExportOptions
+from pgn.export import tensorrt as trt_export
+from pgn.export.options import ExportOptions
 
 from export_helpers import build
 
@@ -262,7 +262,7 @@ class _FakeStream:
 
 def test_engine_runs_on_its_own_stream_ordered_with_the_callers(monkeypatch):
     """execute_async_v3 must not get the legacy default stream (handle 0), and must be ordered both ways."""
-    from export.tensorrt import TensorRTRuntime
+    from pgn.export.tensorrt import TensorRTRuntime
 
     log = []
     current = _FakeStream(0, log)  # PyTorch's current stream is the legacy default one unless the caller set another

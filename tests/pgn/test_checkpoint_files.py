@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-import export
+from pgn import export
 import pgn
 from pgn import files
 
