@@ -84,10 +84,8 @@ def open_onnx_runtime(model: pgn.PGN, size: tuple[int, int], batch: int, output_
 
     Never raises for a missing or failing exporter: the returned status says what went wrong.
     """
-    try:
-        from pgn.export import RuntimeUnavailable, export, load_runtime
-    except ImportError as e:
-        return RuntimeStatus(None, f"export package not available ({e})")
+    from pgn.export import RuntimeUnavailable, export, load_runtime
+
     try:
         results = export(model, "onnx", output_dir=output_dir, size=size, batch=batch, dynamic=False, precision="fp32")
     except PGNError as e:

@@ -130,18 +130,18 @@ def test_on_device_loss_with_the_export_package(tmp_path, tiny_generator):
     assert ondevice.max_recipe_deviation < 1e-4
 
 
-def test_missing_export_package_is_reported(monkeypatch, tmp_path):
+def test_missing_onnx_extra_is_reported(monkeypatch, tmp_path):
     import builtins
 
     from pgn.demos.ondevice import open_onnx_runtime
 
     real_import = builtins.__import__
 
-    def fake_import(name, *args, **kwargs):
-        if name == "export":
-            raise ImportError("No module named 'export'")
-        return real_import(name, *args, **kwargs)
+    def fake_import(name, globals=None, locals=None, fromlist=(), level=0):
+        if level == 0 and (name == "onnx" or name.startswith("onnx.")):
+            raise ImportError("No module named 'onnx'")
+        return real_import(name, globals, locals, fromlist, level)
 
     monkeypatch.setattr(builtins, "__import__", fake_import)
     status = open_onnx_runtime(pgn.build("resnet4"), (32, 32), 1, tmp_path)
-    assert not status.ok and status.status.startswith("export package not available")
+    assert not status.ok and 'pip install "pgn-toolkit[onnx]"' in status.status
