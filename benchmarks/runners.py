@@ -231,7 +231,7 @@ def disable_memory_pattern(rt) -> None:
 
     With the memory pattern on (ONNX Runtime's default) the CPU provider preallocates one block for the
     planned tensors and the peak working memory doubles: at 224² ResNet-4 104 → 57 MB, UNet 290 → 147 MB, for
-    at most a few percent of time (measured in ``benchmarks/RESULTS.md``). ``export.load_runtime`` has no
+    at most a few percent of time (measured in ``results/RESULTS.md``). ``export.load_runtime`` has no
     option for it yet, so the benchmark copies the session's own options, turns the pattern off, and records
     it in ``info``.
     """
