@@ -70,6 +70,9 @@ PRECISIONS = ("fp32", "int8")
 KERNELS = ("xnnpack", "portable")
 #: One ExecuTorch step against one eager PyTorch step: largest ``max|Δ|/max|p|`` over the trainable parameters.
 MAX_PARAMETER_ERROR = 1e-5
+#: A VGG step's update against autograd through :class:`pgn.PerceptualLoss`: the least cosine (its gradient is
+#: piecewise, so float rounding flips a few units; a wrong backward gives cosines far below).
+MIN_AUTOGRAD_UPDATE_COSINE = 0.999
 #: What to change where the step does not export.
 GENERATOR_FIX = "change the generator"
 
@@ -553,6 +556,13 @@ def compare_parameters(ours: dict[str, torch.Tensor], reference: dict[str, torch
             "passed": errors[worst] <= MAX_PARAMETER_ERROR, "parameters_compared": len(errors)}
 
 
+def update_cosine(ours: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], start: dict[str, torch.Tensor]) -> float:
+    """Cosine between the two updates ``ours − start`` and ``reference − start``, all parameters as one vector."""
+    a = torch.cat([(ours[k] - start[k]).flatten() for k in sorted(start)]).double()
+    b = torch.cat([(reference[k] - start[k]).flatten() for k in sorted(start)]).double()
+    return float(torch.nn.functional.cosine_similarity(a, b, dim=0))
+
+
 def _eager_program_reference(step_generator: nn.Module, term: nn.Module, inputs, target, optimizer: SGDRecipe):
     """One eager step of the generator with the program's own loss module (an int8 PGN's simulated quantization)."""
     step = FittingStep(copy.deepcopy(step_generator), copy.deepcopy(term))
@@ -656,14 +666,29 @@ def export_training_step(
         runner.step(inputs)
         ours = runner.parameters()
         if fitting_loss.kind == "pgn" and fitting_loss.precision == "int8":
-            reference = _eager_program_reference(captured, term, example_inputs, target, optimizer)
+            reference = _eager_program_reference(reference_generator, term, example_inputs, target, optimizer)
             against = "eager PyTorch step of the same generator and int8 PGN graph (quantization simulated in fp32), torch.optim.SGD"
+        elif fitting_loss.kind in ("vgg19", "vgg11"):
+            # The VGG loss's gradient is piecewise (each |a − t| and ReLU): two fp32 computations that add in another
+            # order put a few units on the other side of 0. So the step is compared with the same definition in eager
+            # PyTorch (its hand-written gradient), and that definition with autograd through pgn.PerceptualLoss
+            # (update cosine, which catches a wrong backward: shared weights or tied maxima give errors of order 1).
+            reference = _eager_program_reference(reference_generator, term, example_inputs, target, optimizer)
+            against = ("eager PyTorch step with the same hand-written VGG gradient, torch.optim.SGD; "
+                       "and autograd through pgn.PerceptualLoss (update cosine)")
+            autograd = eager_step(reference_generator, example_inputs, target, fitting_loss, optimizer)
         else:
             reference = eager_step(reference_generator, example_inputs, target, fitting_loss, optimizer)
             against = {"mse": "eager PyTorch autograd step, normalized-space MSE",
-                       "pgn": "eager PyTorch step with pgn.PGNLoss (the PGN's own gradient)",
-                       }.get(fitting_loss.kind, "eager PyTorch autograd through pgn.PerceptualLoss") + ", torch.optim.SGD"
+                       "pgn": "eager PyTorch step with pgn.PGNLoss (the PGN's own gradient)"}[fitting_loss.kind] + ", torch.optim.SGD"
         verification = {"executed": True, "against": against, "steps": 1, **compare_parameters(ours, reference)}
+        if fitting_loss.kind in ("vgg19", "vgg11"):
+            start = {name: p.detach() for name, p in reference_generator.named_parameters() if p.requires_grad}
+            cosine = update_cosine(ours, autograd, start)
+            verification.update(autograd_update_cosine=cosine, min_autograd_update_cosine=MIN_AUTOGRAD_UPDATE_COSINE)
+            if cosine < MIN_AUTOGRAD_UPDATE_COSINE:
+                raise PGNError(f"the ExecuTorch VGG step's update has cosine {cosine:.6f} with autograd through pgn.PerceptualLoss "
+                               f"(needs ≥ {MIN_AUTOGRAD_UPDATE_COSINE}): its hand-written gradient is wrong; nothing written")
         if not verification["passed"]:
             raise PGNError(f"one ExecuTorch step differs from one eager PyTorch step: parameter "
                            f"{verification['worst_parameter']} by {verification['max_relative_parameter_error']:.2e} "
