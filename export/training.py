@@ -683,8 +683,8 @@ def export_training_step(
                        "pgn": "eager PyTorch step with pgn.PGNLoss (the PGN's own gradient)"}[fitting_loss.kind] + ", torch.optim.SGD"
         verification = {"executed": True, "against": against, "steps": 1, **compare_parameters(ours, reference)}
         if fitting_loss.kind in ("vgg19", "vgg11"):
-            start = {name: p.detach() for name, p in reference_generator.named_parameters() if p.requires_grad}
-            cosine = update_cosine(ours, autograd, start)
+            before = {name: p.detach() for name, p in reference_generator.named_parameters() if p.requires_grad}
+            cosine = update_cosine(ours, autograd, before)
             verification.update(autograd_update_cosine=cosine, min_autograd_update_cosine=MIN_AUTOGRAD_UPDATE_COSINE)
             if cosine < MIN_AUTOGRAD_UPDATE_COSINE:
                 raise PGNError(f"the ExecuTorch VGG step's update has cosine {cosine:.6f} with autograd through pgn.PerceptualLoss "
