@@ -241,13 +241,20 @@ def run_fitting(grid: FittingGrid, progress=print) -> list[FittingRow]:
 def markdown(rows: list[FittingRow], command: str, cpu: str) -> str:
     """The rows as a Markdown table, with the command and the CPU."""
     lines = [f"`{command}` on {cpu}", "",
-             "| generator | size | batch | loss | runtime | step ms | peak MiB | loss adds ms | loss adds MiB | status |",
-             "| --- | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | --- |"]
+             "| generator | size | batch | loss | runtime | step ms | step CPU ms | peak MiB | loss adds ms | loss adds MiB | status |",
+             "| --- | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
     fmt = lambda v: "—" if v is None else f"{v:.0f}"  # noqa: E731
     for r in rows:
-        lines.append(f"| {r.generator} | {r.size}² | {r.batch} | {r.loss} | {r.runtime} | {fmt(r.median_ms)} | {fmt(r.peak_mb)} | "
+        cpu_ms = statistics.median(r.details["cpu_ms"]) if r.details.get("cpu_ms") else None
+        lines.append(f"| {r.generator} | {r.size}² | {r.batch} | {r.loss} | {r.runtime} | {fmt(r.median_ms)} | {fmt(cpu_ms)} | {fmt(r.peak_mb)} | "
                      f"{fmt(r.loss_ms)} | {fmt(r.loss_mb)} | {r.status} |")
     return "\n".join(lines) + "\n"
+
+
+def rows_from_json(path: Path) -> tuple[list[FittingRow], dict]:
+    """The rows and the header (command, cpu) of a ``--json`` file written by :func:`main_fitting`."""
+    data = json.loads(Path(path).read_text())
+    return [FittingRow(**r) for r in data["rows"]], {"command": data["command"], "cpu": data["cpu"]}
 
 
 def plot(rows: list[FittingRow], path: Path) -> Path:
