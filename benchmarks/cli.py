@@ -64,8 +64,15 @@ def _sizes(value: str | None) -> tuple[int, ...] | None:
 @click.option("--from-json", "from_json", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="FILE",
               help="Measure nothing: re-render a saved run's table, Markdown and plots (ratios recomputed from its raw samples).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--fitting", type=click.Choice(["default", "full"]), default=None,
+              help="Measure the whole fitting step of a generator instead (benchmarks/fitting.py): eager PyTorch and "
+                   "ExecuTorch, losses mse/vgg19/vgg11/pgn/pgn-int8. 'default': talking-head at 64² and 128², batch 1 and 8 "
+                   "(fits a 2-core CPU); 'full': both generators at 64², 128², 256². --sweep-size, --batch, --repeats, "
+                   "--threads and --timeout narrow it.")
+@click.option("--fitting-losses", metavar="LIST", help="With --fitting: the losses (default all).")
+@click.option("--fitting-generators", metavar="LIST", help="With --fitting: talking-head,skip-net.")
 def main(device, runtimes, models, batch, size, sweep_size, repeats, warmup, threads, weights, seed, check_values, export_jobs,
-         graph_options, timeout, json_path, plot_path, markdown_path, from_json, quiet):
+         graph_options, timeout, json_path, plot_path, markdown_path, from_json, quiet, fitting, fitting_losses, fitting_generators):
     """Time and peak memory of one gradient: PGN forward vs VGG-19/VGG-11 forward + backward.
 
     Each measurement runs in its own process. VGG: forward on ŷ (and on y, or with cached target features
@@ -77,10 +84,16 @@ def main(device, runtimes, models, batch, size, sweep_size, repeats, warmup, thr
       pgn-bench
       pgn-bench --models vgg19,resnet4,unet --runtimes torch,onnxruntime --repeats 20 --json bench.json --plot bench.png
       pgn-bench --device cuda --batch 8
+      pgn-bench --fitting default --json fit.json --plot fit.png --markdown fit.md
       pgn-bench --device cuda --runtimes torch --check-values always   # the cost of checking inputs on the GPU
       pgn-bench --sweep-size 128,224,256,512 --models vgg19,resnet4,unet --runtimes torch --plot sweep.png
       pgn-bench --from-json bench.json --markdown bench.md --plot bench.png
     """
+    if fitting is not None:
+        run_cli(lambda: _fitting(fitting, sweep_size, batch, repeats, threads, timeout, fitting_losses, fitting_generators,
+                                 json_path, markdown_path, plot_path),
+                files={"--json": json_path, "--plot": plot_path, "--markdown": markdown_path})
+        return
     if size is not None and sweep_size is not None:
         raise click.UsageError("give either --size or --sweep-size, not both")
     sizes = _sizes(sweep_size) or ((size,) if size is not None else None)
@@ -184,3 +197,30 @@ def _keep_results(result, error: OSError, saved: Path | None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _fitting(mode, sweep_size, batch, repeats, threads, timeout, losses, generators, json_path, markdown_path, plot_path) -> None:
+    """``--fitting``: the fitting-step grid (:mod:`benchmarks.fitting`), narrowed by the options given."""
+    import sys
+    from dataclasses import replace
+
+    from pgn.errors import PGNError
+
+    from .fitting import GENERATORS, LOSSES, FittingGrid, main_fitting
+
+    grid = FittingGrid.full() if mode == "full" else FittingGrid()
+    changes = {"repeats": repeats, "timeout": timeout}
+    if sweep_size:
+        changes["sizes"] = _sizes(sweep_size)
+    if batch != 1:
+        changes["batches"] = (batch,)
+    if threads:
+        changes["threads"] = threads
+    for key, value, known in (("losses", losses, LOSSES), ("generators", generators, GENERATORS)):
+        if value:
+            chosen = _csv(value)
+            unknown = [v for v in chosen if v not in known]
+            if unknown:
+                raise PGNError(f"unknown {key} {', '.join(unknown)}: choose from {', '.join(known)}")
+            changes[key] = chosen if key != "losses" or "mse" in chosen else ("mse", *chosen)
+    main_fitting(replace(grid, **changes), json_path, markdown_path, plot_path, "pgn-bench " + " ".join(sys.argv[1:]))

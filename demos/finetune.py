@@ -10,7 +10,7 @@ evaluated on the train frames and on 8 "holdout" frames in unseen poses. Losses:
 * ``pgn-onnx``: the on-device path: the PGN exported to ONNX and run in ONNX Runtime, the generator trained by
   a weighted MSE towards the runtime's proxy (:mod:`demos.ondevice`): no VGG and no autograd through the PGN;
 * ``pgn-ort-train`` and ``pgn-executorch-train``: the whole step on an on-device trainer, ONNX Runtime training
-  (:mod:`demos.ondevice_training`) or ExecuTorch's training runtime (:mod:`demos.ondevice_executorch`).
+  (:mod:`demos.ondevice_training`) or ExecuTorch's training runtime (``export.export_training_step``).
 
 Reported per loss: time per step and peak memory of the whole training step, and for the eager rows also of the
 loss part alone (the on-device trainers run loss and backward as one call), train/holdout MSE (×10³, [0, 1] space),
@@ -41,9 +41,10 @@ from .generators.talking_head import META_TRAINING, Embedder, PoseGenerator, Tal
 from .losses import DEFAULT_LOSSES, LOSS_KEYS, MSELoss, PerceptualLossTerm
 from .measure import LossMeter
 from .ondevice import OnDevicePGNLoss, RuntimeStatus, check_recipe_applies, open_onnx_runtime
-from .ondevice_executorch import KERNELS as EXECUTORCH_KERNELS
-from .ondevice_executorch import PRECISIONS as EXECUTORCH_PRECISIONS
-from .ondevice_executorch import executorch_training_available, finetune_on_executorch
+from .ondevice import finetune_in_training_program
+from pgn.export.training import KERNELS as EXECUTORCH_KERNELS  # noqa: I001 - the lead rewrites this to a relative import
+from pgn.export.training import PRECISIONS as EXECUTORCH_PRECISIONS
+from pgn.export.training import executorch_training_available
 from .ondevice_training import finetune_on_device, training_available
 from .report import Column, DemoReport, Table
 from .runner import (GRAD_COS_COLUMN, LOSS_COLUMN, TIMING_COLUMNS, TIMING_NOTE, DemoRun, score_columns, student_timing_cells,
@@ -317,13 +318,11 @@ def _device_trainers(run: DemoRun, frames: Frames, status: RuntimeStatus | None,
         return tuned, {"timing_covers": "whole step (generator + PGN + Adam)"}
 
     def executorch(meter, tick):
-        tuned, trainer = finetune_on_executorch(init, run.pgn.model, frames.poses_train, frames.train, weight,
-                                                config.executorch_lr, config.steps, meter, tick, kernels=config.executorch_kernels,
-                                                precision=config.executorch_precision)
         path = config.output_dir / "executorch_training" / "finetune_step.pte"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(trainer.pte)
-        return tuned, {"timing_covers": "whole step (generator + PGN + loss + backward + SGD)", "pte_mib": len(trainer.pte) / 2**20,
+        tuned = finetune_in_training_program(init, run.pgn.model, frames.poses_train, frames.train, weight, config.executorch_lr,
+                                             config.steps, path, meter, tick, kernels=config.executorch_kernels,
+                                             precision=config.executorch_precision)
+        return tuned, {"timing_covers": "whole step (generator + PGN + loss + backward + SGD)", "pte_mib": path.stat().st_size / 2**20,
                        "pte_path": str(path), "sgd_lr": config.executorch_lr, "executorch_kernels": config.executorch_kernels,
                        "pgn_precision": config.executorch_precision}
 

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 import torch
 
 import pgn
-from pgn.value_spaces import normalize
+from pgn.surrogate import normalized_mse as surrogate_normalized_mse
 
 #: Keys of the losses a demo can compare, in table order (``pgn-ort-train`` and ``pgn-executorch-train``: the whole
 #: fine-tuning step on ONNX Runtime training, :mod:`demos.ondevice_training`, or in ExecuTorch's training runtime,
-#: :mod:`demos.ondevice_executorch`).
+#: ``export.export_training_step``).
 LOSS_KEYS = ("mse", "vgg19", "vgg11", "pgn", "pgn-onnx", "pgn-ort-train", "pgn-executorch-train")
 #: The losses ``pgn-demo finetune`` compares by default: all but ``pgn-executorch-train``, whose step runs on
 #: ExecuTorch's portable kernels (naive convolutions and convolution backward), far slower than the other rows.
@@ -28,8 +28,8 @@ DEFAULT_LOSSES = tuple(key for key in LOSS_KEYS if key != "pgn-executorch-train"
 
 
 def normalized_mse(y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per-sample MSE in ImageNet-normalized space, differentiable w.r.t. ``y_hat``; shape (N,)."""
-    return (normalize(y_hat) - normalize(y.detach())).pow(2).flatten(1).mean(dim=1)
+    """Per-sample MSE in ImageNet-normalized space, differentiable w.r.t. ``y_hat``; shape (N,) (:func:`pgn.surrogate.normalized_mse`)."""
+    return surrogate_normalized_mse(y_hat, y)
 
 
 class Loss:

@@ -9,8 +9,12 @@ in ImageNet-normalized space ``g_n = α·2/(C·H·W)·(ŷ_n − P_n)``. Taken wi
 so a per-channel weighted MSE towards ``P`` with weights ``α/σ_c²`` (equivalently: α·MSE between the
 normalized images) has exactly the PGN gradient. A device that can run the exported PGN forward (ONNX Runtime,
 Core ML, TensorRT) and train with a weighted MSE therefore fine-tunes with the PGN: no VGG on the device and
-no autograd through the PGN. :func:`proxy_mse` is that loss; ``tests/demos/test_demos_equivalences.py`` proves that
-its generator-parameter gradients equal those of :class:`pgn.PGNLoss`.
+no autograd through the PGN. :func:`pgn.surrogate_loss` is that loss (defined once, in ``pgn``);
+``tests/demos/test_demos_equivalences.py`` proves that its generator-parameter gradients equal those of
+:class:`pgn.PGNLoss`.
+
+:func:`finetune_in_training_program` runs the whole step on the device instead: the ``export`` package's fitting
+step (``export.export_training_step``, ExecuTorch's training runtime), which the demo only calls.
 
 The exported graph comes from the ``export`` package (``pgn-export``); when it is not installed or the export
 fails, the demos report why in the row and go on with the other losses.
@@ -18,43 +22,20 @@ fails, the demos report why in the row and go on with the other losses.
 
 from __future__ import annotations
 
+import copy
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
 
 import pgn
-from pgn.constants import IMAGENET_STD
 from pgn.errors import PGNError, first_line
+from pgn.surrogate import check_surrogate_applies, surrogate_gradient, surrogate_loss
 
 from .losses import Loss
-
-
-def proxy_weights(alpha: float, like: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-channel weights ``α/σ_c²`` of the [0, 1]-space MSE towards the proxy, shape (1, 3, 1, 1)."""
-    dtype = torch.float32 if like is None else like.dtype
-    std = torch.tensor(IMAGENET_STD, dtype=dtype, device=None if like is None else like.device).view(1, 3, 1, 1)
-    return alpha / std**2
-
-
-def proxy_mse(y_hat: torch.Tensor, proxy: torch.Tensor, alpha: float) -> torch.Tensor:
-    """The on-device loss: ``α·mean_{c,h,w}(ŷ − P)²/σ_c²`` per sample, in RGB [0, 1] space; shape (N,).
-
-    Args:
-        y_hat: (N, 3, H, W) generated images in [0, 1] (differentiable).
-        proxy: (N, 3, H, W) proxy targets ``P`` in [0, 1] space from the PGN (treated as constants).
-        alpha: the PGN's α (``model.alpha``, 40 for the released ResNets).
-    """
-    d = y_hat - proxy.detach()
-    return (proxy_weights(alpha, d) * d.pow(2)).flatten(1).mean(dim=1)
-
-
-def proxy_mse_gradient(y_hat: torch.Tensor, proxy: torch.Tensor, alpha: float) -> torch.Tensor:
-    """Closed-form gradient of :func:`proxy_mse` w.r.t. ``y_hat``: ``2α/(CHW)·(ŷ − P)/σ_c²``."""
-    c, h, w = y_hat.shape[1:]
-    return proxy_weights(alpha, y_hat) * (2.0 / float(c * h * w)) * (y_hat - proxy)
 
 
 class ProxyRuntime(Protocol):
@@ -101,7 +82,7 @@ def open_onnx_runtime(model: pgn.PGN, size: tuple[int, int], batch: int, output_
 
 
 class OnDevicePGNLoss(Loss):
-    """The PGN as an exported graph in a runtime, trained through :func:`proxy_mse` (no autograd through the PGN).
+    """The PGN as an exported graph in a runtime, trained through :func:`pgn.surrogate_loss` (no autograd through the PGN).
 
     Args:
         runtime: a :class:`ProxyRuntime` (fixed batch and size, as exported).
@@ -110,7 +91,7 @@ class OnDevicePGNLoss(Loss):
         label: row name.
 
     Attributes:
-        max_recipe_deviation: the largest ``|∇proxy_mse − g_runtime|`` seen, relative to ``max|g_runtime|``;
+        max_recipe_deviation: the largest ``|∇surrogate_loss − g_runtime|`` seen, relative to ``max|g_runtime|``;
             a float-precision number proves that the MSE-towards-P recipe is the runtime's own gradient.
     """
 
@@ -130,14 +111,14 @@ class OnDevicePGNLoss(Loss):
         out = self.runtime.run(np.ascontiguousarray(a), np.ascontiguousarray(b))
         proxy = torch.from_numpy(np.asarray(out["proxy"], dtype=np.float32)).to(y_hat.device, y_hat.dtype)
         grad = torch.from_numpy(np.asarray(out["grad"], dtype=np.float32)).to(y_hat.device, y_hat.dtype)
-        recipe = proxy_mse_gradient(y_hat.detach(), proxy, self.alpha)
+        recipe = surrogate_gradient(y_hat.detach(), proxy, self.alpha)
         scale = float(grad.abs().max()) or 1.0
         self.max_recipe_deviation = max(self.max_recipe_deviation, float((recipe - grad).abs().max()) / scale)
         return proxy, grad
 
     def own(self, y_hat, y):  # noqa: D102
         proxy, _ = self.run(y_hat, y)
-        return proxy_mse(y_hat, proxy, self.alpha)
+        return surrogate_loss(y_hat, proxy, self.alpha)
 
     def own_gradient(self, y_hat, y):  # noqa: D102
         return self.run(y_hat, y)[1]
@@ -145,9 +126,42 @@ class OnDevicePGNLoss(Loss):
 
 def check_recipe_applies(model: pgn.PGN) -> None:
     """Raise a :class:`PGNError` if the PGN's gradient is not an MSE gradient towards its proxy."""
-    head = model.config.head
-    if head.grad_type != "mse" and head.kind not in ("direct", "hybrid"):
-        raise PGNError(
-            f"the on-device MSE recipe needs a PGN whose gradient is an MSE gradient; this one uses "
-            f"grad_type={head.grad_type!r}"
-        )
+    check_surrogate_applies(model)
+
+
+def finetune_in_training_program(
+    init: torch.nn.Module,
+    model: pgn.PGN,
+    poses: torch.Tensor,
+    target: torch.Tensor,
+    mse_weight: float,
+    lr: float,
+    steps: int,
+    path: Path,
+    meter=None,
+    progress: Callable[[float], None] | None = None,
+    kernels: str = "xnnpack",
+    precision: str = "fp32",
+) -> torch.nn.Module:
+    """Fine-tune a copy of ``init`` with every step in ExecuTorch's training runtime, through the export package.
+
+    ``export.export_training_step`` writes the step program (generator, frozen PGN in ``precision``, surrogate +
+    λ·MSE, backward) at ``path``, verified against one eager step; ``export.load_training`` runs ``steps`` steps of
+    it with SGD at ``lr``. ``meter`` (a :class:`~demos.measure.LossMeter`) times each step and counts the memory of
+    loading the program (ExecuTorch allocates its planned memory then). Returns the fitted copy of ``init``.
+    """
+    from pgn.export import FittingLoss, SGDRecipe, export_training_step, load_training
+
+    poses, target = poses.float().contiguous(), target.float().contiguous()
+    export_training_step(init, (poses,), FittingLoss.pgn(model, mse_weight, precision), output=path, target=target,
+                         optimizer=SGDRecipe(lr=lr), kernels=kernels)
+    with meter.measure(timed=False) if meter is not None else nullcontext():
+        program = load_training(path)
+    for _ in range(steps):
+        with meter.measure() if meter is not None else nullcontext():
+            loss = program.step(poses, target)
+        if progress is not None:
+            progress(loss)
+    tuned = copy.deepcopy(init)
+    tuned.load_state_dict(program.state_dict(), strict=False)
+    return tuned.eval()

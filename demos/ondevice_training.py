@@ -7,7 +7,7 @@ Runtime's training API runs every step. One step on the device is:
 
 1. ``ŷ = G(poses)`` — the eval graph (it also outputs the image);
 2. ``P = PGN(ŷ, y)`` — the exported PGN in an inference session (no VGG);
-3. ``loss = Σ_n α·mean((ŷ−P)²/σ_c²) + λ·mean(((ŷ−y)/σ_c)²)``, its gradient and an AdamW step (weight decay 0,
+3. ``loss = Σ_n pgn.surrogate_loss(ŷ, P, α, y, λ)`` (``α·MSE(ŷ, sg[P]) + λ·MSE(ŷ, y)``), its gradient and an AdamW step (weight decay 0,
    i.e. Adam) — the training and optimizer graphs.
 
 ``onnxruntime-training`` replaces the ``onnxruntime`` package (both install the ``onnxruntime`` module), so it is
@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from pgn.constants import IMAGENET_MEAN, IMAGENET_STD
 from pgn.errors import PGNError
+from pgn.surrogate import surrogate_loss
 
 #: The highest ONNX IR version onnxruntime-training 1.19 loads.
 MAX_IR_VERSION = 10
@@ -53,14 +53,10 @@ class FinetuneLossGraph(nn.Module):
         super().__init__()
         self.generator = generator
         self.alpha, self.mse_weight = float(alpha), float(mse_weight)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, poses: torch.Tensor, proxy: torch.Tensor, target: torch.Tensor):  # noqa: D102
         image = self.generator(poses)
-        to_proxy = ((image - proxy) / self.std).pow(2).mean(dim=(1, 2, 3))
-        to_target = ((image - target) / self.std).pow(2).mean(dim=(1, 2, 3))
-        loss = (self.alpha * to_proxy + self.mse_weight * to_target).sum()
+        loss = surrogate_loss(image, proxy, self.alpha, target, self.mse_weight).sum()  # pgn's one definition
         return loss, image
 
 

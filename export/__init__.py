@@ -7,6 +7,12 @@
 
 Each target is one :class:`ExportTarget` (its module: converter, checks, runtime) and one row of :data:`FORMATS`.
 Command line: ``pgn-export --backbone unet --target onnx`` (see ``pgn-export --help``).
+
+The fitting step on the device (a generator, a frozen PGN or VGG loss, backward and SGD in one ExecuTorch program)::
+
+    path = export.export_training_step(generator, (inputs,), loss=pgn.load("resnet4.pth"), mse_weight=20)
+    program = export.load_training(path)                                     # ExecuTorch's training runtime
+    program.step(inputs, target); generator.load_state_dict(program.state_dict(), strict=False)
 """
 
 from .api import ExportResult, export, load_runtime
@@ -16,17 +22,23 @@ from .manifest import manifest_path, read_manifest
 from .options import ExportOptions
 from .runtimes import Runtime
 from .target import ExportTarget, RuntimeSettings
+from .training import FittingLoss, SGDRecipe, TrainingProgram, export_training_step, load_training
 
 __all__ = [
     "FORMATS",
     "ExportOptions",
     "ExportResult",
     "ExportTarget",
+    "FittingLoss",
     "Runtime",
     "RuntimeSettings",
     "RuntimeUnavailable",
+    "SGDRecipe",
+    "TrainingProgram",
     "export",
+    "export_training_step",
     "load_runtime",
+    "load_training",
     "manifest_path",
     "read_manifest",
 ]

@@ -13,13 +13,17 @@ from pgn.heads import HEAD_KINDS
 
 from .executorch import INT8_OPS
 from .formats import FORMATS, precisions, resolve_targets
+from .training import LOSS_KINDS
+from .training import TARGET_NAME as TRAINING_TARGET
 
 BACKBONES = ("resnet4", "resnet6", "resnet8", "unet")
-TARGET_CHOICES = "|".join([*FORMATS, "all"])
+TARGET_CHOICES = "|".join([*FORMATS, "all", TRAINING_TARGET])
 DEFAULT_PRECISIONS = ", ".join(f"{t.default_precision} for {t.name}" for t in FORMATS.values())
 
 
 def _check_target(ctx, param, value: str) -> str:
+    if value.lower() == TRAINING_TARGET:
+        return TRAINING_TARGET
     try:
         resolve_targets(value)
     except PGNError as e:
@@ -30,7 +34,8 @@ def _check_target(ctx, param, value: str) -> str:
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.option("--backbone", type=click.Choice(BACKBONES), help="Paper preset to export (optional with --checkpoint).")
 @click.option("--target", default="onnx", show_default=True, callback=_check_target, metavar=TARGET_CHOICES,
-              help="Artifact format; 'all' writes every one and prints a table.")
+              help=f"Artifact format; 'all' writes every one and prints a table; '{TRAINING_TARGET}' writes a generator's "
+                   "fitting step (needs --generator and --loss).")
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), metavar="PATH",
               help="Weights to export (ours or the authors'). Without it: random weights, said loudly.")
 @click.option("--head", type=click.Choice(HEAD_KINDS), help="Gradient head (default: the preset's, constrained).")
@@ -57,6 +62,13 @@ def _check_target(ctx, param, value: str) -> str:
 @click.option("--graph-options", metavar="LIST",
               help="How the graph computes the backbone, e.g. 'band_rows=16,decoder_conv=split' or 'plain' "
                    "(names: band_rows, band_levels, decoder_conv, upsample_conv; see export/README.md).")
+@click.option("--generator", "generator_path", type=click.Path(dir_okay=False, path_type=Path), metavar="PT2",
+              help=f"{TRAINING_TARGET}: the generator, saved with torch.export.save (its example inputs fix the shapes).")
+@click.option("--loss", type=click.Choice(LOSS_KINDS), help=f"{TRAINING_TARGET}: the frozen loss (pgn: the --backbone/--checkpoint PGN).")
+@click.option("--mse-weight", type=FiniteFloat(0), help=f"{TRAINING_TARGET}: λ of the normalized-space MSE to the target (default 0; mse: 1).")
+@click.option("--lr", type=FiniteFloat(0, min_open=True), default=1e-3, show_default=True, help=f"{TRAINING_TARGET}: SGD learning rate.")
+@click.option("--vgg-weights", default="imagenet", show_default=True, metavar="imagenet|random|PATH",
+              help=f"{TRAINING_TARGET}: weights of the vgg19/vgg11 loss.")
 def main(**kwargs) -> None:
     """Export a PGN with its gradient head as ONNX, TensorRT or CoreML, verified against PyTorch.
 
@@ -72,7 +84,17 @@ def main(**kwargs) -> None:
       pgn-export --backbone resnet4 --target onnx --dynamic --precision fp16
       pgn-export --backbone resnet8 --checkpoint resnet8.pth --target all --json exports/report.json
       pgn-export --backbone unet --target tensorrt --precision fp16   # needs TensorRT and an NVIDIA GPU
+      pgn-export --target executorch-training --generator gen.pt2 --loss pgn --backbone resnet4 --checkpoint r4.pth --mse-weight 20
+      pgn-export --target executorch-training --generator gen.pt2 --loss vgg19 --vgg-weights imagenet
     """
+    training = {k: kwargs.pop(k) for k in ("generator_path", "loss", "mse_weight", "lr", "vgg_weights")}
+    if kwargs["target"] == TRAINING_TARGET:
+        run_cli(lambda: _main_training(**training, **kwargs), folders={"--output": kwargs["output_dir"]})
+        return
+    given = [f"--{k.replace('_', '-')}" for k in ("generator_path", "loss", "mse_weight") if training[k] is not None]
+    if given:
+        run_cli(lambda: _refuse(f"{', '.join(given)} go with --target {TRAINING_TARGET}"))
+        return
     files = {"--json": kwargs["json_path"], "--timing-cache": kwargs["timing_cache"]}
     run_cli(lambda: _main(**kwargs), files=files, folders={"--output": kwargs["output_dir"]})
 
@@ -115,6 +137,45 @@ def _main(backbone, target, checkpoint, head, json_path, **options) -> None:
             raise PGNError(f"--json {describe_os_error(e)}: {written}only the JSON report is missing") from None
     if not all(r.ok for r in results):
         sys.exit(1)
+
+
+def _refuse(message: str) -> None:
+    raise PGNError(message)
+
+
+def _main_training(generator_path, loss, mse_weight, lr, vgg_weights, backbone, checkpoint, head, output_dir, json_path,
+                   precision, target, **options) -> None:
+    """``--target executorch-training``: export the fitting step of a ``.pt2`` generator, verified."""
+    from .api import load_model
+    from .training import FittingLoss, SGDRecipe, export_training_step
+
+    if generator_path is None or loss is None:
+        raise PGNError(f"--target {TRAINING_TARGET} needs --generator GEN.pt2 (torch.export.save) and --loss {'|'.join(LOSS_KINDS)}")
+    foreign = [f"--{k.replace('_', '-')}" for k, v in options.items() if v not in (None, False)]
+    if foreign:
+        raise PGNError(f"{', '.join(foreign)} do not apply to --target {TRAINING_TARGET}: the generator's saved inputs fix the shapes")
+    weights = None
+    if loss == "pgn":
+        model, weights = load_model(backbone, head=head, checkpoint=checkpoint)
+        fitting = FittingLoss.pgn(model, mse_weight or 0.0, precision or "fp32")
+    else:
+        if backbone or checkpoint or head or (precision not in (None, "fp32")):
+            raise PGNError(f"--backbone, --checkpoint, --head and --precision choose the PGN of --loss pgn, not of --loss {loss}")
+        fitting = FittingLoss.mse(mse_weight if mse_weight is not None else 1.0) if loss == "mse" else \
+            FittingLoss.vgg(loss, vgg_weights, mse_weight or 0.0)
+        weights = str(fitting.teacher.weights) if fitting.teacher is not None else None
+    suffix = f"-{fitting.precision}" if loss == "pgn" and fitting.precision != "fp32" else ""
+    output = output_dir / f"{generator_path.name.removesuffix('.pt2')}-{loss}{suffix}-fitting.pte"
+    path = export_training_step(generator_path, loss=fitting, output=output, optimizer=SGDRecipe(lr=lr), weights_source=weights)
+    from .manifest import read_manifest
+
+    manifest = read_manifest(path)
+    check = manifest["verification"]
+    print(f"{path}: {manifest['status']} (one ExecuTorch step = one eager step to {check['max_relative_parameter_error']:.1e} "
+          f"relative), {manifest['size_mb']:.2f} MB, {len(manifest['trainable_parameters'])} trainable tensors, "
+          f"planned memory {manifest['exporter']['planned_memory_mb']:.0f} MB")
+    if json_path is not None:
+        write_json(manifest, json_path)
 
 
 def _print_table(results, model, random_weights: bool) -> None:

@@ -18,6 +18,7 @@ from .model import PGN, PGNConfig, PGNOutput
 from .perceptual import PerceptualLoss
 from .presets import list_presets, register_preset
 from .profile import Profile, profile
+from .surrogate import check_surrogate_applies, surrogate_loss
 from .value_spaces import denormalize, normalize
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "PerceptualLoss",
     "Profile",
     "build",
+    "check_surrogate_applies",
     "denormalize",
     "list_presets",
     "load",
@@ -37,4 +39,5 @@ __all__ = [
     "profile",
     "register_preset",
     "save",
+    "surrogate_loss",
 ]

@@ -21,6 +21,7 @@ from .errors import PGNError
 from .inputs import compute_dtype
 from .model import PGN
 from .perceptual import apply_reduction, check_reduction
+from .surrogate import normalized_mse, surrogate_applies, surrogate_loss
 from .value_spaces import to_imagenet
 
 
@@ -74,11 +75,13 @@ class PGNLoss(nn.Module):
         with torch.no_grad():
             out = self.model._compute(y_hat.detach(), y.detach())  # in the model's dtype (see the class docs)
             x_hat = y_hat.detach().to(compute_dtype(self.model))
-            value = self.model.head.loss(to_imagenet(x_hat, vs), to_imagenet(out.proxy, vs))
+            if surrogate_applies(self.model):  # the value of pgn.surrogate_loss, the definition every fitting path shares
+                value = surrogate_loss(x_hat, out.proxy, self.model.alpha, value_space=vs)
+            else:  # l1 / logcosh heads: their own loss towards P
+                value = self.model.head.loss(to_imagenet(x_hat, vs), to_imagenet(out.proxy, vs))
         per_sample = _InjectGradient.apply(y_hat, out.grad, value)
         if self.mse_weight:
-            diff = to_imagenet(y_hat, vs) - to_imagenet(y.detach(), vs)
-            per_sample = per_sample + self.mse_weight * diff.pow(2).flatten(1).mean(dim=1)
+            per_sample = per_sample + self.mse_weight * normalized_mse(y_hat, y, vs)
         return per_sample
 
     def forward(self, y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

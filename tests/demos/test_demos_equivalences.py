@@ -14,7 +14,9 @@ from proxy_runtimes import TorchProxyRuntime
 
 import pgn
 from pgn.demos.losses import PGNLossTerm, normalized_mse
-from pgn.demos.ondevice import OnDevicePGNLoss, proxy_mse, proxy_mse_gradient
+from pgn.demos.ondevice import OnDevicePGNLoss
+from pgn.surrogate import surrogate_gradient as proxy_mse_gradient
+from pgn.surrogate import surrogate_loss as proxy_mse
 from pgn.demos.students import Student
 
 HEADS = ["resnet4", "resnet4-proxy", "resnet4-direct", "resnet4-hybrid"]

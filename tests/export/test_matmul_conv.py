@@ -1,4 +1,4 @@
-"""Convolutions as batched matrix multiplies (:mod:`demos.matmul_conv`): the same numbers as ``nn.Conv2d``."""
+"""Convolutions as batched matrix multiplies (:mod:`export.matmul_conv`): the same numbers as ``nn.Conv2d``."""
 
 import copy
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from pgn.demos.matmul_conv import MatmulConv2d, as_matmul_convs, converts
+from pgn.export.matmul_conv import MatmulConv2d, as_matmul_convs, converts
 
 # (in, out, kernel, stride, padding, input H, input W): odd and even sizes, strides that leave input rows unread,
 # rectangular kernels, paddings larger than the kernel's reach, 1×1

@@ -18,7 +18,7 @@ names, so state dicts are interchangeable):
 4. the taps (and a column of ones for the bias) are concatenated along channels into the ``(N·Ho·Wo, kh·kw·C + 1)``
    patch matrix, multiplied by the weight matrix (the bias its last row), and the result turned back to
    ``(N, out, Ho, Wo)``. Every operator that reads a parameter only reshapes it, so a partitioner that keeps
-   such operators out of XNNPACK (:func:`demos.ondevice_executorch.training_partitioner`) still delegates the
+   such operators out of XNNPACK (:func:`export.training.training_partitioner`) still delegates the
    whole activation path.
 
 It handles ``groups == 1``, ``dilation == 1`` and zero padding given as numbers; :func:`as_matmul_convs` leaves
@@ -64,23 +64,34 @@ def _taps(x: torch.Tensor, dim: int, kernel: int, stride: int, padding: int, out
     return taps
 
 
+def matmul_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride=(1, 1), padding=(0, 0)) -> torch.Tensor:
+    """``F.conv2d(x, weight, bias, stride, padding)`` (one group, no dilation) as gathered patches times the weight
+    matrix (see the module docs)."""
+    n, c, h, w = x.shape
+    out_channels, _, kh, kw = weight.shape
+    (sh, sw), (ph, pw) = _pair(stride), _pair(padding)
+    ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    patches = []
+    for row in _taps(x.permute(0, 2, 3, 1), 1, kh, sh, ph, ho):
+        patches.extend(_taps(row, 2, kw, sw, pw, wo))
+    matrix = weight.permute(2, 3, 1, 0).reshape(kh * kw * c, out_channels)
+    if bias is not None:  # a column of ones times the bias row: no separate addition of a parameter
+        patches.append(x.new_ones(n, ho, wo, 1))
+        matrix = torch.cat([matrix, bias.reshape(1, out_channels)])
+    patches = torch.cat(patches, dim=3).reshape(1, n * ho * wo, matrix.shape[0])
+    y = torch.bmm(patches, matrix.unsqueeze(0)).reshape(n, ho, wo, out_channels)
+    return y.permute(0, 3, 1, 2)
+
+
+def _pair(value) -> tuple[int, int]:
+    return (int(value), int(value)) if isinstance(value, int) else (int(value[0]), int(value[-1]))
+
+
 class MatmulConv2d(nn.Conv2d):
     """A :class:`torch.nn.Conv2d` computed as gathered patches times the weight matrix (see the module docs)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        n, c, h, w = x.shape
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
-        ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-        patches = []
-        for row in _taps(x.permute(0, 2, 3, 1), 1, kh, sh, ph, ho):
-            patches.extend(_taps(row, 2, kw, sw, pw, wo))
-        weight = self.weight.permute(2, 3, 1, 0).reshape(kh * kw * c, self.out_channels)
-        if self.bias is not None:  # a column of ones times the bias row: no separate addition of a parameter
-            patches.append(x.new_ones(n, ho, wo, 1))
-            weight = torch.cat([weight, self.bias.reshape(1, self.out_channels)])
-        patches = torch.cat(patches, dim=3).reshape(1, n * ho * wo, weight.shape[0])
-        y = torch.bmm(patches, weight.unsqueeze(0)).reshape(n, ho, wo, self.out_channels)
-        return y.permute(0, 3, 1, 2)
+        return matmul_conv2d(x, self.weight, self.bias, self.stride, self.padding)
 
 
 def converts(conv: nn.Module) -> bool:
@@ -104,3 +115,4 @@ def as_matmul_convs(module: nn.Module) -> int:
             sub.__class__ = MatmulConv2d
             rewritten += 1
     return rewritten
+

@@ -1,0 +1,305 @@
+"""``pgn-bench --fitting``: the whole fitting step of a generator, per loss, in eager PyTorch and in ExecuTorch.
+
+One row = generator × size × batch × loss × runtime: the median time of one whole step (generator forward, loss,
+backward to the generator's parameters, SGD update) and its peak memory, and what the loss adds over the MSE-only
+row of the same runtime, generator, size and batch (the generator's own cost).
+
+* generators: ``talking-head`` (the demo's ``PoseGenerator``, personalized: its identity code trains too) and
+  ``skip-net`` (Deep Image Prior's encoder-decoder in train mode, BatchNorm on batch statistics);
+* losses: ``mse`` (normalized-space MSE), ``vgg19``, ``vgg11`` (:class:`pgn.PerceptualLoss`, autograd in eager;
+  the hand-written input gradient in ExecuTorch), ``pgn`` and ``pgn-int8`` (ResNet-4 PGN, its surrogate + 20·MSE);
+  eager PyTorch has no int8 kernels for the PGN, so ``pgn-int8`` is an ExecuTorch row only;
+* runtimes: ``eager`` (PyTorch autograd, ``torch.optim.SGD``) and ``executorch`` (``export.export_training_step``,
+  XNNPACK; the program is exported in one worker process and measured in another).
+
+Every measurement runs in a fresh process (:func:`benchmarks.harness.run_task`'s environment). Memory: the peak
+resident set during ``memory_calls`` steps above the process's resident set just before — for eager PyTorch after
+the generator and loss are built, for ExecuTorch before the program is loaded (so ExecuTorch's planned memory,
+which it allocates at load, and XNNPACK's packed weights count; the ``.pte`` bytes themselves are read before).
+Weights are random (VGG ``random``, PGN untrained): time and memory do not depend on them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+GENERATORS = ("talking-head", "skip-net")
+LOSSES = ("mse", "vgg19", "vgg11", "pgn", "pgn-int8")
+RUNTIMES = ("eager", "executorch")
+#: The PGN of the ``pgn`` rows and its λ·MSE term (the demo's).
+PGN_PRESET, PGN_MSE_WEIGHT = "resnet4", 20.0
+
+
+@dataclass(frozen=True)
+class FittingGrid:
+    """What ``pgn-bench --fitting`` measures; the default fits a 2-core machine (the full grid is :meth:`full`)."""
+
+    generators: tuple[str, ...] = ("talking-head",)
+    sizes: tuple[int, ...] = (64, 128)
+    batches: tuple[int, ...] = (1, 8)
+    losses: tuple[str, ...] = LOSSES
+    runtimes: tuple[str, ...] = RUNTIMES
+    repeats: int = 5
+    warmup: int = 1
+    memory_calls: int = 2
+    threads: int = 2
+    timeout: float = 1800.0
+
+    @classmethod
+    def full(cls, **overrides) -> "FittingGrid":
+        """The issue's grid: both generators, 64², 128², 256², batch 1 and 8."""
+        return cls(**{"generators": GENERATORS, "sizes": (64, 128, 256), **overrides})
+
+    def cases(self) -> list[dict]:
+        """Every (generator, size, batch, loss, runtime) to measure, MSE rows first within each group."""
+        return [dict(generator=g, size=s, batch=b, loss=loss, runtime=r)
+                for g in self.generators for s in self.sizes for b in self.batches for r in self.runtimes
+                for loss in self.losses if not (r == "eager" and loss == "pgn-int8")]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Inside a worker process
+
+
+def build_case(case: dict):
+    """The generator, its inputs and the target of ``case`` (seeded)."""
+    import torch
+
+    torch.manual_seed(0)
+    n, s = case["batch"], case["size"]
+    target = torch.rand(n, 3, s, s)
+    if case["generator"] == "talking-head":
+        from pgn.demos.generators.talking_head import Embedder, PoseGenerator, personalize
+
+        poses = torch.rand(n, 1, s, s)
+        generator = personalize(PoseGenerator(), Embedder(), target, poses).train()
+        return generator, (poses,), target
+    from pgn.demos.generators.skip_net import SkipNet
+
+    return SkipNet().train(), (torch.rand(n, 3, s, s) * 0.1,), target
+
+
+def fitting_loss(name: str):
+    """The :class:`export.FittingLoss` of a loss name."""
+    import pgn
+    from pgn.export import FittingLoss
+
+    if name == "mse":
+        return FittingLoss.mse(1.0)
+    if name in ("vgg19", "vgg11"):
+        return FittingLoss.vgg(name, "random")
+    return FittingLoss.pgn(pgn.build(PGN_PRESET), PGN_MSE_WEIGHT, "int8" if name == "pgn-int8" else "fp32")
+
+
+def _export(case: dict, pte: Path) -> dict:
+    from pgn.export import SGDRecipe, export_training_step
+    from pgn.export.manifest import read_manifest
+
+    generator, inputs, target = build_case(case)
+    start = time.perf_counter()
+    export_training_step(generator, inputs, fitting_loss(case["loss"]), output=pte, target=target, optimizer=SGDRecipe(1e-4),
+                         verify=False)
+    manifest = read_manifest(pte)
+    return {"export_s": time.perf_counter() - start, "planned_memory_mb": manifest["exporter"]["planned_memory_mb"],
+            "pte_mb": manifest["size_mb"], "operators_outside_delegate": manifest["exporter"]["operators_outside_delegate"]}
+
+
+def _measure(case: dict, grid: dict, pte: Path | None) -> dict:
+    import torch
+
+    from pgn.benchmarks.measure import measure_cpu_memory, release_free_heap, time_calls
+
+    generator, inputs, target = build_case(case)
+    if case["runtime"] == "executorch":
+        from pgn.export.training import SGDRecipe, StepRunner
+
+        data = pte.read_bytes()
+        tensors = tuple(t.float().contiguous() for t in (*inputs, target))
+
+        def load():
+            return StepRunner(data, tensors, SGDRecipe(1e-4), threads=grid["threads"])
+
+        holder: dict = {}
+
+        def first():  # the load (ExecuTorch allocates its planned memory then) counts towards the peak
+            holder.setdefault("runner", load()).step(tensors)
+
+        memory = measure_cpu_memory(first, 1)  # load + one step
+        runner = holder["runner"]
+        extra = measure_cpu_memory(lambda: runner.step(tensors), grid["memory_calls"] - 1) if grid["memory_calls"] > 1 else None
+        peak = max(memory.peak_mb, (extra.peak_mb + extra.baseline_mb - memory.baseline_mb) if extra else 0.0)
+
+        def step():
+            runner.step(tensors)
+    else:
+        loss = fitting_loss(case["loss"]).reference()
+        sgd = torch.optim.SGD(generator.parameters(), lr=1e-4)
+
+        def step():
+            sgd.zero_grad(set_to_none=True)
+            loss(generator(*inputs), target).backward()
+            sgd.step()
+
+        release_free_heap()
+        memory = measure_cpu_memory(step, grid["memory_calls"])
+        peak = memory.peak_mb
+    times = time_calls(step, grid["repeats"], grid["warmup"])
+    return {"median_ms": statistics.median(times.wall_ms), "wall_ms": times.wall_ms, "cpu_ms": times.cpu_ms, "peak_mb": peak}
+
+
+def worker(task_path: str, result_path: str) -> int:
+    """``python -m benchmarks.fitting TASK RESULT``: run one task (``export`` or ``measure``), write its result."""
+    import torch
+
+    task = json.loads(Path(task_path).read_text())
+    torch.set_num_threads(task["grid"]["threads"])
+    try:
+        pte = Path(task["pte"]) if task.get("pte") else None
+        result = _export(task["case"], pte) if task["kind"] == "export" else _measure(task["case"], task["grid"], pte)
+        result["status"] = "ok"
+    except Exception as e:  # noqa: BLE001 - a row that cannot run says why
+        from pgn.errors import first_line
+
+        result = {"status": f"{type(e).__name__}: {first_line(e)}"}
+    Path(result_path).write_text(json.dumps(result))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------------
+# The run
+
+
+@dataclass
+class FittingRow:
+    """One measured (or failed) case."""
+
+    generator: str
+    size: int
+    batch: int
+    loss: str
+    runtime: str
+    status: str = "ok"
+    median_ms: float | None = None
+    peak_mb: float | None = None
+    loss_ms: float | None = None  #: median_ms minus the MSE row's (same generator, size, batch, runtime)
+    loss_mb: float | None = None  #: peak_mb minus the MSE row's
+    details: dict = field(default_factory=dict)
+
+
+def _run(task: dict, workdir: Path, grid: FittingGrid) -> dict:
+    from pgn.benchmarks.harness import worker_env
+
+    fd, name = tempfile.mkstemp(prefix="fit-", suffix=".json", dir=workdir)
+    os.close(fd)
+    result = Path(name + ".result")
+    Path(name).write_text(json.dumps(task))
+    try:
+        subprocess.run([sys.executable, "-m", "pgn.benchmarks.fitting", name, str(result)], env=worker_env(grid.threads),
+                       capture_output=True, text=True, timeout=grid.timeout)
+    except subprocess.TimeoutExpired:
+        return {"status": f"timed out after {grid.timeout:.0f} s"}
+    return json.loads(result.read_text()) if result.is_file() else {"status": "worker crashed"}
+
+
+def run_fitting(grid: FittingGrid, progress=print) -> list[FittingRow]:
+    """Measure every case of ``grid``; rows with the loss's addition over the MSE row filled in."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="pgn-bench-fitting-") as tmp:
+        workdir = Path(tmp)
+        for i, case in enumerate(grid.cases()):
+            row = FittingRow(**case)
+            pte = workdir / f"case{i}.pte"
+            grid_dict = asdict(grid)
+            if case["runtime"] == "executorch":
+                exported = _run({"kind": "export", "case": case, "grid": grid_dict, "pte": str(pte)}, workdir, grid)
+                row.details.update(exported)
+                if exported["status"] != "ok":
+                    row.status = exported["status"]
+            if row.status == "ok":
+                measured = _run({"kind": "measure", "case": case, "grid": grid_dict, "pte": str(pte)}, workdir, grid)
+                row.status = measured.pop("status")
+                row.median_ms, row.peak_mb = measured.pop("median_ms", None), measured.pop("peak_mb", None)
+                row.details.update(measured)
+            rows.append(row)
+            progress(f"[{i + 1}/{len(grid.cases())}] {case}: {row.status} {row.median_ms} ms {row.peak_mb} MB")
+    for row in rows:
+        base = next((r for r in rows if r.loss == "mse" and (r.generator, r.size, r.batch, r.runtime)
+                     == (row.generator, row.size, row.batch, row.runtime) and r.status == "ok"), None)
+        if base is not None and row.status == "ok":
+            row.loss_ms, row.loss_mb = row.median_ms - base.median_ms, row.peak_mb - base.peak_mb
+    return rows
+
+
+def markdown(rows: list[FittingRow], command: str, cpu: str) -> str:
+    """The rows as a Markdown table, with the command and the CPU."""
+    lines = [f"`{command}` on {cpu}", "",
+             "| generator | size | batch | loss | runtime | step ms | step CPU ms | peak MiB | loss adds ms | loss adds MiB | status |",
+             "| --- | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+    fmt = lambda v: "—" if v is None else f"{v:.0f}"  # noqa: E731
+    for r in rows:
+        cpu_ms = statistics.median(r.details["cpu_ms"]) if r.details.get("cpu_ms") else None
+        lines.append(f"| {r.generator} | {r.size}² | {r.batch} | {r.loss} | {r.runtime} | {fmt(r.median_ms)} | {fmt(cpu_ms)} | {fmt(r.peak_mb)} | "
+                     f"{fmt(r.loss_ms)} | {fmt(r.loss_mb)} | {r.status} |")
+    return "\n".join(lines) + "\n"
+
+
+def rows_from_json(path: Path) -> tuple[list[FittingRow], dict]:
+    """The rows and the header (command, cpu) of a ``--json`` file written by :func:`main_fitting`."""
+    data = json.loads(Path(path).read_text())
+    return [FittingRow(**r) for r in data["rows"]], {"command": data["command"], "cpu": data["cpu"]}
+
+
+def plot(rows: list[FittingRow], path: Path) -> Path:
+    """Step time and peak memory per loss, eager against ExecuTorch, one panel pair per (generator, size, batch)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = sorted({(r.generator, r.size, r.batch) for r in rows})
+    fig, axes = plt.subplots(len(groups), 2, figsize=(10, 3 * len(groups)), squeeze=False)
+    for (ax_t, ax_m), group in zip(axes, groups):
+        for offset, runtime in ((-0.2, "eager"), (0.2, "executorch")):
+            sel = [r for r in rows if (r.generator, r.size, r.batch) == group and r.runtime == runtime and r.status == "ok"]
+            xs = [LOSSES.index(r.loss) + offset for r in sel]
+            ax_t.bar(xs, [r.median_ms for r in sel], width=0.4, label=runtime)
+            ax_m.bar(xs, [r.peak_mb for r in sel], width=0.4, label=runtime)
+        for ax, unit in ((ax_t, "step ms"), (ax_m, "peak MiB")):
+            ax.set_xticks(range(len(LOSSES)), LOSSES)
+            ax.set_ylabel(unit)
+            ax.set_title(f"{group[0]} {group[1]}² batch {group[2]}")
+            ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def main_fitting(grid: FittingGrid, json_path: Path | None, markdown_path: Path | None, plot_path: Path | None, command: str) -> list[FittingRow]:
+    """Run the grid and write what was asked for; prints the Markdown table."""
+    from pgn.benchmarks.environment import cpu_flags, cpu_name, load_average
+
+    rows = run_fitting(grid)
+    cpu = f"{cpu_name()} ({', '.join(f for f in cpu_flags() if f.startswith('avx'))}), load average {load_average()}"
+    text = markdown(rows, command, cpu)
+    print(text)
+    if json_path is not None:
+        json_path.write_text(json.dumps({"command": command, "cpu": cpu, "grid": asdict(grid),
+                                         "rows": [asdict(r) for r in rows]}, indent=2))
+    if markdown_path is not None:
+        markdown_path.write_text(text)
+    if plot_path is not None:
+        plot(rows, plot_path)
+    return rows
+
+
+if __name__ == "__main__":
+    sys.exit(worker(sys.argv[1], sys.argv[2]))
