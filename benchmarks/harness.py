@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
 
-from pgn.cliutils import write_json
+from pgn.files import write_json
 
 from .config import BenchmarkConfig
 from .environment import collect_environment, load_average

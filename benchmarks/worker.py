@@ -18,7 +18,7 @@ import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from pgn.cliutils import write_json
+from pgn.files import write_json
 from pgn.errors import first_line
 
 

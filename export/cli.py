@@ -1,4 +1,4 @@
-"""``pgn-export``: write a PGN (backbone + head) as ONNX, TensorRT or CoreML artifacts, each verified."""
+"""``pgn-export``: write a PGN (backbone + head) as an artifact of any export target (:data:`export.FORMATS`), each verified."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from pgn.cliutils import FiniteFloat, describe_os_error, run_cli, write_json
+from pgn.cliutils import FiniteFloat, describe_os_error, run_cli
+from pgn.files import write_json
 from pgn.errors import PGNError
 from pgn.heads import HEAD_KINDS
 
@@ -58,7 +59,7 @@ def _check_target(ctx, param, value: str) -> str:
               help="How the graph computes the backbone, e.g. 'band_rows=16,decoder_conv=split' or 'plain' "
                    "(names: band_rows, band_levels, decoder_conv, upsample_conv; see export/README.md).")
 def main(**kwargs) -> None:
-    """Export a PGN with its gradient head as ONNX, TensorRT or CoreML, verified against PyTorch.
+    """Export a PGN with its gradient head to an export target (--target), verified against PyTorch.
 
     Each artifact takes y_hat and y ((N, 3, H, W) RGB in [0, 1]) and returns the proxy P and the gradient
     (fp16 artifacts: a residual the host scales in fp32; see the manifest). A manifest.json with the model,
