@@ -39,7 +39,7 @@ from .common import CommonConfig, Evaluator, check_size, summary
 from .frames import edge_map, face_frames, photo_frames, pretraining_photos, read_frames
 from .generators.talking_head import META_TRAINING, Embedder, PoseGenerator, TalkingHeadConfig, meta_train, personalize
 from .losses import DEFAULT_LOSSES, LOSS_KEYS, MSELoss, PerceptualLossTerm
-from .measure import LossMeter
+from pgn.benchmarks.measure import LossMeter
 from .ondevice import OnDevicePGNLoss, RuntimeStatus, check_recipe_applies, open_onnx_runtime
 from .ondevice_executorch import KERNELS as EXECUTORCH_KERNELS
 from .ondevice_executorch import PRECISIONS as EXECUTORCH_PRECISIONS

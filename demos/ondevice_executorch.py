@@ -313,7 +313,7 @@ def finetune_on_executorch(
         model: the PGN (frozen inside the program).
         poses, target: the training batch (the program's fixed shapes).
         lr: ExecuTorch SGD learning rate.
-        meter: optional :class:`~demos.measure.LossMeter` timing each whole device step; the memory of loading
+        meter: optional :class:`~benchmarks.measure.LossMeter` timing each whole device step; the memory of loading
             the program (ExecuTorch allocates the memory it planned for a step then) is measured with it.
         progress: optional callable run after every step with the loss.
         pte: the step program of ``init`` and ``model`` for these shapes, exported earlier by
