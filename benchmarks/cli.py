@@ -131,7 +131,7 @@ def _run(options: dict, *, json_path: Path | None, plot_path: Path | None, markd
     import shlex
     import sys
 
-    from pgn.cliutils import write_text
+    from pgn.files import write_text
 
     from .config import BenchmarkConfig
     from .harness import run_benchmark

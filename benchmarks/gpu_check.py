@@ -36,7 +36,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pgn.cliutils import write_json, write_text
+from pgn.files import write_json, write_text
 
 from .runtimes import module_available
 

@@ -1,9 +1,8 @@
 """``python -m benchmarks.graph_study``: export-graph options and int8 op selections, compared inside one run.
 
 Each variant is ``RUNTIME[@INT8OPS]:OPTIONS``: a runtime (``onnxruntime``, ``onnxruntime-int8``, ``executorch``,
-``executorch-int8``), for int8 the convolutions quantized (ONNX Runtime: ``all``, ``dense``, ``pointwise``, see
-:data:`benchmarks.quantize.CONV_SELECTIONS`; ExecuTorch: ``conv``, ``dense``, ``pointwise``, ``all``, see
-:data:`export.executorch.INT8_OPS`), and the graph options (:class:`export.graph_options.GraphOptions` text, or
+``executorch-int8``), for int8 what is quantized (a selection of :data:`export.int8.INT8_OPS` the target implements,
+``pgn-export --int8-ops``; default: the target's), and the graph options (:class:`export.graph_options.GraphOptions` text, or
 ``default`` / ``plain``). Example::
 
     python -m benchmarks.graph_study --model unet \\
@@ -71,8 +70,7 @@ def parse_variant(text: str) -> Variant:
         raise PGNError(f"variant {text!r}: write RUNTIME[@INT8OPS]:OPTIONS with RUNTIME one of {', '.join(RUNTIMES)}")
     if ops and not runtime.endswith("int8"):
         raise PGNError(f"variant {text!r}: @INT8OPS goes with an int8 runtime only")
-    default_ops = {"onnxruntime-int8": "all", "executorch-int8": "conv"}.get(runtime)
-    return Variant(text.strip(), runtime, ops or default_ops, options.strip() or "default")
+    return Variant(text.strip(), runtime, ops or None, options.strip() or "default")
 
 
 def export_variant(variant: Variant, model, size: tuple[int, int], batch: int, workdir: Path, index: int) -> None:
@@ -82,22 +80,14 @@ def export_variant(variant: Variant, model, size: tuple[int, int], batch: int, w
 
     options = GraphOptions.parse(variant.options)
     target = "executorch" if variant.family == "executorch" else "onnx"
-    precision = "int8" if variant.runtime == "executorch-int8" else "fp32"
-    extra = {"int8_ops": variant.int8_ops} if variant.runtime == "executorch-int8" else {}
+    precision = "int8" if variant.runtime.endswith("-int8") else "fp32"
+    extra = {"int8_ops": variant.int8_ops} if variant.int8_ops else {}
     out = workdir / f"v{index}"
     results = export(model, target, output_dir=out, size=size, batch=batch, precision=precision, verify=False,
                      graph_options=options, **extra)
     if not results or results[0].artifact is None:
         raise PGNError(f"{variant.text}: export failed: {results[0].reason if results else 'no result'}")
     artifact = Path(results[0].artifact)
-    if variant.runtime == "onnxruntime-int8":
-        from .models import make_inputs
-        from .quantize import quantize_int8, write_int8_manifest
-
-        calib_y_hat, calib_y = _calibration(size, batch, make_inputs)
-        dst = quantize_int8(artifact, artifact.with_name(f"{artifact.stem}.int8.onnx"), calib_y_hat, calib_y, variant.int8_ops)
-        write_int8_manifest(artifact, dst)
-        artifact = dst
     if variant.family == "executorch":
         from pgn.export.executorch import read_program
 
@@ -105,14 +95,6 @@ def export_variant(variant: Variant, model, size: tuple[int, int], batch: int, w
         variant.planned_memory_mb = program["planned_memory_mb"]
         variant.outside_delegate = program["outside_delegate"]
     variant.artifact = str(artifact)
-
-
-def _calibration(size, batch, make_inputs, batches: int = 4) -> tuple[np.ndarray, np.ndarray]:
-    from .models import CALIBRATION_PHOTOS
-
-    y_hat, y = make_inputs(batches * batch, size, 2, CALIBRATION_PHOTOS)
-    shape = (batches, batch, *y.shape[1:])
-    return y_hat.numpy().reshape(shape).astype(np.float32), y.numpy().reshape(shape).astype(np.float32)
 
 
 def load(artifact: str, threads: int):

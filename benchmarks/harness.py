@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
 
-from pgn.cliutils import write_json
+from pgn.files import write_json
 
 from .config import BenchmarkConfig
 from .environment import collect_environment, load_average
@@ -100,16 +100,9 @@ class _Artifacts:
         key = (model, runtime, size)
         if key in self.cache:
             return self.cache[key]
-        source = None
-        if resolve_runtime(runtime).quantizes_onnx:  # quantize the fp32 ONNX export, made once
-            fp32 = self.get(model, "onnxruntime", size, inputs)
-            if fp32["status"] != "ok":
-                self.cache[key] = {**fp32, "reason": f"no fp32 ONNX model to quantize: {fp32.get('reason')}"}
-                return self.cache[key]
-            source = fp32["artifact"]
         task = Task(mode="prepare", model=model, runtime=runtime, device=self.config.device, size=size, batch=self.config.batch,
                     inputs=str(inputs), threads=self.config.effective_threads, seed=self.config.seed,
-                    weights=self.config.resolved_weights.get(model), artifact=source, artifact_dir=str(self.root),
+                    weights=self.config.resolved_weights.get(model), artifact_dir=str(self.root),
                     graph_options=self.config.graph_options)
         self.cache[key] = run_task(task, self.workdir, self.config.effective_threads, self.config.timeout)
         return self.cache[key]
@@ -117,17 +110,13 @@ class _Artifacts:
     def prepare_all(self, jobs: list[tuple[tuple[int, int], str, str]], inputs: dict[tuple[int, int], Path]) -> None:
         """Export every artifact ``jobs`` need, ``config.export_jobs`` worker processes at a time.
 
-        Each export is its own worker process, so the threads here only wait. Quantized ONNX models are made from
-        the fp32 exports, in a second wave, so no artifact is exported twice.
+        Each export is its own worker process, so the threads here only wait.
         """
         needed = [(model, runtime, size) for size, model, runtime in jobs
-                  if resolve_runtime(runtime).export_target is not None  # quantized ONNX models have one too
+                  if resolve_runtime(runtime).export_target is not None
                   and check_runnable(resolve_runtime(runtime), self.config.device, resolve_model(model)) is None]
-        first = [job for job in needed if not resolve_runtime(job[1]).quantizes_onnx]
-        second = [job for job in needed if resolve_runtime(job[1]).quantizes_onnx]
         with ThreadPoolExecutor(max_workers=self.config.export_jobs) as pool:
-            for wave in (first, second):
-                list(pool.map(lambda job: self.get(*job, inputs[job[2]]), wave))
+            list(pool.map(lambda job: self.get(*job, inputs[job[2]]), needed))
 
 
 def measure_one(model: str, runtime: str, size: tuple[int, int], config: BenchmarkConfig, inputs: Path,

@@ -1,6 +1,13 @@
-"""Time and peak memory of one gradient computation, measured inside a worker process.
+"""Time and peak memory of repeated calls: the one meter of ``pgn-bench`` (one gradient computation in a worker
+process) and of ``pgn-demo`` (a fitting step's loss part and whole step, :class:`LossMeter`).
 
-Protocol (one fresh process per model × runtime × size, see :mod:`benchmarks.worker`):
+Peak memory on the CPU is one definition for both (:func:`reset_peak`, :func:`peak_above`): freed heap is returned
+to the OS, the kernel's resident-set high-water mark (``VmHWM``) is reset, the code runs, and the peak is the high-
+water mark minus the resident set at the reset, minus file-backed pages first touched meanwhile (shared-library
+code loaded on first use, not working memory). It sees every allocation, PyTorch's and ONNX Runtime's alike, and
+needs Linux (``/proc/self/clear_refs``); elsewhere the benchmark samples RSS and the demos report it as unavailable.
+
+Benchmark protocol (one fresh process per model × runtime × size, see :mod:`benchmarks.worker`):
 
 1. the runner loads its model or artifact (``prepare``); freed heap is returned to the OS (``malloc_trim``) and
    the process's memory now is the *baseline*;
@@ -8,9 +15,7 @@ Protocol (one fresh process per model × runtime × size, see :mod:`benchmarks.w
    read back. On CUDA the ``warmup`` calls run first, so that one-time work (cuDNN's algorithm search and its
    workspace, lazy allocations) is not counted by chance:
 
-   * CPU (Linux): the kernel's resident-set high-water mark (``VmHWM``), reset by writing 5 to
-     ``/proc/self/clear_refs``, minus the baseline RSS, minus file-backed pages first touched during the calls
-     (shared-library code loaded on first use, not working memory);
+   * CPU (Linux): the peak above the baseline as defined above;
    * CPU elsewhere: RSS sampled every millisecond by a thread (may miss sub-millisecond peaks);
    * CUDA, PyTorch: after the warm-up, the peak counters are reset; ``torch.cuda.max_memory_allocated`` during
      the calls minus ``memory_allocated`` before them;
@@ -30,15 +35,23 @@ from __future__ import annotations
 import gc
 import os
 import resource
+import statistics
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
-from typing import Callable
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 
 MB = 1024.0 * 1024.0
+#: How many calls a :class:`LossMeter` measures the memory of by default (the first ones).
+MEMORY_CALLS = 5
+
+_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
 
 
 @dataclass(frozen=True)
@@ -152,31 +165,51 @@ def _time_cuda_events(step: Callable[[], object], repeats: int) -> CallTimes:
 
 
 def _proc_status() -> dict[str, int]:
-    """``/proc/self/status`` memory fields in bytes (Linux)."""
+    """``/proc/self/status`` memory fields in bytes (Linux); empty where there is none."""
     out = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            key, _, rest = line.partition(":")
-            parts = rest.split()
-            if len(parts) == 2 and parts[1] == "kB":
-                out[key] = int(parts[0]) * 1024
+    try:
+        text = _STATUS.read_text()
+    except OSError:
+        return out
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        parts = rest.split()
+        if len(parts) == 2 and parts[1] == "kB":
+            out[key] = int(parts[0]) * 1024
     return out
 
 
-def _can_reset_hwm() -> bool:
-    if not sys.platform.startswith("linux"):
-        return False
+def peak_memory_available() -> bool:
+    """True where the high-water mark can be reset and read (Linux ``/proc``): :func:`reset_peak` works."""
     try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return "VmHWM" in _proc_status()
+        _CLEAR_REFS.write_text("5")
     except OSError:
         return False
+    return "VmHWM" in _proc_status()
 
 
-def _reset_hwm() -> None:
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
+def reset_peak() -> dict[str, int]:
+    """Collect garbage, return freed heap to the OS and reset the high-water mark; the memory status right after
+    (the baseline of :func:`peak_above`). Needs :func:`peak_memory_available`."""
+    gc.collect()
+    release_free_heap()
+    _CLEAR_REFS.write_text("5")
+    return _proc_status()
+
+
+def peak_above(baseline: dict[str, int], held_hwm: int = 0) -> tuple[int, dict[str, float]]:
+    """Peak working memory in bytes since :func:`reset_peak` gave ``baseline``, and the numbers behind it (MiB).
+
+    The high-water mark (or ``held_hwm``, one read before a nested meter reset it, if larger) minus the baseline
+    resident set, minus file-backed pages first touched since (see the module docs).
+    """
+    now = _proc_status()
+    hwm = max(held_hwm, now.get("VmHWM", 0))
+    file_pages = max(0, now.get("RssFile", 0) - baseline.get("RssFile", 0))
+    peak = max(0, hwm - baseline.get("VmRSS", 0) - file_pages)
+    detail = {"baseline_rss_mb": baseline.get("VmRSS", 0) / MB, "hwm_mb": hwm / MB, "new_file_pages_mb": file_pages / MB,
+              "rss_after_mb": now.get("VmRSS", 0) / MB}
+    return peak, detail
 
 
 def _rss_bytes() -> int:
@@ -235,24 +268,14 @@ def warm_up(step: Callable[[], object], calls: int) -> None:
 def measure_cpu_memory(step: Callable[[], object], calls: int, warmup: int = 0) -> MemoryReading:
     """Peak RSS above the current (model-loaded) RSS while ``step`` runs ``calls`` times (see module docs)."""
     warm_up(step, warmup)
-    gc.collect()
-    release_free_heap()
-    if _can_reset_hwm():
-        before = _proc_status()
-        _reset_hwm()
+    if peak_memory_available():
+        baseline = reset_peak()
         for _ in range(calls):
             step()
-        after = _proc_status()
-        file_pages = max(0, after.get("RssFile", 0) - before.get("RssFile", 0))
-        raw = after["VmHWM"] - before["VmRSS"]
-        peak = max(0, raw - file_pages)
-        detail = {
-            "baseline_rss_mb": before["VmRSS"] / MB,
-            "hwm_mb": after["VmHWM"] / MB,
-            "new_file_pages_mb": file_pages / MB,
-            "rss_after_mb": after["VmRSS"] / MB,
-        }
-        return MemoryReading(peak / MB, before["VmRSS"] / MB, "rss_hwm", detail)
+        peak, detail = peak_above(baseline)
+        return MemoryReading(peak / MB, baseline["VmRSS"] / MB, "rss_hwm", detail)
+    gc.collect()
+    release_free_heap()
     baseline = _rss_bytes()
     with _RssSampler() as sampler:
         for _ in range(calls):
@@ -312,3 +335,85 @@ def thread_environment() -> dict:
 
     env = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
     return {"env": env, "torch_num_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads()}
+
+
+# --------------------------------------------------------------------------------------------------------
+# The demos' meter: per call, nestable
+
+
+@dataclass
+class LossMeter:
+    """Accumulates wall time and peak memory (:func:`peak_above`) of repeated calls: a fitting step's loss part
+    (everything between the generated image and its gradient), or a whole step.
+
+    Meters nest: a whole-step meter encloses the step's loss-part meter, which names it as ``within``. The inner
+    meter's reset of the high-water mark then neither hides the outer meter's peak so far nor counts in its time.
+
+    Args:
+        memory: measure peak memory (costs a garbage collection per measured call; timing excludes it).
+        memory_calls: measure memory on the first this many calls only (a step's footprint repeats every step;
+            garbage collections are not free).
+    """
+
+    memory: bool = True
+    memory_calls: int = MEMORY_CALLS
+    times_s: list[float] = field(default_factory=list)
+    peaks_bytes: list[int] = field(default_factory=list)
+
+    def __post_init__(self):
+        self._memory_ok = self.memory and peak_memory_available()
+        self._paused_s = 0.0  # of the measurement under way: time spent paused
+        self._held_peak = 0  # and the largest high-water mark seen before an inner meter reset it
+
+    @contextmanager
+    def measure(self, timed: bool = True, within: "LossMeter | None" = None) -> Iterator[None]:
+        """Time (and measure the memory of) the enclosed code: one call.
+
+        Args:
+            timed: record its time; ``False`` measures only its memory (a runtime's one-time setup whose
+                allocations stay for every later call, such as ExecuTorch's planned memory).
+            within: the meter measuring code that encloses this call (the whole step around its loss part). It
+                is paused while this meter resets the peak, so its own time and peak stay right.
+        """
+        measure_memory = self._memory_ok and len(self.peaks_bytes) < self.memory_calls
+        baseline: dict[str, int] = {}
+        if measure_memory:
+            with within.paused() if within is not None else nullcontext():
+                baseline = reset_peak()
+        self._paused_s, self._held_peak = 0.0, 0
+        t0 = time.perf_counter()
+        yield
+        if timed:
+            self.times_s.append(time.perf_counter() - t0 - self._paused_s)
+        if measure_memory:
+            self.peaks_bytes.append(peak_above(baseline, self._held_peak)[0])
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Stop the clock of the measurement under way, and keep its peak so far, while the enclosed code runs.
+
+        For an inner meter's reset of the peak (garbage collection, ``malloc_trim``, clearing the high-water
+        mark): what the reset frees would otherwise vanish from this meter's peak, and its time add to this one's.
+        """
+        t0 = time.perf_counter()
+        if self._memory_ok:
+            self._held_peak = max(self._held_peak, _proc_status().get("VmHWM", 0))
+        try:
+            yield
+        finally:
+            self._paused_s += time.perf_counter() - t0
+
+    def summary(self) -> dict:
+        """Median time per call (ms); the largest and the median peak-memory growth of the measured calls (MiB).
+
+        The largest growth is the measured code's footprint: it includes first-call allocations that stay (ONNX
+        Runtime's memory arena, a VGG target-feature cache, Adam's moments), which later calls reuse. ``None`` where
+        not measured.
+        """
+        out: dict = {"calls": len(self.times_s), "time_ms": None, "peak_mem_mib": None, "peak_mem_median_mib": None}
+        if self.times_s:
+            out["time_ms"] = 1000.0 * statistics.median(self.times_s)
+        if self.peaks_bytes:
+            out["peak_mem_mib"] = max(self.peaks_bytes) / 2**20
+            out["peak_mem_median_mib"] = statistics.median(self.peaks_bytes) / 2**20
+        return out

@@ -160,37 +160,19 @@ def make_inputs(batch: int, size: tuple[int, int], seed: int = 0, photos: tuple[
     return y_hat, y
 
 
-#: int8 calibration pairs per run (rounded up to whole batches).
-CALIBRATION_IMAGES = 8
-
-
 def make_input_file(path, batch: int, size: tuple[int, int], seed: int = 0):
     """Write every input a worker needs for ``batch`` × ``size`` into one ``torch.save`` file; return its path.
 
     Keys: ``y_hat``, ``y`` (the timed pair, all photos), ``eval_y_hat``, ``eval_y`` (accuracy checks, on the
-    export package's parity photographs, :data:`export.verify.PARITY_PHOTOS`), ``calib_y_hat``, ``calib_y`` (int8
-    calibration, (k, batch, 3, H, W): :func:`export.verify.calibration_pairs`, the pairs the ExecuTorch int8 export
-    calibrates on, from photographs disjoint from the parity ones), so every int8 row is calibrated on the same
-    images and checked on others. Made once per run so that every process sees identical inputs without decoding
-    the photos again.
+    export package's parity photographs, :data:`export.verify.PARITY_PHOTOS`, which no int8 export calibrates on:
+    the export targets calibrate on :func:`export.verify.calibration_pairs`). Made once per run so that every
+    process sees identical inputs without decoding the photos again.
     """
-    from pgn.export.verify import PARITY_PHOTOS, calibration_pairs
+    from pgn.export.verify import PARITY_PHOTOS
 
     y_hat, y = make_inputs(batch, size, seed)
     eval_y_hat, eval_y = make_inputs(batch, size, seed + 1, PARITY_PHOTOS)
-    n_batches = max(1, -(-CALIBRATION_IMAGES // batch))
-    calib_y_hat, calib_y = calibration_pairs(size, n_batches * batch)
-    torch.save(
-        {
-            "y_hat": y_hat,
-            "y": y,
-            "eval_y_hat": eval_y_hat,
-            "eval_y": eval_y,
-            "calib_y_hat": calib_y_hat.reshape(n_batches, batch, *calib_y_hat.shape[1:]).contiguous(),
-            "calib_y": calib_y.reshape(n_batches, batch, *calib_y.shape[1:]).contiguous(),
-        },
-        path,
-    )
+    torch.save({"y_hat": y_hat, "y": y, "eval_y_hat": eval_y_hat, "eval_y": eval_y}, path)
     return path
 
 

@@ -130,7 +130,7 @@ class BenchmarkResult:
 
     def write_json(self, path: str | Path) -> Path:
         """Write :meth:`to_dict` to ``path`` atomically (parents created); returns the path."""
-        from pgn.cliutils import write_json
+        from pgn.files import write_json
 
         return write_json(self.to_dict(), path, indent=1)
 

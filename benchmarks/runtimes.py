@@ -8,9 +8,9 @@ torch-compile      cpu, cuda  fp32      ``torch.compile`` (inductor); compile ti
 torch-bf16         cpu, cuda  bf16      PyTorch eager under ``torch.autocast(dtype=bfloat16)``
 torch-fp16         cuda       fp16      PyTorch eager under ``torch.autocast(dtype=float16)``
 onnxruntime        cpu, cuda  fp32      ``export`` ONNX artifact, ONNX Runtime CPU / CUDA execution provider
-onnxruntime-dw     cpu, cuda  fp32      as onnxruntime, with the UNet's one-output-per-group convs rewritten
-                                        exactly as depthwise conv + group sum before export (benchmarks.rewrite)
-onnxruntime-int8   cpu        int8      the ONNX artifact statically quantized (QDQ, per-channel weights)
+onnxruntime-dw     cpu, cuda  fp32      as onnxruntime, exported with ``--graph-options decoder_conv=depthwise`` (the
+                                        UNet's one-output-per-group convs as depthwise conv + group sum)
+onnxruntime-int8   cpu        int8      the ``export`` ONNX target's int8 artifact (QDQ, dense convolutions)
 executorch         cpu        fp32      ``export`` ExecuTorch program (``.pte``), XNNPACK delegate
 executorch-int8    cpu        int8      the ``export`` target's int8 program (pt2e, int8 convolutions)
 executorch-coreml  cpu        fp16      ``export`` ExecuTorch program with the Core ML delegate; Apple platforms
@@ -18,6 +18,9 @@ tensorrt           cuda       fp32      ``export`` TensorRT engine
 tensorrt-fp16      cuda       fp16      ``export`` TensorRT engine built with fp16 kernels
 coreml             cpu        fp16      ``export`` Core ML ML program; runs only on macOS
 ================== ========== ========= ===============================================================
+
+An exported runtime is an export target, a precision and graph options (over the run's ``--graph-options``):
+exactly what ``pgn-export --target T --precision P --graph-options G`` writes.
 
 Only the PyTorch runtimes can compute a VGG gradient (it needs autograd); the exported runtimes run PGN
 forwards. Everything here is cheap to call in the parent process: no model is built and no CUDA context is
@@ -51,7 +54,8 @@ class RuntimeSpec:
         precision: arithmetic precision of the timed computation.
         export_target: the ``export`` package target its artifact comes from (None for PyTorch runtimes).
         description: one line for tables and help.
-        rewrite: apply :func:`benchmarks.rewrite.rewrite_grouped_convs` to the model before exporting.
+        graph_options: export-graph options of its artifact, in :class:`export.graph_options.GraphOptions` text,
+            applied over the run's ``--graph-options`` (empty: the run's options as they are).
     """
 
     name: str
@@ -60,12 +64,7 @@ class RuntimeSpec:
     precision: str
     export_target: str | None
     description: str
-    rewrite: bool = False
-
-    @property
-    def quantizes_onnx(self) -> bool:
-        """True when its artifact is the fp32 ONNX export quantized by :mod:`benchmarks.quantize` (ONNX Runtime int8)."""
-        return self.family == "onnxruntime" and self.precision == "int8"
+    graph_options: str = ""
 
     @property
     def runs_teachers(self) -> bool:
@@ -82,8 +81,9 @@ RUNTIMES: dict[str, RuntimeSpec] = {
         RuntimeSpec("torch-fp16", "torch", ("cuda",), "fp16", None, "PyTorch eager under autocast float16"),
         RuntimeSpec("onnxruntime", "onnxruntime", ("cpu", "cuda"), "fp32", "onnx", "ONNX Runtime (CPU / CUDA execution provider)"),
         RuntimeSpec("onnxruntime-dw", "onnxruntime", ("cpu", "cuda"), "fp32", "onnx",
-                    "ONNX Runtime, grouped convs rewritten as depthwise + group sum (exact)", rewrite=True),
-        RuntimeSpec("onnxruntime-int8", "onnxruntime", ("cpu",), "int8", "onnx", "ONNX Runtime CPU, static int8 quantization (QDQ)"),
+                    "ONNX Runtime, grouped convs as depthwise + group sum (exact)", graph_options="decoder_conv=depthwise"),
+        RuntimeSpec("onnxruntime-int8", "onnxruntime", ("cpu",), "int8", "onnx",
+                    "ONNX Runtime CPU, static int8 quantization (QDQ; the export target's recipe)"),
         RuntimeSpec("executorch", "executorch", ("cpu",), "fp32", "executorch", "ExecuTorch, XNNPACK delegate"),
         RuntimeSpec("executorch-int8", "executorch", ("cpu",), "int8", "executorch",
                     "ExecuTorch, XNNPACK delegate, static int8 convolutions (the export target's recipe)"),
@@ -149,15 +149,26 @@ def check_runnable(runtime: RuntimeSpec, device: str, model: ModelSpec) -> Skip 
     """None if ``model`` can be measured on ``runtime`` and ``device`` here, else a :class:`Skip` saying why."""
     if model.is_teacher and not runtime.runs_teachers:
         return Skip("not-applicable", "a VGG gradient needs autograd (forward + backward): only the torch runtimes compute it")
-    if runtime.rewrite and not model.is_teacher:
-        import pgn
-
-        from .rewrite import rewritable_count
-
-        if rewritable_count(pgn.build(model.net)) == 0:
-            return Skip("not-applicable", "nothing to rewrite: no grouped convolution with one output per group (same graph as onnxruntime)")
+    if runtime.graph_options and not model.is_teacher:
+        reason = graph_options_not_applied(runtime, model)
+        if reason:
+            return Skip("not-applicable", reason)
     reason = runtime_unavailable(runtime, device)
     return Skip("unavailable", reason) if reason else None
+
+
+def graph_options_not_applied(runtime: RuntimeSpec, model: ModelSpec) -> str | None:
+    """Why ``runtime``'s own graph options do not change ``model``'s graph (its row would repeat another), or None."""
+    import pgn
+    from pgn.export.graph import describe_graph
+    from pgn.export.graph_options import GraphOptions
+
+    named = [item.partition("=")[0].strip() for item in runtime.graph_options.split(",")]
+    not_applied = describe_graph(pgn.build(model.net).backbone, GraphOptions.parse(runtime.graph_options), None)["not_applied"]
+    missing = [f"{name}: {not_applied[name]}" for name in named if name in not_applied]
+    if not missing:
+        return None
+    return f"{runtime.graph_options} does not apply ({'; '.join(missing)}): the same graph as {runtime.family}"
 
 
 def runtime_unavailable(runtime: RuntimeSpec, device: str) -> str | None:

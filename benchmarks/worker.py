@@ -4,8 +4,8 @@ The parent (:mod:`benchmarks.harness`) writes a :class:`Task` as JSON and runs::
 
     python -m benchmarks.worker TASK.json RESULT.json
 
-``prepare`` tasks export (and for int8, quantize) the artifact an exported runtime needs; ``measure`` tasks load
-the model or artifact, read peak memory, time the calls and check accuracy (:mod:`benchmarks.measure`). The
+``prepare`` tasks export the artifact an exported runtime needs (its target, precision and graph options);
+``measure`` tasks load the model or artifact, read peak memory, time the calls and check accuracy (:mod:`benchmarks.measure`). The
 result file always exists afterwards unless the process died: ``{"status": "ok" | "failed" | "skipped", ...}``.
 """
 
@@ -18,7 +18,7 @@ import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from pgn.cliutils import write_json
+from pgn.files import write_json
 from pgn.errors import first_line
 
 
@@ -144,31 +144,26 @@ def _broken_artifact_reason(runtime, accuracy: dict) -> str | None:
 
 
 def prepare(task: Task) -> dict:
-    """Export the artifact ``task.runtime`` needs; for ONNX Runtime int8, quantize the fp32 ONNX model ``task.artifact``.
+    """Export the artifact ``task.runtime`` needs: its export target, at its precision (int8: the target's own
+    recipe and calibration pairs), with its graph options over the run's."""
+    from pgn.export import FORMATS, export
+    from pgn.export.graph_options import GraphOptions
 
-    Other precisions come from the export target itself (ExecuTorch int8: its own recipe and calibration pairs).
-    """
+    from .models import build_pgn
     from .runtimes import resolve_runtime
 
     runtime = resolve_runtime(task.runtime)
-    if runtime.quantizes_onnx:
-        return _quantize(task)
-    from pgn.export import export
-
-    from .models import build_pgn
-
     h, w = task.size
-    variant = "-dw" if runtime.rewrite else ""
+    variant = "-" + runtime.graph_options.replace("=", "-").replace(",", "-") if runtime.graph_options else ""
     root = Path(task.artifact_dir) / f"{task.model}-{h}x{w}-b{task.batch}-{runtime.export_target}-{runtime.precision}{variant}"
     model = build_pgn(task.model, task.seed, task.weights)
-    if runtime.rewrite:
-        from .rewrite import rewrite_grouped_convs
-
-        model = rewrite_grouped_convs(model)
+    graph_options = GraphOptions.parse(task.graph_options, FORMATS[runtime.export_target].default_graph_options)
+    if runtime.graph_options:
+        graph_options = GraphOptions.parse(runtime.graph_options, graph_options)
     # The export's own float64 parity check would take a third of the default run; the measurement checks every
     # artifact against fp32 PyTorch instead (accuracy columns) and fails a row whose graph disagrees (see measure).
     results = export(model, runtime.export_target, output_dir=root, size=(h, w), batch=task.batch, dynamic=False,
-                     precision=runtime.precision, verify=False, graph_options=task.graph_options)
+                     precision=runtime.precision, verify=False, graph_options=graph_options)
     chosen = results[0] if results else None
     if chosen is None:
         return {"status": "failed", "reason": f"export to {runtime.export_target} returned no result"}
@@ -177,21 +172,6 @@ def prepare(task: Task) -> dict:
     artifact = Path(chosen.artifact)
     info = {"export_status": chosen.status, "export_reason": chosen.reason, "artifact_mb": _size_mb(artifact)}
     return {"status": "ok", "artifact": str(artifact), **info}
-
-
-def _quantize(task: Task) -> dict:
-    import numpy as np
-
-    from .quantize import quantize_int8, write_int8_manifest
-
-    if task.artifact is None:
-        return {"status": "failed", "reason": "int8 quantization needs the fp32 ONNX model"}
-    src = Path(task.artifact)
-    inputs = _load_inputs(task.inputs)
-    dst = quantize_int8(src, src.with_name(f"{src.stem}.int8.onnx"),
-                        inputs["calib_y_hat"].numpy().astype(np.float32), inputs["calib_y"].numpy().astype(np.float32))
-    write_int8_manifest(src, dst)
-    return {"status": "ok", "artifact": str(dst), "artifact_mb": _size_mb(dst), "source": str(src)}
 
 
 def _size_mb(path: Path) -> float:

@@ -11,7 +11,8 @@ from typing import Any, Callable
 
 import click
 
-from pgn.cliutils import FiniteFloat, run_cli, write_json
+from pgn.cliutils import FiniteFloat, run_cli
+from pgn.files import write_json
 from pgn.extras import require_all
 
 from .dip import HEAD_PRESETS, PARTS

@@ -39,7 +39,7 @@ from .common import CommonConfig, Evaluator, check_size, summary
 from .frames import edge_map, face_frames, photo_frames, pretraining_photos, read_frames
 from .generators.talking_head import META_TRAINING, Embedder, PoseGenerator, TalkingHeadConfig, meta_train, personalize
 from .losses import DEFAULT_LOSSES, LOSS_KEYS, MSELoss, PerceptualLossTerm
-from .measure import LossMeter
+from pgn.benchmarks.measure import LossMeter
 from .ondevice import OnDevicePGNLoss, RuntimeStatus, check_recipe_applies, open_onnx_runtime
 from .ondevice import finetune_in_training_program
 from pgn.export.training import KERNELS as EXECUTORCH_KERNELS  # noqa: I001 - the lead rewrites this to a relative import

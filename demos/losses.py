@@ -22,8 +22,8 @@ from pgn.surrogate import normalized_mse as surrogate_normalized_mse
 #: fine-tuning step on ONNX Runtime training, :mod:`demos.ondevice_training`, or in ExecuTorch's training runtime,
 #: ``export.export_training_step``).
 LOSS_KEYS = ("mse", "vgg19", "vgg11", "pgn", "pgn-onnx", "pgn-ort-train", "pgn-executorch-train")
-#: The losses ``pgn-demo finetune`` compares by default: all but ``pgn-executorch-train``, whose step runs on
-#: ExecuTorch's portable kernels (naive convolutions and convolution backward), far slower than the other rows.
+#: The losses ``pgn-demo finetune`` compares by default: all but ``pgn-executorch-train``, whose step program takes
+#: about two minutes to export (XNNPACK compiles each delegated part separately), longer than the rest of the demo.
 DEFAULT_LOSSES = tuple(key for key in LOSS_KEYS if key != "pgn-executorch-train")
 
 

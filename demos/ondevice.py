@@ -147,7 +147,7 @@ def finetune_in_training_program(
 
     ``export.export_training_step`` writes the step program (generator, frozen PGN in ``precision``, surrogate +
     λ·MSE, backward) at ``path``, verified against one eager step; ``export.load_training`` runs ``steps`` steps of
-    it with SGD at ``lr``. ``meter`` (a :class:`~demos.measure.LossMeter`) times each step and counts the memory of
+    it with SGD at ``lr``. ``meter`` (a :class:`~pgn.benchmarks.measure.LossMeter`) times each step and counts the memory of
     loading the program (ExecuTorch allocates its planned memory then). Returns the fitted copy of ``init``.
     """
     from pgn.export import FittingLoss, SGDRecipe, export_training_step, load_training

@@ -162,7 +162,7 @@ def finetune_on_device(
         init: the generator (``poses → images``) to start from; it is not modified.
         poses, target: the training batch (fixed shapes, as exported).
         runtime: the exported PGN (``run(y_hat, y) -> {"proxy", "grad"}``).
-        meter: optional :class:`~demos.measure.LossMeter` timing each whole device step.
+        meter: optional :class:`~benchmarks.measure.LossMeter` timing each whole device step.
         progress: optional callable run after every step with the loss.
 
     Returns:

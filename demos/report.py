@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 import pgn
-from pgn.cliutils import write_json, write_text
+from pgn.files import write_json, write_text
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ import pgn
 from .common import CommonConfig, Evaluator, check_size, progress_bar
 from .generators.training import Progress
 from .losses import Loss, PGNLossTerm
-from .measure import MEMORY_CALLS
+from pgn.benchmarks.measure import MEMORY_CALLS
 from .metrics import LPIPSMetric
 from .report import Column, DemoReport, Table, print_warnings
 from .resources import PGNSource, Warnings, load_pgn, load_teacher
@@ -143,7 +143,7 @@ class DemoRun:
 
 
 def timing_cells(loss_part: list[dict], whole_step: list[dict]) -> dict:
-    """Timing cells from :meth:`~demos.measure.LossMeter.summary` of one or more fits.
+    """Timing cells from :meth:`~benchmarks.measure.LossMeter.summary` of one or more fits.
 
     ``loss_*`` cells from the loss-part meters, ``step_*`` cells from the whole-step meters (``None`` for a part
     nobody measured: pass ``[]``). Each part: the mean of the fits' median times per step, the largest peak

@@ -2,7 +2,7 @@
 
 A step is split at the generated image: ``ŷ = forward(generator)``; the loss part computes ``∂loss/∂ŷ`` on a
 detached copy; then ``ŷ.backward(∂loss/∂ŷ)`` carries it into the generator and Adam steps. By the chain rule this
-is exactly ``loss(ŷ).backward()``. Two meters (:class:`~demos.measure.LossMeter`) time and memory-measure every
+is exactly ``loss(ŷ).backward()``. Two meters (:class:`~benchmarks.measure.LossMeter`) time and memory-measure every
 step: ``meter`` its loss part (the losses on equal terms), ``step_meter`` the whole step (what an on-device trainer
 runs as one call).
 """
@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .losses import Loss
-from .measure import LossMeter
+from pgn.benchmarks.measure import LossMeter
 
 #: ``forward(generator) -> ŷ``: how a demo turns its generator into images, (N, 3, H, W) RGB [0, 1].
 Forward = Callable[[nn.Module], torch.Tensor]
@@ -40,7 +40,7 @@ class Student:
         loss: the :class:`~demos.losses.Loss` to minimize.
         generator: this student's own module (``parameters()`` with ``requires_grad`` are optimized).
         lr: Adam learning rate (PyTorch defaults otherwise, as in the authors' code).
-        measure_memory: measure the peak memory of the loss part and of the whole step (see :mod:`demos.measure`).
+        measure_memory: measure the peak memory of the loss part and of the whole step (see :mod:`benchmarks.measure`).
 
     Attributes:
         meter: times the loss part of each step (loss forward + backward to the image).

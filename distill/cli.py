@@ -16,7 +16,8 @@ import click
 
 from pgn.authors import AUTHORS_HEADS
 from pgn.backbones.blocks import BLOCK_TYPES, CONV_TYPES
-from pgn.cliutils import run_cli, write_json
+from pgn.cliutils import run_cli
+from pgn.files import write_json
 from pgn.extras import require_all
 from pgn.heads import GRAD_TYPES, HEAD_KINDS
 

@@ -22,7 +22,7 @@ from pgn.constants import (
     META_VGG_WEIGHT_PAPER,
     META_VGG_WEIGHT_REFERENCE,
 )
-from pgn.cliutils import write_json
+from pgn.files import write_json
 from pgn.errors import PGNError
 
 #: Meta-loss weight presets (λ_VGG, λ_L1). ``reference`` = the authors' CLI defaults, used by the published

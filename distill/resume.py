@@ -14,7 +14,7 @@ from typing import Any
 from pgn.errors import PGNError
 
 from . import checkpoints as ckpt
-from . import distributed as dist
+from . import distributed
 from .config import DistillConfig, changed_settings
 from .rundir import PREVIOUS_PREFIX, run_history
 
@@ -29,21 +29,21 @@ class StartingPoint:
     files: ckpt.InitialFiles | None = None  #: single files to initialize from (the authors' layouts)
 
 
-def starting_point(config: DistillConfig, run_dir: Path, resume: bool, ctx: dist.DistContext) -> StartingPoint:
+def starting_point(config: DistillConfig, run_dir: Path, resume: bool, ctx: distributed.DistContext) -> StartingPoint:
     """Decide what the run starts from, reading the checkpoint if it resumes one.
 
     ``--resume`` never starts over in a used run folder: if its checkpoints cannot be read, or it holds an earlier
     run but no checkpoint, or the checkpoint was trained with other settings, this raises a one-line
     :class:`PGNError` and changes nothing. A new run refuses a used folder (see :mod:`distill.rundir`).
     """
-    history = dist.broadcast_from_main(run_history(run_dir) if ctx.is_main else None)
+    history = distributed.broadcast_from_main(run_history(run_dir) if ctx.is_main else None)
     if not resume and history:
         raise PGNError(
             f"{run_dir} already holds a run ({_names(history)}): pass --resume to continue it, --fresh to start over "
             f"(its files are moved to {run_dir}/{PREVIOUS_PREFIX}<time>/), or choose another --run-dir"
         )
     if resume:
-        found, problem = dist.broadcast_from_main(_find_resumable(config, run_dir, history) if ctx.is_main else None)
+        found, problem = distributed.broadcast_from_main(_find_resumable(config, run_dir, history) if ctx.is_main else None)
         if problem:
             raise PGNError(problem)
         if found is not None:

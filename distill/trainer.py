@@ -38,7 +38,7 @@ from pgn.errors import PGNError, describe_os_error, os_error_in
 from pgn.perceptual import PerceptualLoss
 
 from . import checkpoints as ckpt
-from . import distributed as dist
+from . import distributed
 from .autoencoders import build_autoencoders, split_sizes
 from .config import DistillConfig, save_config
 from .data import default_workers, find_images, make_train_loader, validation_images
@@ -94,11 +94,11 @@ class Distiller:
         ctx: this process's :class:`distill.distributed.DistContext`.
     """
 
-    def __init__(self, config: DistillConfig, ctx: dist.DistContext):
+    def __init__(self, config: DistillConfig, ctx: distributed.DistContext):
         self.config, self.ctx = config, ctx
         dev = ctx.device
         torch.backends.cudnn.benchmark = dev.type == "cuda"  # as the authors (fast, not bit-deterministic on GPUs)
-        dist.seed_everything(config.seed)  # the same on every rank: identical initial autoencoders, as in the authors' runs
+        distributed.seed_everything(config.seed)  # the same on every rank: identical initial autoencoders, as in the authors' runs
         self.model = pgn.build(config.backbone, value_space="imagenet", **config.pgn_overrides()).to(dev).train()
         self.teacher = PerceptualLoss(config.teacher, weights=config.vgg_weights, seed=config.teacher_seed, value_space="imagenet").to(dev)
         self.autoencoders = build_autoencoders(config.ae_depths, config.ae_block_type, config.ae_conv_type).to(dev).train()
@@ -118,11 +118,11 @@ class Distiller:
         self.ae_resets = [0] * len(self.autoencoders)
         self.skipped_images = 0
         self.weights = MetaLossWeights(config.grad_weight, config.vgg_weight, config.l1_weight, config.mse_gt_weight, config.mse_gen_weight, config.grad_loss_scale)
-        self.ddp = _PGNOutputs(self.model)
+        self.pgn_outputs = _PGNOutputs(self.model)  # DistributedDataParallel-wrapped when several processes train
         if ctx.distributed:
             from torch.nn.parallel import DistributedDataParallel
 
-            self.ddp = DistributedDataParallel(self.ddp, device_ids=[dev.index] if dev.type == "cuda" else None)
+            self.pgn_outputs = DistributedDataParallel(self.pgn_outputs, device_ids=[dev.index] if dev.type == "cuda" else None)
 
     # ----------------------------------------------------------------------------------------------------
     def autoencoders_use_true_gradient(self, step: int) -> bool:
@@ -145,15 +145,15 @@ class Distiller:
         ae_outputs = [ae(chunk) for ae, chunk in zip(self.autoencoders, y.split(sizes))]
         y_hat = torch.cat([o.detach() for o in ae_outputs])
         # 3. PGN forward: proxy P and synthetic gradient g_PGN, graph to the PGN kept
-        g_pgn, proxy, _ = self.ddp(y_hat, y)
+        g_pgn, proxy, _ = self.pgn_outputs(y_hat, y)
         # 4. the teacher's true per-sample gradient
-        true = teacher_pass(self.teacher, y_hat, y)
+        teacher_out = teacher_pass(self.teacher, y_hat, y)
         # 5. autoencoder updates with the synthetic (or, in direct mode, true) gradient
         use_true = self.autoencoders_use_true_gradient(step)
-        ae_grad = (true.grad if use_true else g_pgn.detach()).split(sizes)
+        ae_grad = (teacher_out.grad if use_true else g_pgn.detach()).split(sizes)
         ae_norms = [self._update_autoencoder(k, out, g) for k, (out, g) in enumerate(zip(ae_outputs, ae_grad))]
         # 6. PGN update on the per-sample meta-loss, summed over the batch
-        per_sample, terms = meta_loss(g_pgn, proxy, y_hat, y, true, self.teacher, self.weights)
+        per_sample, terms = meta_loss(g_pgn, proxy, y_hat, y, teacher_out, self.teacher, self.weights)
         self.optimizer.zero_grad(set_to_none=True)
         per_sample.sum().backward()  # DDP averages the gradients over processes here
         pgn_norm = self._clipped_step(self.model.parameters(), self.optimizer, self.grad_norm_ma)
@@ -175,7 +175,7 @@ class Distiller:
         samples = step * y.shape[0] * self.ctx.world_size
         for k, value in enumerate(l1_per_ae):
             self._maybe_reset(k, value, samples)
-        scalars = self._scalars(per_sample, terms, g_pgn, true, l1, l1_per_ae, sizes, ae_norms, pgn_norm, ma_before, use_true)
+        scalars = self._scalars(per_sample, terms, g_pgn, teacher_out, l1, l1_per_ae, sizes, ae_norms, pgn_norm, ma_before, use_true)
         return scalars, {"y": y, "y_hat": y_hat, "proxy": proxy.detach()}
 
     def _update_autoencoder(self, k: int, output: torch.Tensor, grad: torch.Tensor) -> float:
@@ -206,9 +206,9 @@ class Distiller:
             tracker.clear()
             self.ae_resets[k] += 1
 
-    def _scalars(self, per_sample, terms, g_pgn, true, l1, l1_per_ae, sizes, ae_norms, pgn_norm, pgn_ma, use_true) -> dict[str, float]:
-        m = gradient_metrics(g_pgn, true.grad)
-        out = {"train/loss": float(per_sample.detach().mean()), "train/l1": float(l1.mean()), "train/perceptual": float(true.loss.mean())}
+    def _scalars(self, per_sample, terms, g_pgn, teacher_out, l1, l1_per_ae, sizes, ae_norms, pgn_norm, pgn_ma, use_true) -> dict[str, float]:
+        m = gradient_metrics(g_pgn, teacher_out.grad)
+        out = {"train/loss": float(per_sample.detach().mean()), "train/l1": float(l1.mean()), "train/perceptual": float(teacher_out.loss.mean())}
         out.update({f"train/term_{k}": float(v.detach().mean()) for k, v in terms.items()})
         out.update({f"train/{k}": float(v.mean()) for k, v in m.items()})
         out.update({"pgn/grad_norm": pgn_norm, "pgn/grad_norm_ma": pgn_ma, "ae/true_gradient": float(use_true)})
@@ -221,7 +221,7 @@ class Distiller:
                     f"ae{k}/l1": l1_per_ae[k],
                     f"ae{k}/cos": float(m["cos"][sl].mean()),
                     f"ae{k}/loss": float(per_sample[sl].detach().mean()),
-                    f"ae{k}/perceptual": float(true.loss[sl].mean()),
+                    f"ae{k}/perceptual": float(teacher_out.loss[sl].mean()),
                     f"ae{k}/grad_norm": ae_norms[k],
                     f"ae{k}/grad_norm_ma": self.ae_grad_norm_ma[k].value,
                     f"ae{k}/resets": float(self.ae_resets[k]),
@@ -341,14 +341,14 @@ def train(config: DistillConfig, *, resume: bool = False, fresh: bool = False,
     if resume and fresh:
         raise PGNError("--resume continues the run in --run-dir and --fresh starts it over: pass one of them")
     config = config.resolved()
-    ctx = dist.init_distributed(config.device, config.dist_backend, config.dist_init_method)
+    ctx = distributed.init_distributed(config.device, config.dist_backend, config.dist_init_method)
     try:
         return _train(config, ctx, resume, fresh, on_step)
     finally:
-        dist.shutdown()
+        distributed.shutdown()
 
 
-def _on_main(fn: Callable[[], None], ctx: dist.DistContext) -> None:
+def _on_main(fn: Callable[[], None], ctx: distributed.DistContext) -> None:
     """Run ``fn`` on rank 0 only; a user-facing error there (see :func:`pgn.cliutils.error_line`) is raised on
     every rank as a :class:`PGNError`, so no rank waits forever."""
     problem = None
@@ -359,7 +359,7 @@ def _on_main(fn: Callable[[], None], ctx: dist.DistContext) -> None:
             problem = error_line(e)
             if problem is None:
                 raise
-    problem = dist.broadcast_from_main(problem)
+    problem = distributed.broadcast_from_main(problem)
     if problem:
         raise PGNError(problem)
 
@@ -373,7 +373,7 @@ def _prepare_run_dir(run_dir: Path, fresh: bool) -> None:
         print(f"pgn-distill: --fresh: the earlier run's files were moved to {moved}")
 
 
-def _train(config: DistillConfig, ctx: dist.DistContext, resume: bool, fresh: bool, on_step) -> TrainResult:
+def _train(config: DistillConfig, ctx: distributed.DistContext, resume: bool, fresh: bool, on_step) -> TrainResult:
     run_dir = Path(config.run_dir)
     _on_main(lambda: check_output(run_dir, "--run-dir", folder=True), ctx)
     split = find_images(config.data, config.dataset, config.val_fraction)
@@ -427,7 +427,7 @@ def _train(config: DistillConfig, ctx: dist.DistContext, resume: bool, fresh: bo
             scalars["time/step"] = time.perf_counter() - t0
             scalars["data/skipped"] = float(distiller.skipped_images)
             keys = sorted(scalars)
-            reduced = dist.all_reduce_mean(torch.tensor([scalars[k] for k in keys], dtype=torch.float64, device=ctx.device)).tolist()
+            reduced = distributed.all_reduce_mean(torch.tensor([scalars[k] for k in keys], dtype=torch.float64, device=ctx.device)).tolist()
             scalars = dict(zip(keys, reduced))
             scalars["data/skipped"] *= ctx.world_size  # a total over processes
             scalars["samples"] = step * config.batch_size * ctx.world_size
@@ -438,7 +438,7 @@ def _train(config: DistillConfig, ctx: dist.DistContext, resume: bool, fresh: bo
                 bar.update(1)
                 bar.set_postfix(loss=f"{scalars['train/loss']:.3g}", cos=f"{scalars['train/cos']:.3f}",
                                 val_cos=f"{result.last_validation.get('val/cos', float('nan')):.3f}")
-            stopping = dist.any_process(stop.requested(), ctx.device)
+            stopping = distributed.any_process(stop.requested(), ctx.device)
             if step == start + 1 or step % config.image_every == 0 or step == total or stopping:
                 log.image_grid(step, tensors["y"], tensors["y_hat"], tensors["proxy"])
             if step % config.val_every == 0 or step == total or stopping:
@@ -471,8 +471,8 @@ def _finish(stop: "_StopFlag", bar, log: RunLog) -> None:
 
 
 def _save(distiller: Distiller, step: int, split, run_dir: Path, log: RunLog) -> tuple[Path | None, Path | None]:
-    ranks = dist.gather_to_main(distiller.local_state())
-    in_sync = dist.broadcast_from_main(ranks is None or len({r["pgn_digest"] for r in ranks}) == 1)
+    ranks = distributed.gather_to_main(distiller.local_state())
+    in_sync = distributed.broadcast_from_main(ranks is None or len({r["pgn_digest"] for r in ranks}) == 1)
     if not in_sync:
         raise PGNError(f"PGN weights differ between processes at step {step}: the distributed setup is broken")
     if ranks is None:
@@ -521,7 +521,7 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
-def _progress(config: DistillConfig, ctx: dist.DistContext, start: int, total: int):
+def _progress(config: DistillConfig, ctx: distributed.DistContext, start: int, total: int):
     if not (config.progress and ctx.is_main):
         return None
     try:

@@ -1,4 +1,4 @@
-"""``pgn-export``: write a PGN (backbone + head) as ONNX, TensorRT or CoreML artifacts, each verified."""
+"""``pgn-export``: write a PGN (backbone + head) as an artifact of any export target (:data:`export.FORMATS`), each verified."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ from pathlib import Path
 
 import click
 
-from pgn.cliutils import FiniteFloat, describe_os_error, run_cli, write_json
+from pgn.cliutils import FiniteFloat, describe_os_error, run_cli
+from pgn.files import write_json
 from pgn.errors import PGNError
 from pgn.heads import HEAD_KINDS
 
-from .executorch import INT8_OPS
+from .int8 import INT8_OPS
 from .formats import FORMATS, precisions, resolve_targets
 from .training import LOSS_KINDS
 from .training import TARGET_NAME as TRAINING_TARGET
@@ -57,8 +58,9 @@ def _check_target(ctx, param, value: str) -> str:
               help="TensorRT timing cache (default: DIR/tensorrt-timing.cache).")
 @click.option("--tf32", is_flag=True, help="TensorRT: allow TF32 math in fp32 layers (faster; fails fp32 parity, so off by default).")
 @click.option("--deployment-target", metavar="NAME", help="CoreML minimum deployment target (default iOS16).")
-@click.option("--int8-ops", type=click.Choice(INT8_OPS),
-              help="ExecuTorch int8: what is quantized (default conv; see export/README.md).")
+@click.option("--int8-ops", type=click.Choice(list(INT8_OPS)),
+              help="int8: what is quantized: " + "; ".join(f"{k}: {v}" for k, v in INT8_OPS.items())
+                   + ". Default: " + ", ".join(f"{t.default_int8_ops} for {t.name}" for t in FORMATS.values() if t.int8_ops) + ".")
 @click.option("--graph-options", metavar="LIST",
               help="How the graph computes the backbone, e.g. 'band_rows=16,decoder_conv=split' or 'plain' "
                    "(names: band_rows, band_levels, decoder_conv, upsample_conv; see export/README.md).")
@@ -70,7 +72,7 @@ def _check_target(ctx, param, value: str) -> str:
 @click.option("--vgg-weights", default="imagenet", show_default=True, metavar="imagenet|random|PATH",
               help=f"{TRAINING_TARGET}: weights of the vgg19/vgg11 loss.")
 def main(**kwargs) -> None:
-    """Export a PGN with its gradient head as ONNX, TensorRT or CoreML, verified against PyTorch.
+    """Export a PGN with its gradient head to an export target (--target), verified against PyTorch.
 
     Each artifact takes y_hat and y ((N, 3, H, W) RGB in [0, 1]) and returns the proxy P and the gradient
     (fp16 artifacts: a residual the host scales in fp32; see the manifest). A manifest.json with the model,
@@ -82,6 +84,7 @@ def main(**kwargs) -> None:
       pgn-export --backbone unet --target onnx
       pgn-export --backbone unet --target coreml --size 256 256
       pgn-export --backbone resnet4 --target onnx --dynamic --precision fp16
+      pgn-export --backbone resnet4 --target onnx --precision int8 --int8-ops conv
       pgn-export --backbone resnet8 --checkpoint resnet8.pth --target all --json exports/report.json
       pgn-export --backbone unet --target tensorrt --precision fp16   # needs TensorRT and an NVIDIA GPU
       pgn-export --target executorch-training --generator gen.pt2 --loss pgn --backbone resnet4 --checkpoint r4.pth --mse-weight 20

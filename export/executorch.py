@@ -11,11 +11,12 @@ with the ``XnnpackPartitioner`` → ``to_executorch`` → the ``.pte`` bytes. Op
 run on ExecuTorch's own (portable) kernels; :func:`read_program` reads them back from the written program
 for the manifest, and an operator this runtime has no kernel for fails the export with its name.
 
-int8 (:data:`INT8_RECIPE`): only the convolutions are quantized (int8 weights per output channel, int8
-activations per tensor), calibrated on bundled photographs disjoint from the parity photographs
-(:func:`export.verify.calibration_pairs`). The ImageNet normalization, residual additions, concatenations,
-upsampling and the closed-form head stay fp32, so the gradient never passes through an 8-bit quantizer; inputs
-and outputs stay float32. Parity: gradient cosine ≥ :data:`INT8_MIN_GRAD_COSINE` against float64 PyTorch.
+int8 (:data:`INT8_RECIPE`): by default only the convolutions are quantized (int8 weights per output channel, int8
+activations per tensor; ``int8_ops`` picks another selection of :data:`export.int8.INT8_OPS`), calibrated on
+bundled photographs disjoint from the parity photographs (:func:`export.verify.calibration_pairs`). The ImageNet
+normalization, residual additions, concatenations, upsampling and the closed-form head stay fp32, so the gradient
+never passes through an 8-bit quantizer; inputs and outputs stay float32. Parity: the shared int8 gate, gradient
+cosine ≥ :data:`export.verify.INT8_MIN_GRAD_COSINE` against float64 PyTorch.
 
 Threads: ExecuTorch has one thread pool per process (XNNPACK and the portable kernels share it), and a method
 keeps using the pool it was loaded with. :class:`ExecuTorchRuntime` sizes it to ``threads`` before loading its
@@ -50,7 +51,8 @@ from .graph_options import GraphOptions
 from .options import ExportOptions
 from .runtimes import Runtime, parse_device
 from .target import ExportTarget, RuntimeSettings
-from .verify import CALIBRATION_PHOTOS, PARITY_PHOTOS, Tolerance, calibration_pairs
+from .int8 import CALIBRATION_RECORD, conv_selected
+from .verify import CALIBRATION_PAIRS, INT8_MIN_GRAD_COSINE, calibration_pairs  # noqa: F401 (the int8 gate, re-exported)
 
 INSTALL_HINT = 'pip install "pgn-toolkit[executorch]"'
 #: The method every pgn ``.pte`` program holds.
@@ -62,13 +64,9 @@ DELEGATE = "XnnpackBackend"
 #: upsampling) at the largest shape: the shared defaults (1024², batch 8) would plan 5.7 GB for the UNet.
 DEFAULT_MAX_SIZE = 512
 DEFAULT_MAX_BATCH = 2
-#: Parity threshold of int8 programs: the gradient's cosine with float64 PyTorch, per pair.
-INT8_MIN_GRAD_COSINE = 0.99
-#: Calibration pairs of an int8 export (:func:`export.verify.calibration_pairs`).
-CALIBRATION_PAIRS = 8
-#: The int8 op selections of :func:`quantize_int8`.
+#: The selections of :data:`export.int8.INT8_OPS` :func:`quantize_int8` implements, the default first.
 INT8_OPS = ("conv", "dense", "pointwise", "all")
-DEFAULT_INT8_OPS = "conv"
+DEFAULT_INT8_OPS = INT8_OPS[0]
 #: What an int8 program is, recorded in its manifest (``target_info.quantization``).
 INT8_RECIPE = {
     "method": "static post-training quantization: torch.export → torchao prepare_pt2e → calibration → convert_pt2e",
@@ -78,13 +76,9 @@ INT8_RECIPE = {
     "quantized_ops": "conv2d only",
     "fp32_ops": "ImageNet normalization, residual additions, concatenations, upsampling and the closed-form head",
     "inputs_outputs": "float32: (de)quantization happens inside the XNNPACK delegate",
-    "calibration_photos": list(CALIBRATION_PHOTOS),
-    "parity_photos": list(PARITY_PHOTOS),
-    "calibration_pairs": CALIBRATION_PAIRS,
-    "calibration_y_hat": "y blurred (3x3 box) with Gaussian noise of std 0.05, as in the parity check",
-    "min_grad_cosine": INT8_MIN_GRAD_COSINE,
+    **CALIBRATION_RECORD,
 }
-#: ``quantized_ops`` of :data:`INT8_RECIPE` for each selection of :data:`INT8_OPS`.
+#: ``quantized_ops`` of :data:`INT8_RECIPE` for each selection of :data:`INT8_OPS`, in ExecuTorch's operator names.
 QUANTIZED_OPS = {
     "conv": "conv2d only",
     "dense": "conv2d with one group (1x1, stem and full convs); depthwise and grouped convs stay fp32",
@@ -109,6 +103,7 @@ class ExecuTorchTarget(ExportTarget):
     suffix = ".pte"
     precisions = ("fp32", "int8")
     options = ("min_size", "max_size", "max_batch", "int8_ops")
+    int8_ops = INT8_OPS
     packages = {"executorch": ("executorch",), "torchao": ("torchao",)}
     runs_on = ("Android and iOS apps (ExecuTorch runtime, XNNPACK CPU kernels), embedded Linux; "
                "Linux and macOS through the executorch Python package")
@@ -128,15 +123,6 @@ class ExecuTorchTarget(ExportTarget):
             return options
         max_size = options.max_size or tuple(max(DEFAULT_MAX_SIZE, s) for s in options.size)
         return replace(options, max_size=max_size, max_batch=options.max_batch or max(DEFAULT_MAX_BATCH, options.batch))
-
-    def validate(self, model: "pgn.PGN", options: ExportOptions) -> None:
-        """``int8_ops`` goes with ``precision="int8"`` and names one of :data:`INT8_OPS`."""
-        if options.int8_ops is None:
-            return
-        if options.precision != "int8":
-            raise PGNError("int8_ops selects what an int8 program quantizes: pass precision='int8' (--precision int8) with it")
-        if options.int8_ops not in INT8_OPS:
-            raise PGNError(f"unknown int8_ops {options.int8_ops!r}: use one of {', '.join(INT8_OPS)}")
 
     def export(self, model: "pgn.PGN", path: Path, options: ExportOptions) -> None:
         """Write ``model`` (backbone + head) as a ``.pte`` program at ``path``; a one-line :class:`PGNError`
@@ -167,12 +153,6 @@ class ExecuTorchTarget(ExportTarget):
         info["delegate"] = DELEGATE
         info["quantization"] = int8_recipe(options.int8_ops or DEFAULT_INT8_OPS) if options.precision == "int8" else None
         return info
-
-    def tolerance(self, precision: str) -> Tolerance:
-        """fp32: the shared fp32 thresholds; int8: gradient cosine ≥ :data:`INT8_MIN_GRAD_COSINE` on every pair."""
-        if precision == "int8":
-            return Tolerance("int8", max_rel_grad=None, max_rel_proxy=None, min_grad_cosine=INT8_MIN_GRAD_COSINE)
-        return super().tolerance(precision)
 
     def load_runtime(self, artifact: Path, manifest: dict[str, Any], settings: RuntimeSettings) -> "ExecuTorchRuntime":
         """ExecuTorch's runtime on the CPU with ``settings.threads``; other settings are ONNX Runtime's or
@@ -255,9 +235,7 @@ def quantize_int8(
         example, dynamic_shapes: what it was captured with (the quantized graph is captured again with them).
         calibration: (ŷ, y) pairs, (n, 3, H, W) each (:func:`export.verify.calibration_pairs`).
         batch: the calibration batch (a fixed-shape graph takes only its own batch).
-        ops: ``conv`` (:data:`INT8_RECIPE`: only convolutions), ``dense`` (convolutions with one group: 1×1
-            convs, stems, full convs; depthwise and grouped convs stay fp32), ``pointwise`` (1×1 convs only) or
-            ``all`` (everything XNNPACKQuantizer supports, the closed-form head's arithmetic included).
+        ops: a selection of :data:`export.int8.INT8_OPS` (``all``: everything XNNPACKQuantizer supports).
 
     Returns:
         The quantized graph, captured again, ready for :func:`lower`.
@@ -292,12 +270,11 @@ def quantize_int8(
 
 
 def _conv_selected(node: torch.fx.Node, ops: str) -> bool:
-    """Whether the ``dense`` or ``pointwise`` selection quantizes ``node`` (non-convolution nodes pass)."""
+    """Whether the selection ``ops`` quantizes ``node`` (non-convolution nodes pass)."""
     if node.target != torch.ops.aten.conv2d.default:
         return True
     groups = node.args[6] if len(node.args) > 6 else 1
-    kernel = tuple(node.args[1].meta["val"].shape[2:])
-    return groups == 1 and (ops == "dense" or all(k == 1 for k in kernel))
+    return conv_selected(ops, groups, tuple(node.args[1].meta["val"].shape[2:]))
 
 
 def lower(et: SimpleNamespace, program: torch.export.ExportedProgram) -> bytes:

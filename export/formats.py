@@ -16,6 +16,7 @@ from pgn.errors import PGNError
 
 from . import coreml, executorch, executorch_coreml, onnx, tensorrt
 from .graph_options import resolve_graph_options
+from .int8 import check_int8_ops
 from .options import ExportOptions
 from .target import ExportTarget
 
@@ -82,11 +83,14 @@ def check_options(target: ExportTarget, given: dict[str, object]) -> None:
         raise PGNError(f"unknown precision {precision!r}: use one of {', '.join(precisions())}")
     if precision is not None and precision not in target.precisions:
         raise PGNError(f"precision {precision!r} is not available for {target.name}: use one of {', '.join(target.precisions)}")
+    check_int8_ops(target.name, target.int8_ops, precision, given.get("int8_ops"))
 
 
 def options_for(target: ExportTarget, options: ExportOptions, output_dir: Path) -> ExportOptions:
     """``options`` checked against ``target``, with its default precision and its own defaults filled in."""
     check_options(target, options.given())
-    resolved = replace(options, precision=options.precision or target.default_precision,
+    precision = options.precision or target.default_precision
+    resolved = replace(options, precision=precision,
+                       int8_ops=(options.int8_ops or target.default_int8_ops) if precision == "int8" else None,
                        graph_options=resolve_graph_options(options.graph_options, target.default_graph_options))
     return target.with_defaults(resolved, Path(output_dir))

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pgn
-from pgn.cliutils import write_text
+from pgn.files import write_text
 from pgn.constants import IMAGENET_MEAN, IMAGENET_STD
 from pgn.errors import PGNError
 

@@ -47,8 +47,8 @@ class ExportOptions:
         tf32: TensorRT: let fp32 layers use TF32 math (TensorRT's own default). Off here, because TF32 rounds
             to 10-bit mantissas and an fp32 engine would fail the fp32 parity (relative error 1e-4).
         deployment_target: CoreML minimum deployment target (``iOS16`` … / ``macOS13`` …).
-        int8_ops: ExecuTorch int8: which operators are quantized (:data:`export.executorch.INT8_OPS`;
-            ``None``: the target's default).
+        int8_ops: int8: what is quantized, one of :data:`export.int8.INT8_OPS` that the target implements
+            (``None``: the target's default).
         graph_options: how the export graph computes the backbone (:class:`export.graph_options.GraphOptions`,
             or its text form ``"band_rows=16,decoder_conv=split"``, whose unnamed options keep the target's
             defaults); ``None``: the target's defaults. The numbers stay the model's.

@@ -76,6 +76,8 @@ class ExportTarget(ABC):
         verified_by: what checks the artifact's numbers after export.
         default_graph_options: the export-graph options used where none are given (chosen by measurement on
             the target's runtime, see :mod:`export.graph_options`).
+        int8_ops: for a target with an ``int8`` precision, the selections of :data:`export.int8.INT8_OPS` its
+            quantizer implements, its default first (it then lists ``int8_ops`` among its options).
     """
 
     name: str
@@ -87,6 +89,7 @@ class ExportTarget(ABC):
     runs_on: str
     verified_by: str
     default_graph_options: GraphOptions = GraphOptions()
+    int8_ops: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
         return f"<export target {self.name!r}>"
@@ -120,6 +123,11 @@ class ExportTarget(ABC):
         cannot run here, a :class:`PGNError` for a setting this runtime does not take)."""
 
     # -- defaults a target overrides where it differs ----------------------------------------------------
+    @property
+    def default_int8_ops(self) -> str | None:
+        """What an int8 artifact quantizes when ``int8_ops`` is not given (``None`` for a target without int8)."""
+        return self.int8_ops[0] if self.int8_ops else None
+
     def with_defaults(self, options: ExportOptions, output_dir: Path) -> ExportOptions:
         """``options`` with this target's own defaults filled in (e.g. a cache file in ``output_dir``)."""
         return options

@@ -13,7 +13,8 @@ the cosine similarity of the gradient per sample (min and mean), and the cosine 
 the reference proxy's per-channel mean (a stricter view than the gradient, whose ŷ term both sides share).
 Tolerances (:class:`Tolerance`): fp32 needs relative errors ≤ 1e-4 for both; fp16 needs a gradient cosine
 ≥ 0.999 on every pair (the proxy's errors are reported: the gradient is computed from it, so its cosine already
-judges the proxy where it matters). Other precisions (int8) get their thresholds from their target.
+judges the proxy where it matters); int8, of every target that offers it, a gradient cosine ≥
+:data:`INT8_MIN_GRAD_COSINE` on every pair. A target may define its own thresholds (:meth:`ExportTarget.tolerance`).
 
 Quantized artifacts are calibrated on :func:`calibration_pairs`, built from :data:`CALIBRATION_PHOTOS`, which
 share no photograph with :data:`PARITY_PHOTOS`: an int8 artifact is never checked on the images it was
@@ -42,8 +43,12 @@ if TYPE_CHECKING:
 
 #: Bundled photographs (keys of :func:`pgn.images.sample_images`) the parity check's ``real`` set uses as y.
 PARITY_PHOTOS = ("skimage/astronaut", "skimage/chelsea", "skimage/coffee", "skimage/immunohistochemistry")
+#: Parity threshold of every int8 artifact: the gradient's cosine with float64 PyTorch, per pair.
+INT8_MIN_GRAD_COSINE = 0.99
 #: Bundled photographs int8 calibration uses (:func:`calibration_pairs`): none of them is a parity photograph.
 CALIBRATION_PHOTOS = ("skimage/rocket", "sklearn/china", "sklearn/flower")
+#: How many (ŷ, y) pairs an int8 export calibrates on (:func:`calibration_pairs`).
+CALIBRATION_PAIRS = 8
 
 
 @dataclass(frozen=True)
@@ -57,10 +62,13 @@ class Tolerance:
 
     @classmethod
     def for_precision(cls, precision: str) -> "Tolerance":
-        """fp32: rel ≤ 1e-4 for g and P; fp16: gradient cosine ≥ 0.999 (P errors are reported, not judged).
+        """fp32: rel ≤ 1e-4 for g and P; fp16: gradient cosine ≥ 0.999 (P errors are reported, not judged); int8:
+        gradient cosine ≥ :data:`INT8_MIN_GRAD_COSINE`.
 
         Another precision has no default thresholds: its target defines them (:meth:`ExportTarget.tolerance`).
         """
+        if precision == "int8":
+            return cls("int8", max_rel_grad=None, max_rel_proxy=None, min_grad_cosine=INT8_MIN_GRAD_COSINE)
         if precision == "fp16":
             return cls("fp16", max_rel_grad=None, max_rel_proxy=None, min_grad_cosine=0.999)
         if precision == "fp32":
@@ -146,7 +154,7 @@ def real_images(size: tuple[int, int], n: int, photos: tuple[str, ...] = PARITY_
     return torch.stack(out).clamp(0, 1)
 
 
-def calibration_pairs(size: tuple[int, int], n: int = 8, *, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+def calibration_pairs(size: tuple[int, int], n: int = CALIBRATION_PAIRS, *, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` (ŷ, y) pairs for calibrating a quantized artifact, (n, 3, H, W) each, in [0, 1].
 
     ``y`` cycles through :data:`CALIBRATION_PHOTOS`, which share no photograph with the parity check's

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from .cliutils import run_cli, write_json
+from .cliutils import run_cli
+from .files import write_json
 from .errors import PGNError
 from .profile import PAPER_TABLE6, profile
 

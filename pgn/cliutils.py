@@ -15,7 +15,6 @@ Click's own usage errors (an unknown option, a value of the wrong type) keep cli
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
@@ -27,7 +26,7 @@ from typing import Any, Callable, Mapping
 import click
 
 from .errors import PGNError, describe_os_error, os_error_in  # noqa: F401 (re-exported for the CLIs)
-from .files import atomic_write
+from .files import write_json, write_text  # noqa: F401 (moved to pgn.files; re-exported for code written against cliutils)
 
 #: Exit status of a command interrupted by SIGINT (Ctrl-C) or SIGTERM, as a shell reports it.
 EXIT_INTERRUPTED = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -191,35 +190,6 @@ def _on_sigterm_raise():
         return signal.signal(signal.SIGTERM, handler)
     except ValueError:  # not the main thread
         return None
-
-
-# --------------------------------------------------------------------------------------------------------
-# Writing results
-
-
-def write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically (:func:`pgn.files.atomic_write`); parents are created.
-
-    A failure leaves ``path`` as it was and raises the :class:`OSError` with ``path`` as its file name.
-    """
-    path = Path(path)
-    try:
-        with atomic_write(path, "w") as f:
-            f.write(text)
-    except OSError as e:
-        raise OSError(e.errno, e.strerror, str(path)) from e
-    return path
-
-
-def write_json(obj: Any, path: str | Path | None, *, indent: int = 2) -> Path | None:
-    """Write ``obj`` as JSON to ``path`` (atomically), to stdout for ``-``, or nowhere for ``None``."""
-    if path is None:
-        return None
-    text = json.dumps(obj, indent=indent, default=str)
-    if str(path) == "-":
-        click.echo(text)
-        return None
-    return write_text(path, text + "\n")
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import IO, Any, Iterator
 
+import click
 import torch
 
 from .errors import PGNError, describe_os_error, first_line
@@ -219,3 +220,32 @@ def read_file(path: str | Path, map_location: str | torch.device = "cpu") -> Any
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError, IndexError,
             TypeError, io.UnsupportedOperation) as e:
         raise PGNError(_unreadable(path, e)) from None
+
+
+# --------------------------------------------------------------------------------------------------------
+# Writing text and JSON results
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (:func:`atomic_write`); parents are created.
+
+    A failure leaves ``path`` as it was and raises the :class:`OSError` with ``path`` as its file name.
+    """
+    path = Path(path)
+    try:
+        with atomic_write(path, "w") as f:
+            f.write(text)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(path)) from e
+    return path
+
+
+def write_json(obj: Any, path: str | Path | None, *, indent: int = 2) -> Path | None:
+    """Write ``obj`` as JSON to ``path`` (atomically), to stdout for ``-``, or nowhere for ``None``."""
+    if path is None:
+        return None
+    text = json.dumps(obj, indent=indent, default=str)
+    if str(path) == "-":
+        click.echo(text)
+        return None
+    return write_text(path, text + "\n")

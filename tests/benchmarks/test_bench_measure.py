@@ -1,11 +1,15 @@
-"""The measuring machinery: statistics from raw samples, the call protocol, and the memory readings."""
+"""The measuring machinery: statistics from raw samples, the call protocol, and the memory readings of the
+benchmark and of the demos' per-call meter (one definition of peak memory)."""
 
+import sys
+import time
 import types
 
 import numpy as np
 import pytest
+import torch
 
-from pgn.benchmarks.measure import MemoryReading, TimingStats, measure_cpu_memory, time_calls
+from pgn.benchmarks.measure import LossMeter, MemoryReading, TimingStats, measure_cpu_memory, time_calls
 
 
 def test_stats_from_samples_match_numpy():
@@ -109,3 +113,65 @@ def test_cuda_peak_memory_is_read_after_the_warm_up(monkeypatch):
     assert result["memory"]["detail"]["warmup_calls_before"] == 2
     assert alloc.calls == 2 + 2 + 1 + 3  # warm-up, memory, one untimed call, timed
     assert torch.cuda.memory_allocated() == alloc.allocated
+
+
+# the demos' per-call meter
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="peak memory is read from /proc (Linux)")
+def test_loss_meter_records_time_and_memory():
+    meter = LossMeter(memory=True)
+    for _ in range(2):
+        with meter.measure():
+            x = torch.ones(16 * 2**20 // 4)  # 16 MiB, touched
+            float(x.sum())
+            del x
+    s = meter.summary()
+    assert s["calls"] == 2 and s["time_ms"] > 0
+    assert s["peak_mem_mib"] >= 15.0
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="peak memory is read from /proc (Linux)")
+def test_loss_meter_counts_the_memory_but_not_the_time_of_an_untimed_setup():
+    meter = LossMeter(memory=True)
+    with meter.measure(timed=False):  # a setup whose 32 MiB stay for the calls
+        kept = torch.ones(32 * 2**20 // 4)
+        float(kept.sum())
+    with meter.measure():
+        float(kept.sum())
+    s = meter.summary()
+    assert s["calls"] == 1 and len(meter.peaks_bytes) == 2
+    assert s["peak_mem_mib"] >= 31.0 and meter.peaks_bytes[1] < 8 * 2**20
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="peak memory is read from /proc (Linux)")
+def test_a_nested_meter_neither_hides_the_outer_peak_nor_adds_its_reset_to_the_outer_time(monkeypatch):
+    outer, inner = LossMeter(memory=True), LossMeter(memory=True)  # a whole step around its loss part
+    import pgn.benchmarks.measure
+
+    reset, reset_s = pgn.benchmarks.measure.reset_peak, 0.25
+
+    def slow_reset():
+        time.sleep(reset_s)
+        return reset()
+
+    monkeypatch.setattr(pgn.benchmarks.measure, "reset_peak", slow_reset)
+    with outer.measure():
+        x = torch.ones(32 * 2**20 // 4)  # 32 MiB, touched and freed before the inner reset
+        float(x.sum())
+        del x
+        with inner.measure(within=outer):
+            float(torch.ones(1024).sum())
+    assert outer.peaks_bytes[0] >= 31 * 2**20 and inner.peaks_bytes[0] < 8 * 2**20
+    assert inner.times_s[0] < reset_s and outer.times_s[0] < reset_s
+
+
+def test_loss_meter_without_proc_reports_no_memory(monkeypatch, tmp_path):
+    import pgn.benchmarks.measure
+
+    monkeypatch.setattr(pgn.benchmarks.measure, "_STATUS", tmp_path / "no-status")  # as on macOS or Windows
+    meter = LossMeter(memory=True)
+    with meter.measure():
+        torch.ones(1024).sum()
+    s = meter.summary()
+    assert s["calls"] == 1 and s["time_ms"] > 0 and s["peak_mem_mib"] is None

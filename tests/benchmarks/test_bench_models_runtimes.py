@@ -101,3 +101,32 @@ def test_the_default_cpu_run_has_bf16_only_where_the_cpu_has_it(monkeypatch, nat
     assert set(BenchmarkConfig().runtimes) | {"torch-bf16"} == set(rt_mod.DEFAULT_RUNTIMES["cpu"])
     assert "torch-bf16" in BenchmarkConfig(runtimes=("torch-bf16",)).runtimes  # asked for, it runs
     assert BenchmarkConfig(device="cuda").runtimes == rt_mod.DEFAULT_RUNTIMES["cuda"]
+
+
+def test_the_depthwise_runtime_is_not_applicable_where_its_graph_option_changes_nothing():
+    skip = check_runnable(RUNTIMES["onnxruntime-dw"], "cpu", resolve_model("resnet4"))
+    assert skip.status == "not-applicable"
+    assert "decoder_conv=depthwise does not apply (decoder_conv: the ResNet has no UNet decoder)" in skip.reason
+    assert rt_mod.graph_options_not_applied(RUNTIMES["onnxruntime-dw"], resolve_model("unet")) is None
+
+
+@pytest.mark.skipif(not all(rt_mod.module_available(m) for m in ("onnx", "onnxscript", "onnxruntime")),
+                    reason="the ONNX extra is not installed: pip install 'pgn-toolkit[onnx]'")
+def test_exported_runtimes_are_a_target_a_precision_and_graph_options(tmp_path):
+    import json
+
+    from pgn.benchmarks.worker import Task, prepare
+
+    def prepared(runtime, graph_options="default"):
+        task = Task(mode="prepare", model="unet", runtime=runtime, device="cpu", size=(32, 32), batch=1, inputs="",
+                    artifact_dir=str(tmp_path), graph_options=graph_options)
+        result = prepare(task)
+        assert result["status"] == "ok", result
+        return json.loads(open(result["artifact"] + ".manifest.json").read())
+
+    dw = prepared("onnxruntime-dw", "band_rows=16")  # the runtime's option over the run's
+    assert (dw["target"], dw["precision"]) == ("onnx", "fp32")
+    assert dw["graph"]["applied"]["decoder_conv"] == {"level 0": "depthwise"} and dw["graph"]["requested"]["band_rows"] == 16
+    int8 = prepared("onnxruntime-int8")
+    assert (int8["target"], int8["precision"], int8["target_info"]["quantization"]["ops"]) == ("onnx", "int8", "dense")
+    assert int8["graph"]["applied"]["decoder_conv"] == {"level 0": "split"}  # the ONNX target's default graph

@@ -120,14 +120,15 @@ def test_on_device_loss_with_onnx_runtime(ort_runtime_factory, tiny_generator):
 
 
 def test_on_device_loss_with_the_export_package(tmp_path, tiny_generator):
-    pytest.importorskip("export", reason="the export package is not installed")
+    for module in ("onnx", "onnxscript", "onnxruntime"):  # what pgn-export --target onnx needs to export and verify
+        pytest.importorskip(module, reason=f"{module} is not installed: pip install 'pgn-toolkit[onnx]'")
     from pgn.demos.ondevice import open_onnx_runtime
 
     torch.manual_seed(0)
     model = pgn.build("resnet4")
     status = open_onnx_runtime(model, (32, 32), 2, tmp_path)
     assert status.ok, status.status
-    assert status.artifact.is_file() and status.export_status in ("verified", "converted-not-run")
+    assert status.artifact.is_file() and status.export_status == "verified"  # ONNX Runtime runs here: parity was checked
     ondevice = _compare_students(model, status.runtime, tiny_generator)
     assert ondevice.max_recipe_deviation < 1e-4
 

@@ -1,14 +1,10 @@
-"""Frames, user generator modules and the loss meter: outputs and clear errors on bad input."""
-
-import sys
-import time
+"""Frames and user generator modules: outputs and clear errors on bad input."""
 
 import pytest
 import torch
 
 from pgn.demos.frames import edge_map, face_frames, read_frames
 from pgn.demos.generators import load_module
-from pgn.demos.measure import LossMeter
 from pgn.errors import PGNError
 
 
@@ -67,60 +63,3 @@ def test_load_module_errors(tmp_path, user_generator_file):
     broken.write_text("raise RuntimeError('boom\\nwhere it went wrong, at length')\n")
     with pytest.raises(PGNError, match="importing .* failed: RuntimeError: boom$"):  # its first line only
         load_module(f"{broken}:g")
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="peak memory is read from /proc (Linux)")
-def test_loss_meter_records_time_and_memory():
-    meter = LossMeter(memory=True)
-    for _ in range(2):
-        with meter.measure():
-            x = torch.ones(16 * 2**20 // 4)  # 16 MiB, touched
-            float(x.sum())
-            del x
-    s = meter.summary()
-    assert s["calls"] == 2 and s["time_ms"] > 0
-    assert s["peak_mem_mib"] >= 15.0
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="peak memory is read from /proc (Linux)")
-def test_loss_meter_counts_the_memory_but_not_the_time_of_an_untimed_setup():
-    meter = LossMeter(memory=True)
-    with meter.measure(timed=False):  # a setup whose 32 MiB stay for the calls
-        kept = torch.ones(32 * 2**20 // 4)
-        float(kept.sum())
-    with meter.measure():
-        float(kept.sum())
-    s = meter.summary()
-    assert s["calls"] == 1 and len(meter.peaks_bytes) == 2
-    assert s["peak_mem_mib"] >= 31.0 and meter.peaks_bytes[1] < 8 * 2**20
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="peak memory is read from /proc (Linux)")
-def test_a_nested_meter_neither_hides_the_outer_peak_nor_adds_its_reset_to_the_outer_time(monkeypatch):
-    outer, inner = LossMeter(memory=True), LossMeter(memory=True)  # a whole step around its loss part
-    reset, reset_s = inner._reset_peak, 0.25
-
-    def slow_reset():
-        time.sleep(reset_s)
-        return reset()
-
-    monkeypatch.setattr(inner, "_reset_peak", slow_reset)
-    with outer.measure():
-        x = torch.ones(32 * 2**20 // 4)  # 32 MiB, touched and freed before the inner reset
-        float(x.sum())
-        del x
-        with inner.measure(within=outer):
-            float(torch.ones(1024).sum())
-    assert outer.peaks_bytes[0] >= 31 * 2**20 and inner.peaks_bytes[0] < 8 * 2**20
-    assert inner.times_s[0] < reset_s and outer.times_s[0] < reset_s
-
-
-def test_loss_meter_without_proc_reports_no_memory(monkeypatch, tmp_path):
-    import pgn.demos.measure
-
-    monkeypatch.setattr(pgn.demos.measure, "_STATUS", tmp_path / "no-status")  # as on macOS or Windows
-    meter = LossMeter(memory=True)
-    with meter.measure():
-        torch.ones(1024).sum()
-    s = meter.summary()
-    assert s["calls"] == 1 and s["time_ms"] > 0 and s["peak_mem_mib"] is None

@@ -10,7 +10,7 @@ import torch
 from pgn.demos.common import CommonConfig, Scores
 from pgn.demos.dip import DipConfig, make_init
 from pgn.demos.losses import MSELoss
-from pgn.demos.measure import MEMORY_CALLS
+from pgn.benchmarks.measure import MEMORY_CALLS
 from pgn.demos.resources import Warnings
 from pgn.demos.runner import DemoRun, student_timing_cells, timing_cells
 from pgn.demos.students import Student

@@ -308,6 +308,6 @@ def test_cli_without_executorch_is_one_line_and_exit_1(no_executorch, tmp_path):
     assert not list(tmp_path.glob("*.pte"))
 
 
-def test_int8_is_an_executorch_precision_only(tmp_path):
-    with pytest.raises(PGNError, match="precision 'int8' is not available for onnx: use one of fp32, fp16"):
-        export.export(build("resnet4"), "onnx", output_dir=tmp_path, size=64, precision="int8")
+def test_int8_is_refused_by_a_target_without_an_int8_recipe(tmp_path):
+    with pytest.raises(PGNError, match="precision 'int8' is not available for coreml: use one of fp16, fp32"):
+        export.export(build("resnet4"), "coreml", output_dir=tmp_path, size=64, precision="int8")

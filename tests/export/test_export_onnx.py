@@ -240,3 +240,62 @@ def test_parity_failure_fails_the_export_and_leaves_nothing(tmp_path, monkeypatc
     assert r.reason.startswith("parity failed: random: grad rel error")
     assert r.parity["passed"] is False and r.parity["sets"]["random"]["grad_max_rel"] > 0
     assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------------------------------------
+# int8: a precision of the ONNX target, with the shared vocabulary and gate
+
+
+def test_int8_onnx_is_exported_verified_and_manifested(tmp_path):
+    from pgn.export.verify import INT8_MIN_GRAD_COSINE
+
+    r = export.export(build("resnet4"), "onnx", output_dir=tmp_path, size=32, precision="int8")[0]
+    assert r.status == "verified", r.reason
+    assert r.artifact.name == "resnet4-32x32-b1-int8.onnx" and r.manifest_path.is_file()
+    manifest = json.loads(r.manifest_path.read_text())
+    assert manifest["precision"] == "int8" and manifest["parity"]["tolerance"]["min_grad_cosine"] == INT8_MIN_GRAD_COSINE
+    recipe = manifest["target_info"]["quantization"]
+    assert recipe["ops"] == "dense" and recipe["format"] == "QDQ"  # the ONNX target's default selection
+    assert set(recipe["calibration_photos"]).isdisjoint(recipe["parity_photos"])
+    for m in manifest["parity"]["sets"].values():
+        assert m["grad_cosine_min"] >= INT8_MIN_GRAD_COSINE
+        assert m["grad_max_rel"] > 1e-4  # really quantized: far from fp32 agreement
+    proto = onnx.load(str(r.artifact))
+    dequantized = {o for n in proto.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    convs = [n for n in proto.graph.node if n.op_type == "Conv"]
+    assert convs and all(n.input[1] in dequantized for n in convs)  # every (dense) ResNet conv reads an int8 weight
+    metadata = {p.key: p.value for p in proto.metadata_props}
+    assert metadata["pgn.precision"] == "int8" and metadata["pgn.int8_ops"] == "dense" and metadata["pgn.preset"] == "resnet4"
+    assert [i.name for i in proto.graph.input] == ["y_hat", "y"] and [o.name for o in proto.graph.output] == ["proxy", "grad"]
+
+
+def _conv_graph():
+    """Three convolutions: 1×1 dense, 3×3 dense, 3×3 grouped (4 groups)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = {"w1": (8, 8, 1, 1), "w3": (8, 8, 3, 3), "wg": (8, 2, 3, 3)}
+    inits = [numpy_helper.from_array(np.ones(s, np.float32), name) for name, s in weights.items()]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], name="pointwise"),
+             helper.make_node("Conv", ["a", "w3"], ["b"], name="dense3x3", pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["b", "wg"], ["y"], name="grouped", pads=[1, 1, 1, 1], group=4)]
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, (1, 8, 4, 4)) for n in ("x", "y")]
+    return helper.make_model(helper.make_graph(nodes, "g", [io[0]], [io[1]], inits))
+
+
+@pytest.mark.parametrize("ops, names", [("conv", ["pointwise", "dense3x3", "grouped"]), ("dense", ["pointwise", "dense3x3"]),
+                                        ("pointwise", ["pointwise"])])
+def test_int8_ops_pick_the_convolutions_their_names_say(ops, names):
+    from pgn.export.onnx import selected_convs
+
+    assert selected_convs(_conv_graph(), ops) == names
+
+
+@pytest.mark.parametrize("target, kwargs, message", [
+    ("onnx", {"precision": "int8", "int8_ops": "all"}, "int8_ops 'all' .* is not available for onnx: use one of dense, conv, pointwise"),
+    ("onnx", {"int8_ops": "conv"}, "precision='int8'"),
+    ("tensorrt", {"precision": "int8"}, "precision 'int8' is not available for tensorrt"),
+])
+def test_int8_requests_a_target_cannot_honour_are_one_line_errors(tmp_path, target, kwargs, message):
+    with pytest.raises(pgn.PGNError, match=message):
+        export.export(build("resnet4"), target, output_dir=tmp_path, size=32, **kwargs)
+    assert not any(tmp_path.iterdir())

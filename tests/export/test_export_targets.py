@@ -118,8 +118,20 @@ def test_suffixes_tell_the_targets_apart():
 
 
 def test_a_precision_without_thresholds_is_refused():
-    with pytest.raises(PGNError, match="no parity tolerance for precision 'int8'"):
-        Tolerance.for_precision("int8")
+    with pytest.raises(PGNError, match="no parity tolerance for precision 'int4'"):
+        Tolerance.for_precision("int4")
+
+
+def test_every_int8_target_passes_the_one_int8_gate_and_speaks_the_one_vocabulary():
+    from pgn.export.int8 import INT8_OPS
+    from pgn.export.verify import INT8_MIN_GRAD_COSINE
+
+    int8_targets = [t for t in FORMATS.values() if "int8" in t.precisions]
+    assert {t.name for t in int8_targets} >= {"onnx", "executorch"}
+    for target in int8_targets:
+        assert target.tolerance("int8") == Tolerance("int8", None, None, INT8_MIN_GRAD_COSINE) and INT8_MIN_GRAD_COSINE == 0.99
+        assert "int8_ops" in target.options and target.int8_ops and set(target.int8_ops) <= set(INT8_OPS)
+    assert {t.name: t.default_int8_ops for t in int8_targets} == {"onnx": "dense", "executorch": "conv"}
 
 
 def test_tensorrt_timing_cache_defaults_to_the_output_folder(tmp_path):

@@ -8,7 +8,8 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from pgn.cliutils import FiniteFloat, check_output, run_cli, write_json
+from pgn.cliutils import FiniteFloat, check_output, run_cli
+from pgn.files import write_json
 from pgn.errors import PGNError
 
 
