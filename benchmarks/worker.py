@@ -175,7 +175,7 @@ def prepare(task: Task) -> dict:
     if chosen.status == "failed" or chosen.artifact is None:
         return {"status": "failed", "reason": f"export failed: {chosen.reason}"}
     artifact = Path(chosen.artifact)
-    info = {"export_status": chosen.status, "export_reason": chosen.reason, "artifact_mb": _size_mb(artifact)}
+    info = {"export_status": chosen.status, "export_reason": chosen.reason, "artifact_mb": artifact_size_mb(artifact)}
     return {"status": "ok", "artifact": str(artifact), **info}
 
 
@@ -188,14 +188,17 @@ def _quantize(task: Task) -> dict:
         return {"status": "failed", "reason": "int8 quantization needs the fp32 ONNX model"}
     src = Path(task.artifact)
     inputs = _load_inputs(task.inputs)
-    dst = quantize_int8(src, src.with_name(f"{src.stem}.int8.onnx"),
+    out = Path(task.artifact_dir) if task.artifact_dir else src.parent  # never beside a cached fp32 model
+    out.mkdir(parents=True, exist_ok=True)
+    dst = quantize_int8(src, out / f"{src.stem}.int8.onnx",
                         inputs["calib_y_hat"].numpy().astype(np.float32), inputs["calib_y"].numpy().astype(np.float32))
     write_int8_manifest(src, dst)
-    return {"status": "ok", "artifact": str(dst), "artifact_mb": _size_mb(dst), "source": str(src)}
+    return {"status": "ok", "artifact": str(dst), "artifact_mb": artifact_size_mb(dst), "source": str(src)}
 
 
-def _size_mb(path: Path) -> float:
+def artifact_size_mb(path: str | Path) -> float:
     """Size of a file, or of a directory's files (Core ML packages), in MiB."""
+    path = Path(path)
     if path.is_dir():
         return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20
     return path.stat().st_size / 2**20

@@ -135,6 +135,6 @@ def test_graph_options_reach_the_export_task(monkeypatch, tmp_path):
     config = BenchmarkConfig(models=("unet",), runtimes=("onnxruntime",), sizes=(32,), graph_options="decoder_conv=split")
     assert config.to_dict()["graph_options"] == "decoder_conv=split"
     tasks = []
-    monkeypatch.setattr(harness, "run_task", lambda task, *args: tasks.append(task) or {"status": "failed", "reason": "stub"})
+    monkeypatch.setattr(harness, "run_task", lambda task, *args, **kwargs: tasks.append(task) or {"status": "failed", "reason": "stub"})
     harness._Artifacts(config, tmp_path).get("unet", "onnxruntime", (32, 32), tmp_path / "inputs.pt")
     assert [(t.mode, t.graph_options) for t in tasks] == [("prepare", config.graph_options)]
