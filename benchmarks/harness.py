@@ -26,6 +26,7 @@ from pgn.cliutils import write_json
 
 from .config import BenchmarkConfig
 from .environment import collect_environment, load_average
+from .forkserver import ForkServer
 from .measure import TimingStats
 from .models import make_input_file, model_cost, resolve_model
 from .progress import LiveProgress
@@ -303,7 +304,7 @@ def run_benchmark(config: BenchmarkConfig, *, progress: bool = True, workdir: st
         tmp.mkdir(parents=True, exist_ok=True)
         # started first: it imports torch (and ExecuTorch, the ONNX exporter) while this process gets ready
         runnable = any(check_runnable(resolve_runtime(r), config.device, resolve_model(m)) is None for _, m, r in jobs)
-        server = (forkserver.ForkServer(worker_env(config.effective_threads), server_preload(config), log=tmp / "forkserver.log")
+        server = (ForkServer(worker_env(config.effective_threads), server_preload(config), log=tmp / "forkserver.log")
                   if fork_server and runnable and forkserver.available() else None)
         try:
             environment = collect_environment(config.device, config.effective_threads)
