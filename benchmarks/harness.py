@@ -75,15 +75,14 @@ def run_task(task: Task, workdir: Path, threads: int, timeout: float, server: Fo
     return {"status": "failed", "reason": f"worker exited with status {returncode}: {tail[-1] if tail else 'no output'}"}
 
 
-def server_preload(config: BenchmarkConfig) -> tuple[str, ...]:
+def server_preload(config: BenchmarkConfig, exports: list[tuple[str, str, tuple[int, int]]]) -> tuple[str, ...]:
     """Modules the fork server imports for this run, beyond a measurement's (:data:`forkserver.BASE_PRELOAD`): the
-    ExecuTorch runtime and exporter for ExecuTorch rows, the ONNX exporter when ONNX artifacts may be exported."""
-    families = {resolve_runtime(r).family for r in config.runtimes}
-    targets = {resolve_runtime(r).export_target for r in config.runtimes}
+    ExecuTorch runtime (which imports its exporter) for ExecuTorch rows, the ONNX exporter when ``exports`` (the
+    (model, runtime, size) artifacts to make) has ONNX models."""
     preload = []
-    if "executorch" in families:
+    if any(resolve_runtime(r).family == "executorch" for r in config.runtimes):
         preload += ["executorch.exir", "executorch.runtime", "executorch.backends.xnnpack.partition.xnnpack_partitioner"]
-    if targets & {"onnx", "tensorrt"}:
+    if any(resolve_runtime(runtime).export_target in ("onnx", "tensorrt") for _, runtime, _ in exports):
         preload += ["onnxscript", "onnx"]
     return tuple(preload)
 
@@ -302,16 +301,17 @@ def run_benchmark(config: BenchmarkConfig, *, progress: bool = True, workdir: st
     with holder as tmp:
         tmp = Path(tmp)
         tmp.mkdir(parents=True, exist_ok=True)
-        # started first: it imports torch (and ExecuTorch, the ONNX exporter) while this process gets ready
+        environment = collect_environment(config.device, config.effective_threads)
+        artifacts = _Artifacts(config, tmp, None, _open_cache(config, warn), warn, (environment.get("gpu") or {}).get("name"))
+        missing = artifacts.missing(jobs)  # checked cache entries are taken now
         runnable = any(check_runnable(resolve_runtime(r), config.device, resolve_model(m)) is None for _, m, r in jobs)
-        server = (ForkServer(worker_env(config.effective_threads), server_preload(config), log=tmp / "forkserver.log")
+        # started before the inputs are made: it imports torch (ExecuTorch, the ONNX exporter) meanwhile
+        server = (ForkServer(worker_env(config.effective_threads), server_preload(config, missing), log=tmp / "forkserver.log")
                   if fork_server and runnable and forkserver.available() else None)
+        artifacts.server = server
         try:
-            environment = collect_environment(config.device, config.effective_threads)
-            artifacts = _Artifacts(config, tmp, server, _open_cache(config, warn), warn, (environment.get("gpu") or {}).get("name"))
             inputs = {size: make_input_file(tmp / f"inputs-{size[0]}x{size[1]}.pt", config.batch, size, config.seed)
                       for size in config.sizes}
-            missing = artifacts.missing(jobs)
             units = (sum(export_seconds(runtime) for _, runtime, _ in missing)
                      + sum(measure_seconds(config, model, runtime, size) for size, model, runtime in jobs))
             with LiveProgress(progress, len(jobs), units) as live:

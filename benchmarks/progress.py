@@ -32,12 +32,13 @@ class LiveProgress:
         enabled: show it if stderr is a terminal.
         rows: rows the run will have.
         units: estimated seconds of all steps.
+        console: where to draw (default: stderr).
     """
 
-    def __init__(self, enabled: bool, rows: int, units: float):
+    def __init__(self, enabled: bool, rows: int, units: float, console=None):
         from rich.console import Console
 
-        self.console = Console(stderr=True)
+        self.console = console or Console(stderr=True)
         self.enabled = enabled and self.console.is_terminal
         self.rows, self.units, self.done = rows, units, 0
 
