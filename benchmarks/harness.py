@@ -316,8 +316,8 @@ def run_benchmark(config: BenchmarkConfig, *, progress: bool = True, workdir: st
                      + sum(measure_seconds(config, model, runtime, size) for size, model, runtime in jobs))
             with LiveProgress(progress, len(jobs), units) as live:
                 if missing:
-                    live.say(f"exporting {len(missing)} artifacts ({config.export_jobs} at a time), kept in "
-                             f"{artifacts.cache.root if artifacts.cache else 'no cache'}")
+                    live.say(f"exporting {len(missing)} artifact{'s' if len(missing) > 1 else ''} ({config.export_jobs} at a time), "
+                             f"kept in {artifacts.cache.root if artifacts.cache else 'the run folder only (no cache)'}")
                 artifacts.prepare_all(jobs, inputs, live)
                 for size, model, runtime in jobs:
                     live.step(f"measuring {resolve_model(model).display} on {runtime} at {size[0]}×{size[1]}")
