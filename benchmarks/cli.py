@@ -8,8 +8,12 @@ import click
 
 from pgn.cliutils import FiniteFloat, run_cli
 
-from .models import DEFAULT_MODELS
-from .runtimes import DEFAULT_RUNTIMES, RUNTIMES
+from .config import FULL, QUICK
+from .runtimes import DEFAULT_RUNTIMES, QUICK_RUNTIMES, RUNTIMES
+
+#: The last line of a plain run: where the rest of the matrix is.
+FULL_HINT = (f"The rest of the matrix (the paper's {FULL.size}², int8, bf16, torch.compile, cached VGG targets): "
+             "pgn-bench --full; other sizes: --size or --sweep-size.")
 
 
 def _csv(value: str | None) -> tuple[str, ...] | None:
@@ -35,16 +39,22 @@ def _sizes(value: str | None) -> tuple[int, ...] | None:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True, help="Where to compute.")
+@click.option("--full", is_flag=True,
+              help=f"The full matrix: the paper's {FULL.size}², every runtime and precision ({','.join(DEFAULT_RUNTIMES['cpu'])} "
+                   f"on cpu; {','.join(DEFAULT_RUNTIMES['cuda'])} on cuda), VGG-19 with cached target features, "
+                   f"{FULL.repeats} timed calls after {FULL.warmup['cpu']} warm-up. Options given still apply.")
 @click.option("--runtimes", metavar="LIST",
-              help=f"Comma-separated runtimes: {', '.join(RUNTIMES)}. Default on cpu: {','.join(DEFAULT_RUNTIMES['cpu'])} "
-                   "(torch-bf16 only where the CPU has native bfloat16); "
-                   f"on cuda: {','.join(DEFAULT_RUNTIMES['cuda'])}.")
-@click.option("--models", metavar="LIST", help=f"Comma-separated models (default: {','.join(DEFAULT_MODELS)}); any PGN preset works.")
+              help=f"Comma-separated runtimes: {', '.join(RUNTIMES)}. Default on cpu: {','.join(QUICK_RUNTIMES['cpu'])}; "
+                   f"on cuda: {','.join(QUICK_RUNTIMES['cuda'])} (with --full see above; torch-bf16 only where the CPU "
+                   "has native bfloat16).")
+@click.option("--models", metavar="LIST",
+              help=f"Comma-separated models (default: {','.join(QUICK.models)}; --full adds vgg19-cached); any PGN preset works.")
 @click.option("--batch", type=click.IntRange(1), default=1, show_default=True, help="Image pairs per gradient call.")
-@click.option("--size", type=click.IntRange(16), help="Square input size (default 224).")
+@click.option("--size", type=click.IntRange(16), help=f"Square input size (default {QUICK.size}; the paper's and --full's: {FULL.size}).")
 @click.option("--sweep-size", metavar="LIST", help="Comma-separated sizes for a resolution sweep, e.g. 128,224,256,512.")
-@click.option("--repeats", type=click.IntRange(1), default=10, show_default=True, help="Timed calls per measurement.")
-@click.option("--warmup", type=click.IntRange(0), help="Untimed calls first (default 2 on cpu, 10 on cuda).")
+@click.option("--repeats", type=click.IntRange(1), help=f"Timed calls per measurement (default {QUICK.repeats}; --full: {FULL.repeats}).")
+@click.option("--warmup", type=click.IntRange(0),
+              help=f"Untimed calls first (default {QUICK.warmup['cpu']} on cpu, --full {FULL.warmup['cpu']}; {QUICK.warmup['cuda']} on cuda).")
 @click.option("--threads", type=click.IntRange(1), help="Intra-op threads of every runtime (default: all usable cores).")
 @click.option("--weights", metavar="paper|DIR", help="PGN weights: the authors' released checkpoints or a folder of <model>.pt (default: seeded random init).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
@@ -63,25 +73,36 @@ def _sizes(value: str | None) -> tuple[int, ...] | None:
               help="Also write the tables as Markdown (with the exact command line).")
 @click.option("--from-json", "from_json", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="FILE",
               help="Measure nothing: re-render a saved run's table, Markdown and plots (ratios recomputed from its raw samples).")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--no-cache", is_flag=True, help="Export every artifact afresh and keep none (the artifact cache is left as it is).")
+@click.option("--clear-cache", is_flag=True, help="Delete the cached artifacts and exit.")
+@click.option("--quiet", is_flag=True, help="No live progress.")
 @click.option("--fitting", type=click.Choice(["default", "full"]), default=None,
-              help="Measure the whole fitting step of a generator instead (benchmarks/fitting.py): eager PyTorch and "
-                   "ExecuTorch, losses mse/vgg19/vgg11/pgn/pgn-int8. 'default': talking-head at 64² and 128², batch 1 and 8 "
-                   "(fits a 2-core CPU); 'full': both generators at 64², 128², 256². --sweep-size, --batch, --repeats, "
-                   "--threads and --timeout narrow it.")
+              help="Measure the whole fitting step of a generator instead: eager PyTorch and ExecuTorch, losses "
+                   "mse/vgg19/vgg11/pgn/pgn-int8. 'default': talking-head at 64² and 128², batch 1 and 8; 'full': both "
+                   "generators at 64², 128², 256². --sweep-size, --batch, --repeats, --threads and --timeout narrow it.")
 @click.option("--fitting-losses", metavar="LIST", help="With --fitting: the losses (default all).")
 @click.option("--fitting-generators", metavar="LIST", help="With --fitting: talking-head,skip-net.")
-def main(device, runtimes, models, batch, size, sweep_size, repeats, warmup, threads, weights, seed, check_values, export_jobs,
-         graph_options, timeout, json_path, plot_path, markdown_path, from_json, quiet, fitting, fitting_losses, fitting_generators):
+def main(device, full, runtimes, models, batch, size, sweep_size, repeats, warmup, threads, weights, seed, check_values, export_jobs,
+         graph_options, timeout, json_path, plot_path, markdown_path, from_json, no_cache, clear_cache, quiet, fitting,
+         fitting_losses, fitting_generators):
     """Time and peak memory of one gradient: PGN forward vs VGG-19/VGG-11 forward + backward.
 
     Each measurement runs in its own process. VGG: forward on ŷ (and on y, or with cached target features
     for the -cached models), backward to the input only. PGNs: one forward. A runtime that cannot run here is
-    a row that says why. The default run (no options) takes a few minutes on a 2-core CPU.
+    a row that says why.
+
+    The default run is the quick matrix: VGG-19 and VGG-11 against resnet4, resnet6, resnet8 and unet on the fp32
+    runtime of every family (PyTorch, ONNX Runtime, ExecuTorch; Core ML on macOS), at 128² with the median of 5
+    calls, in about a minute and a half on a 2-core CPU. --full measures the paper's 224² and everything else.
+    Exported artifacts are kept in $PGN_HOME/bench, else $XDG_CACHE_HOME/pgn-toolkit/bench, else
+    ~/.cache/pgn-toolkit/bench (checked against their manifest's sha256, rebuilt when anything that made them
+    changed), so a second run only measures.
 
     \b
     Examples:
       pgn-bench
+      pgn-bench --full --json bench.json --plot bench.png
+      pgn-bench --size 224 --repeats 10                # the quick matrix at the paper's size
       pgn-bench --models vgg19,resnet4,unet --runtimes torch,onnxruntime --repeats 20 --json bench.json --plot bench.png
       pgn-bench --device cuda --batch 8
       pgn-bench --fitting default --json fit.json --plot fit.png --markdown fit.md
@@ -96,10 +117,13 @@ def main(device, runtimes, models, batch, size, sweep_size, repeats, warmup, thr
         return
     if size is not None and sweep_size is not None:
         raise click.UsageError("give either --size or --sweep-size, not both")
+    if clear_cache:
+        run_cli(_clear_cache)
+        return
     sizes = _sizes(sweep_size) or ((size,) if size is not None else None)
-    options = {"device": device, "runtimes": _csv(runtimes), "models": _csv(models), "batch": batch, "sizes": sizes, "repeats": repeats,
-               "warmup": warmup, "threads": threads, "weights": weights, "seed": seed, "timeout": timeout, "check_values": check_values,
-               "export_jobs": export_jobs, "graph_options": graph_options}
+    options = {"device": device, "full": full, "runtimes": _csv(runtimes), "models": _csv(models), "batch": batch, "sizes": sizes,
+               "repeats": repeats, "warmup": warmup, "threads": threads, "weights": weights, "seed": seed, "timeout": timeout,
+               "check_values": check_values, "export_jobs": export_jobs, "graph_options": graph_options, "cache": not no_cache}
     outputs = {"json_path": json_path, "plot_path": plot_path, "markdown_path": markdown_path}
     files = {"--json": json_path, "--plot": plot_path, "--markdown": markdown_path}
     if plot_path is not None and sizes is not None and len(sizes) > 1:
@@ -108,6 +132,14 @@ def main(device, runtimes, models, batch, size, sweep_size, repeats, warmup, thr
         files["--plot (scaling)"] = scaling_plot_path(plot_path)
     run_cli(lambda: _run({k: v for k, v in options.items() if v is not None}, **outputs, from_json=from_json, progress=not quiet),
             files=files)
+
+
+def _clear_cache() -> None:
+    from pgn.export.cache import ArtifactCache, default_cache_dir
+
+    folder = default_cache_dir("bench")
+    removed = ArtifactCache(folder).clear()
+    click.echo(f"removed {removed} cached artifact{'s' if removed != 1 else ''} from {folder}")
 
 
 def _load(from_json: Path):
@@ -171,6 +203,8 @@ def _run(options: dict, *, json_path: Path | None, plot_path: Path | None, markd
         from pgn.errors import PGNError
 
         raise PGNError("nothing could be measured: every row above says why")
+    if from_json is None and result.config.get("matrix") == "quick":
+        click.echo(FULL_HINT)
 
 
 def _keep_results(result, error: OSError, saved: Path | None) -> None:
@@ -209,7 +243,7 @@ def _fitting(mode, sweep_size, batch, repeats, threads, timeout, losses, generat
     from .fitting import GENERATORS, LOSSES, FittingGrid, main_fitting
 
     grid = FittingGrid.full() if mode == "full" else FittingGrid()
-    changes = {"repeats": repeats, "timeout": timeout}
+    changes = {k: v for k, v in {"repeats": repeats, "timeout": timeout}.items() if v is not None}
     if sweep_size:
         changes["sizes"] = _sizes(sweep_size)
     if batch != 1:

@@ -10,13 +10,44 @@ from pgn.export.graph_options import GraphOptions
 from pgn.errors import PGNError
 from pgn.inputs import CHECK_VALUES, nearest_valid_size
 
-from .models import DEFAULT_MODELS, resolve_model, size_multiple
+from .models import DEFAULT_MODELS, FULL_MODELS, resolve_model, size_multiple
 from .runtimes import default_runtimes, resolve_runtime
 
 DEVICES = ("cpu", "cuda")
-DEFAULT_SIZE = 224
-#: Untimed calls before timing: a CPU run settles after one or two; a GPU needs clocks up and autotuning done.
-DEFAULT_WARMUP = {"cpu": 2, "cuda": 10}
+
+
+@dataclass(frozen=True)
+class Matrix:
+    """What a run measures where the options leave it open.
+
+    Args:
+        name: ``quick`` (a plain ``pgn-bench``) or ``full`` (``pgn-bench --full``).
+        models: model names.
+        size: square input size.
+        repeats: timed calls per measurement.
+        warmup: untimed calls before timing, per device (a CPU settles after one or two; a GPU needs clocks up
+            and autotuning done).
+    """
+
+    name: str
+    models: tuple[str, ...]
+    size: int
+    repeats: int
+    warmup: dict
+
+    def runtimes(self, device: str) -> tuple[str, ...]:
+        """The runtimes of this matrix on ``device`` (:func:`benchmarks.runtimes.default_runtimes`)."""
+        return default_runtimes(device, full=self.name == "full")
+
+
+#: A plain ``pgn-bench``: the paper's question (VGG-19 and VGG-11 against the four PGNs) on the fp32 runtime of
+#: every family, at 128² with 5 timed calls, to finish in about a minute and a half on a 2-core CPU.
+QUICK = Matrix("quick", DEFAULT_MODELS, 128, 5, {"cpu": 1, "cuda": 10})
+#: ``pgn-bench --full``: the paper's 224², cached-target VGG, every precision and compiler, 10 timed calls.
+FULL = Matrix("full", FULL_MODELS, 224, 10, {"cpu": 2, "cuda": 10})
+MATRICES = {m.name: m for m in (QUICK, FULL)}
+#: The input size of a plain run (the paper's 224² is ``--size 224`` or ``--full``).
+DEFAULT_SIZE = QUICK.size
 
 
 def usable_cores() -> int:
@@ -33,13 +64,15 @@ class BenchmarkConfig:
 
     Args:
         device: ``cpu`` or ``cuda``.
-        runtimes: runtime names (:data:`benchmarks.runtimes.RUNTIMES`); None: the device's defaults.
-        models: model names (:mod:`benchmarks.models`); default VGG-19/11 (with and without cached target
-            features) and the paper's four PGNs.
+        full: take what the options leave open from the full matrix (:data:`FULL`) instead of the quick one
+            (:data:`QUICK`).
+        runtimes: runtime names (:data:`benchmarks.runtimes.RUNTIMES`); None: the matrix's runtimes for the device.
+        models: model names (:mod:`benchmarks.models`); None: the matrix's (VGG-19, VGG-11 and the paper's four
+            PGNs; the full matrix adds VGG-19 with cached target features).
         batch: image pairs per gradient call.
-        sizes: square sizes or (H, W) pairs; more than one is a resolution sweep.
-        repeats: timed calls per measurement.
-        warmup: untimed calls before timing; None: 2 on the CPU, 10 on CUDA.
+        sizes: square sizes or (H, W) pairs; more than one is a resolution sweep. None: the matrix's (128², full 224²).
+        repeats: timed calls per measurement; None: the matrix's (5, full 10).
+        warmup: untimed calls before timing; None: the matrix's (CPU 1, full 2; CUDA 10).
         threads: intra-op threads of every runtime; None: all usable cores.
         memory_calls: calls inside the peak-memory measurement.
         seed: seed of the random PGN and VGG weights (timing and memory do not depend on weight values).
@@ -54,14 +87,18 @@ class BenchmarkConfig:
             quantization passes) runs on one core.
         graph_options: export-graph options of the exported runtimes (:class:`export.graph_options.GraphOptions`
             text; options it leaves out keep each export target's defaults).
+        cache: keep exported artifacts between runs in ``cache_dir`` (:mod:`export.cache`); False exports afresh
+            into the run's temporary folder.
+        cache_dir: the artifact cache; None: :func:`export.cache.default_cache_dir` ``("bench")``.
     """
 
     device: str = "cpu"
+    full: bool = False
     runtimes: tuple[str, ...] | None = None
-    models: tuple[str, ...] = DEFAULT_MODELS
+    models: tuple[str, ...] | None = None
     batch: int = 1
-    sizes: tuple[tuple[int, int], ...] = ((DEFAULT_SIZE, DEFAULT_SIZE),)
-    repeats: int = 10
+    sizes: tuple[tuple[int, int], ...] | None = None
+    repeats: int | None = None
     warmup: int | None = None
     threads: int | None = None
     memory_calls: int = 2
@@ -71,21 +108,27 @@ class BenchmarkConfig:
     check_values: str = "auto"
     export_jobs: int = 2
     graph_options: str = "default"
+    cache: bool = True
+    cache_dir: str | None = None
     resolved_weights: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
         if self.device not in DEVICES:
             raise PGNError(f"unknown device {self.device!r}: use cpu or cuda")
-        runtimes = tuple(self.runtimes) if self.runtimes is not None else default_runtimes(self.device)
+        matrix = self.matrix
+        runtimes = tuple(self.runtimes) if self.runtimes is not None else matrix.runtimes(self.device)
         for name in runtimes:
             resolve_runtime(name)
         if not runtimes:
             raise PGNError("no runtimes given")
-        models = tuple(self.models)
+        models = tuple(self.models) if self.models is not None else matrix.models
         if not models:
             raise PGNError("no models given")
         specs = [resolve_model(m) for m in models]
-        sizes = tuple((s, s) if isinstance(s, int) else (int(s[0]), int(s[1])) for s in self.sizes)
+        sizes = tuple((s, s) if isinstance(s, int) else (int(s[0]), int(s[1]))
+                      for s in (self.sizes if self.sizes is not None else (matrix.size,)))
+        if self.repeats is None:
+            object.__setattr__(self, "repeats", matrix.repeats)
         if not sizes:
             raise PGNError("no sizes given")
         for value, what in ((self.batch, "batch"), (self.repeats, "repeats"), (self.memory_calls, "memory_calls")):
@@ -131,9 +174,23 @@ class BenchmarkConfig:
         raise PGNError(f"no checkpoint for {name} in {folder}: expected {name}.pt or {name}.pth")
 
     @property
+    def matrix(self) -> Matrix:
+        """Where the options left open come from: :data:`FULL` or :data:`QUICK`."""
+        return FULL if self.full else QUICK
+
+    @property
     def effective_warmup(self) -> int:
         """Untimed calls actually used."""
-        return DEFAULT_WARMUP[self.device] if self.warmup is None else self.warmup
+        return self.matrix.warmup[self.device] if self.warmup is None else self.warmup
+
+    @property
+    def effective_cache_dir(self) -> Path | None:
+        """The artifact cache folder, None without a cache."""
+        if not self.cache:
+            return None
+        from pgn.export.cache import default_cache_dir
+
+        return Path(self.cache_dir) if self.cache_dir is not None else default_cache_dir("bench")
 
     @property
     def effective_threads(self) -> int:
@@ -146,4 +203,5 @@ class BenchmarkConfig:
         d["sizes"] = [list(s) for s in self.sizes]
         d["effective_warmup"] = self.effective_warmup
         d["effective_threads"] = self.effective_threads
+        d["matrix"] = self.matrix.name
         return d

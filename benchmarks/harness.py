@@ -1,5 +1,9 @@
 """Run a benchmark: one worker process per measurement, rows for everything that could not run, ratios.
 
+Every export and every measurement is its own process, forked from a warm server that imported torch once
+(:mod:`benchmarks.forkserver`; a fresh interpreter per task where it does not run). Exported artifacts come from
+the artifact cache when a checked entry exists (:mod:`export.cache`) and go into it when made.
+
 Example::
 
     from pgn.benchmarks import BenchmarkConfig, run_benchmark
@@ -22,11 +26,13 @@ from pgn.files import write_json
 
 from .config import BenchmarkConfig
 from .environment import collect_environment, load_average
+from .forkserver import ForkServer
 from .measure import TimingStats
 from .models import make_input_file, model_cost, resolve_model
+from .progress import LiveProgress
 from .results import BenchmarkResult, Row, attach_ratios
 from .runtimes import check_runnable, resolve_runtime
-from .worker import Task
+from .worker import Task, artifact_size_mb
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,22 +47,44 @@ def worker_env(threads: int) -> dict[str, str]:
     return env
 
 
-def run_task(task: Task, workdir: Path, threads: int, timeout: float) -> dict:
-    """Run ``task`` in a fresh ``python -m benchmarks.worker`` process; returns its result dict (never raises)."""
+def run_task(task: Task, workdir: Path, threads: int, timeout: float, server: ForkServer | None = None) -> dict:
+    """Run ``task`` in its own worker process, forked by ``server`` or (None) a fresh ``python -m
+    benchmarks.worker``; returns its result dict (never raises)."""
     fd, name = tempfile.mkstemp(prefix="task-", suffix=".json", dir=workdir)  # unique even when exports run in parallel
     os.close(fd)
     task_path = Path(name)
     result_path = task_path.with_name("result-" + task_path.name[len("task-"):])
     write_json(task.to_dict(), task_path)
-    cmd = [sys.executable, "-m", "pgn.benchmarks.worker", str(task_path), str(result_path)]
-    try:
-        proc = subprocess.run(cmd, env=worker_env(threads), capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"status": "failed", "reason": f"worker timed out after {timeout:.0f} s"}
+    if server is not None:
+        log_path = task_path.with_name("log-" + task_path.name[len("task-"):-len(".json")] + ".txt")
+        reply = server.run(task_path, result_path, log_path, timeout)
+        if reply is not None and reply["timed_out"]:
+            return {"status": "failed", "reason": f"worker timed out after {timeout:.0f} s"}
+        output = log_path.read_text(errors="replace") if log_path.is_file() else ""
+        returncode = "unknown (the fork server died)" if reply is None else reply["exit"]
+    else:
+        cmd = [sys.executable, "-m", "pgn.benchmarks.worker", str(task_path), str(result_path)]
+        try:
+            proc = subprocess.run(cmd, env=worker_env(threads), capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return {"status": "failed", "reason": f"worker timed out after {timeout:.0f} s"}
+        output, returncode = proc.stderr or proc.stdout or "", proc.returncode
     if result_path.is_file():
         return json.loads(result_path.read_text())
-    tail = (proc.stderr or proc.stdout or "").strip().splitlines()
-    return {"status": "failed", "reason": f"worker exited with status {proc.returncode}: {tail[-1] if tail else 'no output'}"}
+    tail = output.strip().splitlines()
+    return {"status": "failed", "reason": f"worker exited with status {returncode}: {tail[-1] if tail else 'no output'}"}
+
+
+def server_preload(config: BenchmarkConfig, exports: list[tuple[str, str, tuple[int, int]]]) -> tuple[str, ...]:
+    """Modules the fork server imports for this run, beyond a measurement's (:data:`forkserver.BASE_PRELOAD`): the
+    ExecuTorch runtime (which imports its exporter) for ExecuTorch rows, the ONNX exporter when ``exports`` (the
+    (model, runtime, size) artifacts to make) has ONNX models."""
+    preload = []
+    if any(resolve_runtime(r).family == "executorch" for r in config.runtimes):
+        preload += ["executorch.exir", "executorch.runtime", "executorch.backends.xnnpack.partition.xnnpack_partitioner"]
+    if any(resolve_runtime(runtime).export_target in ("onnx", "tensorrt") for _, runtime, _ in exports):
+        preload += ["onnxscript", "onnx"]
+    return tuple(preload)
 
 
 def _base_row(model: str, runtime: str, config: BenchmarkConfig, size: tuple[int, int]) -> Row:
@@ -88,39 +116,131 @@ def _fill_measurement(row: Row, result: dict) -> None:
     row.threads = result.get("threads")
 
 
-class _Artifacts:
-    """Exported artifacts of this run, prepared once per (model, size, runtime) in their own worker."""
+def artifact_key(config: BenchmarkConfig, model: str, runtime: str, size: tuple[int, int], gpu: str | None = None) -> dict:
+    """What determines the artifact ``runtime`` needs for ``model`` at ``size`` (the artifact cache adds the software
+    versions, :func:`export.cache.software_versions`): weights (seed, or the checkpoint's sha256), export target,
+    precision, graph options (the run's and the runtime's own), shape and batch; on CUDA the GPU (TensorRT engines are built
+    for one)."""
+    from pgn.export.manifest import sha256_of
 
-    def __init__(self, config: BenchmarkConfig, workdir: Path):
-        self.config, self.workdir = config, workdir
+    rt = resolve_runtime(runtime)
+    weights = config.resolved_weights.get(model)
+    return {
+        "made_by": "pgn-bench", "runtime": runtime, "target": rt.export_target, "precision": rt.precision,
+        "model": model, "weights": f"sha256:{sha256_of(weights)}" if weights else f"seeded-random:{config.seed}",
+        "graph_options": config.graph_options, "runtime_graph_options": rt.graph_options, "size": list(size), "batch": config.batch, "dynamic": False,
+        "device": config.device, "gpu": gpu if config.device == "cuda" else None,
+    }
+
+
+class _Artifacts:
+    """Exported artifacts of this run, prepared once per (model, size, runtime) in their own worker, or taken from
+    the artifact cache (``cache``: an :class:`export.cache.ArtifactCache`, None for none)."""
+
+    def __init__(self, config: BenchmarkConfig, workdir: Path, server: ForkServer | None = None, cache=None,
+                 warn=lambda message: None, gpu: str | None = None):
+        self.config, self.workdir, self.server, self.cache, self.warn, self.gpu = config, workdir, server, cache, warn, gpu
         self.root = workdir / "artifacts"
-        self.cache: dict[tuple, dict] = {}
+        self.prepared: dict[tuple, dict] = {}
+
+    def key(self, model: str, runtime: str, size: tuple[int, int]) -> dict:
+        """The cache key of one artifact (:func:`artifact_key`)."""
+        return artifact_key(self.config, model, runtime, size, self.gpu)
+
+    def cached(self, model: str, runtime: str, size: tuple[int, int]) -> dict | None:
+        """The prepared result from the cache (checked), or None."""
+        path = self.cache.lookup(self.key(model, runtime, size)) if self.cache is not None else None
+        if path is None:
+            return None
+        return {"status": "ok", "artifact": str(path), "artifact_mb": artifact_size_mb(path), "cached": True}
 
     def get(self, model: str, runtime: str, size: tuple[int, int], inputs: Path) -> dict:
         key = (model, runtime, size)
-        if key in self.cache:
-            return self.cache[key]
+        if key in self.prepared:
+            return self.prepared[key]
+        hit = self.cached(model, runtime, size)
+        if hit is not None:
+            self.prepared[key] = hit
+            return hit
         task = Task(mode="prepare", model=model, runtime=runtime, device=self.config.device, size=size, batch=self.config.batch,
                     inputs=str(inputs), threads=self.config.effective_threads, seed=self.config.seed,
                     weights=self.config.resolved_weights.get(model), artifact_dir=str(self.root),
                     graph_options=self.config.graph_options)
-        self.cache[key] = run_task(task, self.workdir, self.config.effective_threads, self.config.timeout)
-        return self.cache[key]
+        result = run_task(task, self.workdir, self.config.effective_threads, self.config.timeout, server=self.server)
+        self.prepared[key] = self._keep(model, runtime, size, result)
+        return self.prepared[key]
 
-    def prepare_all(self, jobs: list[tuple[tuple[int, int], str, str]], inputs: dict[tuple[int, int], Path]) -> None:
-        """Export every artifact ``jobs`` need, ``config.export_jobs`` worker processes at a time.
+    def _keep(self, model: str, runtime: str, size: tuple[int, int], result: dict) -> dict:
+        """Store a fresh artifact in the cache (the run then uses the cached copy); a cache that fails is dropped with
+        one warning."""
+        if self.cache is None or result.get("status") != "ok":
+            return result
+        try:
+            stored = self.cache.store(self.key(model, runtime, size), result["artifact"])
+        except OSError as e:
+            self.warn(f"the artifact cache {self.cache.root} cannot be written ({e.strerror or e}): "
+                      "this run goes on without it")
+            self.cache = None
+            return result
+        return {**result, "artifact": str(stored)}
 
-        Each export is its own worker process, so the threads here only wait.
-        """
+    def missing(self, jobs: list[tuple[tuple[int, int], str, str]]) -> list[tuple[str, str, tuple[int, int]]]:
+        """The (model, runtime, size) artifacts ``jobs`` need that are neither prepared nor in the cache."""
         needed = [(model, runtime, size) for size, model, runtime in jobs
                   if resolve_runtime(runtime).export_target is not None
                   and check_runnable(resolve_runtime(runtime), self.config.device, resolve_model(model)) is None]
+        out = []
+        for model, runtime, size in needed:
+            if (model, runtime, size) in self.prepared:
+                continue
+            hit = self.cached(model, runtime, size)
+            if hit is not None:
+                self.prepared[(model, runtime, size)] = hit
+            else:
+                out.append((model, runtime, size))
+        return out
+
+    def prepare_all(self, jobs: list[tuple[tuple[int, int], str, str]], inputs: dict[tuple[int, int], Path],
+                    progress: LiveProgress | None = None) -> None:
+        """Export every artifact ``jobs`` need and the cache lacks, ``config.export_jobs`` worker processes at a time.
+
+        Each export is its own worker process, so the threads here only wait.
+        """
+        missing = self.missing(jobs)
+
+        def export_one(job):
+            model, runtime, size = job
+            if progress is not None:
+                progress.step(f"exporting {model} for {runtime}")
+            result = self.get(model, runtime, size, inputs[size])
+            if progress is not None:
+                progress.advance(export_seconds(runtime))
+            return result
+
         with ThreadPoolExecutor(max_workers=self.config.export_jobs) as pool:
-            list(pool.map(lambda job: self.get(*job, inputs[job[2]]), needed))
+            list(pool.map(export_one, missing))
+
+
+#: Rough seconds of one export on a 2-core CPU, by runtime (weights of the progress bar's time-left estimate).
+EXPORT_SECONDS = {"onnxruntime": 5.0, "onnxruntime-dw": 5.0, "onnxruntime-int8": 8.0, "executorch": 15.0, "executorch-int8": 50.0}
+
+
+def export_seconds(runtime: str) -> float:
+    """Rough seconds of exporting ``runtime``'s artifact (:data:`EXPORT_SECONDS`, 30 s for the others)."""
+    return EXPORT_SECONDS.get(runtime, 30.0)
+
+
+def measure_seconds(config: BenchmarkConfig, model: str, runtime: str, size: tuple[int, int]) -> float:
+    """Rough seconds of one measurement: a second to start and load, plus every call at 30 GFLOP/s (a 2-core CPU)."""
+    rt = resolve_runtime(runtime)
+    if check_runnable(rt, config.device, resolve_model(model)) is not None:
+        return 0.05
+    calls = config.repeats + config.effective_warmup + config.memory_calls + (0 if rt.family == "torch" else 2)
+    return 1.0 + calls * 2.0 * model_cost(model, size, config.batch).work_macs / 30e9
 
 
 def measure_one(model: str, runtime: str, size: tuple[int, int], config: BenchmarkConfig, inputs: Path,
-                artifacts: _Artifacts, workdir: Path) -> Row:
+                artifacts: _Artifacts, workdir: Path, server: ForkServer | None = None) -> Row:
     """One row: skipped with a reason, or prepared (exported) and measured in its own worker process."""
     row = _base_row(model, runtime, config, size)
     spec, rt = resolve_model(model), resolve_runtime(runtime)
@@ -140,7 +260,7 @@ def measure_one(model: str, runtime: str, size: tuple[int, int], config: Benchma
                 inputs=str(inputs), repeats=config.repeats, warmup=config.effective_warmup, memory_calls=config.memory_calls,
                 threads=config.effective_threads, seed=config.seed, weights=config.resolved_weights.get(model), artifact=artifact,
                 check_values=config.check_values)
-    result = run_task(task, workdir, config.effective_threads, config.timeout)
+    result = run_task(task, workdir, config.effective_threads, config.timeout, server=server)
     if result["status"] != "ok":
         row.status, row.reason = result["status"], result.get("reason")
         row.accuracy = result.get("accuracy")
@@ -149,62 +269,67 @@ def measure_one(model: str, runtime: str, size: tuple[int, int], config: Benchma
     return row
 
 
-def run_benchmark(config: BenchmarkConfig, *, progress: bool = True, workdir: str | Path | None = None) -> BenchmarkResult:
+def run_benchmark(config: BenchmarkConfig, *, progress: bool = True, workdir: str | Path | None = None,
+                  fork_server: bool = True, warn=None) -> BenchmarkResult:
     """Measure every model × runtime × size of ``config``; returns all rows with ratios and the environment.
 
     Args:
         config: what to measure.
-        progress: show a progress bar on stderr.
-        workdir: where inputs, artifacts and worker files go (default: a temporary directory, removed after).
+        progress: show live progress on stderr where it is a terminal (:class:`benchmarks.progress.LiveProgress`).
+        workdir: where inputs, fresh artifacts and worker files go (default: a temporary directory, removed after).
+        fork_server: fork every worker from one warm server (:mod:`benchmarks.forkserver`) where it runs; False
+            starts a fresh interpreter per worker.
+        warn: called with a one-line warning (an artifact cache that cannot be written); default: printed on stderr.
     """
-    environment = collect_environment(config.device, config.effective_threads)
+    from . import forkserver
+
+    warn = warn or (lambda message: print(f"warning: {message}", file=sys.stderr, flush=True))
     jobs = [(size, model, runtime) for size in config.sizes for model in config.models for runtime in config.runtimes]
     rows: list[Row] = []
     holder = tempfile.TemporaryDirectory(prefix="pgn-bench-") if workdir is None else nullcontext(str(workdir))
     with holder as tmp:
         tmp = Path(tmp)
         tmp.mkdir(parents=True, exist_ok=True)
-        artifacts = _Artifacts(config, tmp)
-        inputs = {size: make_input_file(tmp / f"inputs-{size[0]}x{size[1]}.pt", config.batch, size, config.seed)
-                  for size in config.sizes}
-        with _progress(progress, len(jobs) + 1) as advance:
-            advance(f"exporting artifacts ({config.export_jobs} at a time)")
-            artifacts.prepare_all(jobs, inputs)
-            for size, model, runtime in jobs:
-                advance(f"{model} / {runtime} @ {size[0]}x{size[1]}")
-                rows.append(measure_one(model, runtime, size, config, inputs[size], artifacts, tmp))
-            advance(None)
+        environment = collect_environment(config.device, config.effective_threads)
+        artifacts = _Artifacts(config, tmp, None, _open_cache(config, warn), warn, (environment.get("gpu") or {}).get("name"))
+        missing = artifacts.missing(jobs)  # checked cache entries are taken now
+        runnable = any(check_runnable(resolve_runtime(r), config.device, resolve_model(m)) is None for _, m, r in jobs)
+        # started before the inputs are made: it imports torch (ExecuTorch, the ONNX exporter) meanwhile
+        server = (ForkServer(worker_env(config.effective_threads), server_preload(config, missing), log=tmp / "forkserver.log")
+                  if fork_server and runnable and forkserver.available() else None)
+        artifacts.server = server
+        try:
+            inputs = {size: make_input_file(tmp / f"inputs-{size[0]}x{size[1]}.pt", config.batch, size, config.seed)
+                      for size in config.sizes}
+            units = (sum(export_seconds(runtime) for _, runtime, _ in missing)
+                     + sum(measure_seconds(config, model, runtime, size) for size, model, runtime in jobs))
+            with LiveProgress(progress, len(jobs), units) as live:
+                if missing:
+                    live.say(f"exporting {len(missing)} artifact{'s' if len(missing) > 1 else ''} ({config.export_jobs} at a time), "
+                             f"kept in {artifacts.cache.root if artifacts.cache else 'the run folder only (no cache)'}")
+                artifacts.prepare_all(jobs, inputs, live)
+                for size, model, runtime in jobs:
+                    live.step(f"measuring {resolve_model(model).display} on {runtime} at {size[0]}×{size[1]}")
+                    rows.append(measure_one(model, runtime, size, config, inputs[size], artifacts, tmp, server))
+                    attach_ratios(rows)
+                    live.advance(measure_seconds(config, model, runtime, size))
+                    live.row(rows[-1])
+        finally:
+            if server is not None:
+                server.close()
     environment["load_average_end"] = load_average()
     return BenchmarkResult(config=config.to_dict(), environment=environment, rows=attach_ratios(rows))
 
 
-class _progress:
-    """A rich progress bar on stderr (or nothing); calling the handle names the job about to start."""
+def _open_cache(config: BenchmarkConfig, warn):
+    """The artifact cache of ``config`` (:class:`export.cache.ArtifactCache`), or None: none asked for, or it cannot
+    be written (one warning)."""
+    folder = config.effective_cache_dir
+    if folder is None:
+        return None
+    from pgn.export.cache import ArtifactCache
 
-    def __init__(self, enabled: bool, total: int):
-        self.enabled, self.total = enabled, total
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda description: None
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                            console=Console(stderr=True), transient=False)
-        self.bar.__enter__()
-        self.task = self.bar.add_task("pgn-bench", total=self.total)
-        self.started = False
-
-        def advance(description: str | None) -> None:
-            if self.started:
-                self.bar.advance(self.task)
-            self.started = True
-            self.bar.update(self.task, description=description or "done")
-
-        return advance
-
-    def __exit__(self, *exc):
-        if self.enabled:
-            self.bar.__exit__(*exc)
-        return False
+    cache, why = ArtifactCache.open(folder)
+    if cache is None:
+        warn(f"the artifact cache cannot be written ({why}): exporting without it")
+    return cache

@@ -29,8 +29,10 @@ import pgn
 from pgn.errors import PGNError
 
 TEACHERS = ("vgg19", "vgg11")
-#: The default run: the paper's Figure 8 models plus VGG-19 with cached target features (vgg11-cached on request).
-DEFAULT_MODELS = ("vgg19", "vgg19-cached", "vgg11", "resnet4", "resnet6", "resnet8", "unet")
+#: A plain ``pgn-bench``: the paper's question, VGG-19 and VGG-11 against its four PGNs.
+DEFAULT_MODELS = ("vgg19", "vgg11", "resnet4", "resnet6", "resnet8", "unet")
+#: ``pgn-bench --full``: the paper's Figure 8 models plus VGG-19 with cached target features (vgg11-cached on request).
+FULL_MODELS = ("vgg19", "vgg19-cached", "vgg11", "resnet4", "resnet6", "resnet8", "unet")
 #: Display names of the paper's models.
 DISPLAY = {"vgg19": "VGG-19", "vgg11": "VGG-11", "resnet4": "ResNet-4", "resnet6": "ResNet-6", "resnet8": "ResNet-8", "unet": "UNet"}
 #: Degradation of the generated image ŷ relative to the target y (deterministic, see :func:`make_inputs`).

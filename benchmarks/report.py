@@ -107,8 +107,9 @@ def table_title(result: BenchmarkResult, size: tuple[int, int]) -> str:
     ok = [r for r in result.rows if r.ok and tuple(r.size) == size]
     n = ok[0].time_ms["n"] if ok else cfg.get("repeats")
     where = env.get("cpu") if cfg["device"] == "cpu" else (env.get("gpu") or {}).get("name")
+    matrix = " · quick run (the paper's 224² and every precision: --full)" if cfg.get("matrix") == "quick" else ""
     return (f"pgn-bench: {cfg['device']} · {where} · {env.get('threads')} threads · batch {cfg['batch']} · {size[0]}×{size[1]} · "
-            f"median of {n} calls after {cfg.get('effective_warmup')} warm-up")
+            f"median of {n} calls after {cfg.get('effective_warmup')} warm-up{matrix}")
 
 
 def footnotes(result: BenchmarkResult, size: tuple[int, int]) -> list[str]:

@@ -95,7 +95,14 @@ RUNTIMES: dict[str, RuntimeSpec] = {
     )
 }
 
-#: What a plain ``pgn-bench --device D`` runs. Runtimes that cannot run here become rows that say why.
+#: What a plain ``pgn-bench --device D`` runs: the fp32 runtime of every family (the quick matrix). Runtimes that
+#: cannot run here become rows that say why.
+QUICK_RUNTIMES: dict[str, tuple[str, ...]] = {
+    "cpu": ("torch", "onnxruntime", "executorch", "coreml"),
+    "cuda": ("torch", "onnxruntime", "tensorrt"),
+}
+
+#: What ``pgn-bench --full --device D`` runs: every precision and compiler on top of the quick matrix.
 DEFAULT_RUNTIMES: dict[str, tuple[str, ...]] = {
     "cpu": ("torch", "torch-bf16", "onnxruntime", "onnxruntime-int8", "executorch", "executorch-int8", "executorch-coreml",
             "tensorrt", "coreml"),
@@ -107,10 +114,10 @@ DEFAULT_RUNTIMES: dict[str, tuple[str, ...]] = {
 EMULATED_ON_CPU = ("torch-bf16",)
 
 
-def default_runtimes(device: str) -> tuple[str, ...]:
-    """What a plain ``pgn-bench --device D`` runs here: :data:`DEFAULT_RUNTIMES`, without bfloat16 on a CPU that
-    would only emulate it."""
-    runtimes = DEFAULT_RUNTIMES[device]
+def default_runtimes(device: str, full: bool = False) -> tuple[str, ...]:
+    """What a plain ``pgn-bench --device D`` runs here, :data:`QUICK_RUNTIMES`; with ``full``, what ``pgn-bench --full``
+    runs: :data:`DEFAULT_RUNTIMES`, without bfloat16 on a CPU that would only emulate it."""
+    runtimes = DEFAULT_RUNTIMES[device] if full else QUICK_RUNTIMES[device]
     if device == "cpu" and not bf16_native():
         runtimes = tuple(r for r in runtimes if r not in EMULATED_ON_CPU)
     return runtimes

@@ -170,12 +170,13 @@ def prepare(task: Task) -> dict:
     if chosen.status == "failed" or chosen.artifact is None:
         return {"status": "failed", "reason": f"export failed: {chosen.reason}"}
     artifact = Path(chosen.artifact)
-    info = {"export_status": chosen.status, "export_reason": chosen.reason, "artifact_mb": _size_mb(artifact)}
+    info = {"export_status": chosen.status, "export_reason": chosen.reason, "artifact_mb": artifact_size_mb(artifact)}
     return {"status": "ok", "artifact": str(artifact), **info}
 
 
-def _size_mb(path: Path) -> float:
+def artifact_size_mb(path: str | Path) -> float:
     """Size of a file, or of a directory's files (Core ML packages), in MiB."""
+    path = Path(path)
     if path.is_dir():
         return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20
     return path.stat().st_size / 2**20

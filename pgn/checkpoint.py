@@ -58,8 +58,11 @@ PAPER_CHECKPOINT_URLS: dict[str, str] = {
 
 
 def cache_dir() -> Path:
-    """Where the toolkit looks for downloaded weights: ``$PGN_HOME`` or ``~/.cache/pgn-toolkit``."""
-    return Path(os.environ.get("PGN_HOME", Path.home() / ".cache" / "pgn-toolkit"))
+    """The toolkit's cache folder (downloaded weights, ``pgn-bench``'s exported artifacts): ``$PGN_HOME``, else
+    ``$XDG_CACHE_HOME/pgn-toolkit``, else ``~/.cache/pgn-toolkit``."""
+    if os.environ.get("PGN_HOME"):
+        return Path(os.environ["PGN_HOME"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pgn-toolkit"
 
 
 def paper_checkpoint_path(preset: str) -> Path:

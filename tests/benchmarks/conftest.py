@@ -7,6 +7,16 @@ from pgn.benchmarks.results import BenchmarkResult, Row, attach_ratios
 TINY = 32
 
 
+@pytest.fixture(scope="session", autouse=True)
+def artifact_cache_home(tmp_path_factory):
+    """Exported artifacts go to a cache of the test session, never the user's (shared by the session's tests)."""
+    with pytest.MonkeyPatch.context() as patch:
+        home = tmp_path_factory.mktemp("pgn-home")
+        patch.setenv("PGN_HOME", str(home))
+        patch.delenv("XDG_CACHE_HOME", raising=False)
+        yield home
+
+
 def _make_row(model, runtime, samples, memory, *, kind=None, size=(TINY, TINY), work_macs=1_000_000, status="ok", reason=None,
               precision="fp32"):
     """A synthetic measured row (no worker process involved)."""

@@ -135,6 +135,46 @@ def test_graph_options_reach_the_export_task(monkeypatch, tmp_path):
     config = BenchmarkConfig(models=("unet",), runtimes=("onnxruntime",), sizes=(32,), graph_options="decoder_conv=split")
     assert config.to_dict()["graph_options"] == "decoder_conv=split"
     tasks = []
-    monkeypatch.setattr(harness, "run_task", lambda task, *args: tasks.append(task) or {"status": "failed", "reason": "stub"})
+    monkeypatch.setattr(harness, "run_task", lambda task, *args, **kwargs: tasks.append(task) or {"status": "failed", "reason": "stub"})
     harness._Artifacts(config, tmp_path).get("unet", "onnxruntime", (32, 32), tmp_path / "inputs.pt")
     assert [(t.mode, t.graph_options) for t in tasks] == [("prepare", config.graph_options)]
+
+
+def test_redirected_output_is_the_table_alone_and_the_last_line_names_full(tmp_path):
+    """Not a terminal (CliRunner, a file, a CI log): no progress, no row lines, the table and its notes, then the hint."""
+    from pgn.benchmarks.cli import FULL_HINT
+
+    out = CliRunner().invoke(main, ["--models", "resnet4", "--runtimes", "torch", "--size", "32", "--threads", "1", "--repeats", "2"])
+    assert out.exit_code == 0, out.output
+    lines = out.output.strip().splitlines()
+    assert lines[0].startswith("pgn-bench: cpu") and "32×32" in lines[0] and "quick run" in lines[0]
+    assert lines[-1] == FULL_HINT and "--full" in FULL_HINT
+    assert not any("rows" in line or "left" in line or "✓" in line for line in lines)
+
+
+def test_live_progress_on_a_terminal_prints_each_row_as_it_ends(make_row):
+    import io
+
+    from rich.console import Console
+
+    from pgn.benchmarks.progress import LiveProgress
+    from pgn.benchmarks.results import attach_ratios
+
+    stream = io.StringIO()
+    vgg, pgn_row = make_row("vgg19", "torch", [100.0, 100.0], 50.0), make_row("resnet4", "torch", [10.0, 10.0], 5.0)
+    skipped = make_row("resnet4", "coreml", [], None, status="unavailable", reason="Core ML models run only on macOS")
+    attach_ratios([vgg, pgn_row, skipped])
+    with LiveProgress(True, 3, 30.0, console=Console(file=stream, force_terminal=True, width=120)) as live:
+        for row in (vgg, pgn_row, skipped):
+            live.step(f"measuring {row.model} on {row.runtime}")
+            live.advance(10.0)
+            live.row(row)
+    text = stream.getvalue()
+    assert "vgg19 · torch · 100.0 ms · 50.0 MB" in text
+    assert "resnet4 · torch · 10.0 ms · 5.0 MB · 10.0× faster than VGG-19" in text
+    assert "resnet4 · coreml: unavailable: Core ML models run only on macOS" in text
+    assert "3/3 rows" in text and "left" in text  # the bar: rows done and time left
+    quiet = io.StringIO()
+    with LiveProgress(True, 1, 1.0, console=Console(file=quiet, force_terminal=False)) as live:
+        live.row(vgg)
+    assert quiet.getvalue() == ""  # not a terminal: nothing

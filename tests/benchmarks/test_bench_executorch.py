@@ -92,7 +92,8 @@ def test_without_executorch_the_rows_name_the_extra(monkeypatch, tmp_path):
 
 def test_default_cpu_run_includes_executorch_when_installed():
     pytest.importorskip("executorch")
-    runtimes = BenchmarkConfig().runtimes
+    assert "executorch" in BenchmarkConfig().runtimes and "executorch-int8" not in BenchmarkConfig().runtimes  # fp32 only
+    runtimes = BenchmarkConfig(full=True).runtimes
     for name in ET_RUNTIMES:
         assert name in runtimes
         assert check_runnable(RUNTIMES[name], "cpu", resolve_model("resnet4")) is None  # measured, not a skip row

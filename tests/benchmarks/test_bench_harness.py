@@ -118,7 +118,7 @@ def test_artifacts_are_exported_in_parallel_before_any_measurement(tmp_path, mon
 
     calls, running, peak, lock = [], [0], [0], threading.Lock()
 
-    def fake_run_task(task, workdir, threads, timeout):
+    def fake_run_task(task, workdir, threads, timeout, server=None):
         with lock:
             running[0] += 1
             peak[0] = max(peak[0], running[0])
@@ -132,8 +132,8 @@ def test_artifacts_are_exported_in_parallel_before_any_measurement(tmp_path, mon
 
     monkeypatch.setattr(harness, "run_task", fake_run_task)
     config = BenchmarkConfig(device="cpu", models=("resnet4", "unet"), runtimes=("torch", "onnxruntime", "onnxruntime-int8"),
-                             sizes=(32,), repeats=1, warmup=0, threads=1, export_jobs=2)
-    run_benchmark(config, progress=False, workdir=tmp_path)
+                             sizes=(32,), repeats=1, warmup=0, threads=1, export_jobs=2, cache=False)
+    run_benchmark(config, progress=False, workdir=tmp_path, fork_server=False)
     modes = [c[0] for c in calls]
     assert modes.index("measure") == modes.count("prepare") == 4  # every export before the first measurement
     prepared = [(c[1], c[2]) for c in calls if c[0] == "prepare"]

@@ -91,16 +91,28 @@ def test_config_validates_sizes_names_and_counts():
     cfg = BenchmarkConfig(models=("resnet4", "resnet4"), sizes=(32, (32, 64)))
     assert cfg.models == ("resnet4",) and cfg.sizes == ((32, 32), (32, 64))
     assert cfg.runtimes == rt_mod.default_runtimes("cpu")
-    assert cfg.to_dict()["effective_warmup"] == 2
+    assert cfg.to_dict()["effective_warmup"] == 1 and cfg.repeats == 5 and cfg.to_dict()["matrix"] == "quick"
+    assert BenchmarkConfig().sizes == ((128, 128),) and "vgg19-cached" not in BenchmarkConfig().models
+    full = BenchmarkConfig(full=True)
+    assert (full.sizes, full.repeats, full.effective_warmup) == (((224, 224),), 10, 2) and "vgg19-cached" in full.models
+    assert BenchmarkConfig(full=True, repeats=3, sizes=(64,)).repeats == 3  # options given still apply
 
 
 @pytest.mark.parametrize("native", [True, False])
 def test_the_default_cpu_run_has_bf16_only_where_the_cpu_has_it(monkeypatch, native):
     monkeypatch.setattr(rt_mod, "bf16_native", lambda: native)
-    assert ("torch-bf16" in BenchmarkConfig().runtimes) is native
-    assert set(BenchmarkConfig().runtimes) | {"torch-bf16"} == set(rt_mod.DEFAULT_RUNTIMES["cpu"])
+    assert ("torch-bf16" in BenchmarkConfig(full=True).runtimes) is native
+    assert set(BenchmarkConfig(full=True).runtimes) | {"torch-bf16"} == set(rt_mod.DEFAULT_RUNTIMES["cpu"])
     assert "torch-bf16" in BenchmarkConfig(runtimes=("torch-bf16",)).runtimes  # asked for, it runs
-    assert BenchmarkConfig(device="cuda").runtimes == rt_mod.DEFAULT_RUNTIMES["cuda"]
+    assert BenchmarkConfig(device="cuda", full=True).runtimes == rt_mod.DEFAULT_RUNTIMES["cuda"]
+
+
+def test_the_default_run_is_fp32_on_every_runtime_family():
+    for device in ("cpu", "cuda"):
+        runtimes = [rt_mod.resolve_runtime(r) for r in BenchmarkConfig(device=device).runtimes]
+        assert {r.family for r in runtimes} == {r.family for r in rt_mod.RUNTIMES.values() if device in r.devices}
+        assert {r.precision for r in runtimes if r.family != "coreml"} == {"fp32"}  # Core ML programs are fp16 only
+    assert set(BenchmarkConfig().models) == {"vgg19", "vgg11", "resnet4", "resnet6", "resnet8", "unet"}
 
 
 def test_the_depthwise_runtime_is_not_applicable_where_its_graph_option_changes_nothing():
