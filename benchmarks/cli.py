@@ -56,12 +56,12 @@ def _sizes(value: str | None) -> tuple[int, ...] | None:
 @click.option("--graph-options", metavar="LIST",
               help="Export-graph options of the exported runtimes, as pgn-export --graph-options (default: export's defaults).")
 @click.option("--timeout", type=FiniteFloat(1), default=900, show_default=True, help="Seconds one measurement may take.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE", help="Write every row, raw sample and the environment here.")
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+@click.option("--json", "json_path", type=click.Path(path_type=Path), metavar="FILE", help="Write every row, raw sample and the environment here.")
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path), metavar="FILE",
               help="Write the time/memory plot (PNG); with --sweep-size also FILE-scaling.png.")
-@click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+@click.option("--markdown", "markdown_path", type=click.Path(path_type=Path), metavar="FILE",
               help="Also write the tables as Markdown (with the exact command line).")
-@click.option("--from-json", "from_json", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="FILE",
+@click.option("--from-json", "from_json", type=click.Path(path_type=Path), metavar="FILE",
               help="Measure nothing: re-render a saved run's table, Markdown and plots (ratios recomputed from its raw samples).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def main(device, runtimes, models, batch, size, sweep_size, repeats, warmup, threads, weights, seed, check_values, export_jobs,
@@ -104,6 +104,9 @@ def _load(from_json: Path):
 
     from .results import BenchmarkResult, attach_ratios
 
+    from pgn.files import check_input_file
+
+    from_json = check_input_file(from_json, "--from-json")
     try:
         data = json.loads(from_json.read_bytes().decode("utf-8"))
     except (OSError, ValueError) as e:

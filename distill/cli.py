@@ -144,7 +144,7 @@ OPTIONS = [
     _opt("--run-dir", metavar="DIR", help="Output directory (runs/<backbone>)."),
     _opt("--resume", is_flag=True, default=False, help="Continue from the newest readable checkpoint in --run-dir (a new run in a new folder); never starts over in a used one."),
     _opt("--fresh", is_flag=True, default=False, help="Start over in a used --run-dir: its files are first moved to <run-dir>/previous-<time>/."),
-    _opt("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), help="Start from this config.json (CLI options win)."),
+    _opt("--config", "config_file", type=click.Path(path_type=Path), help="Start from this config.json (CLI options win)."),
     _opt("--seed", type=int, help="Seed, the same on every process (42)."),
     _opt("--device", type=click.Choice(DEVICES), help="auto: cuda:LOCAL_RANK when available, else CPU."),
     _opt("--dist-backend", type=click.Choice(["nccl", "gloo"]), help="Process-group backend (NCCL on GPUs, gloo on CPU)."),
@@ -161,7 +161,7 @@ OPTIONS = [
     _opt("--no-progress", "progress", flag_value=False, default=None, help="No progress bar."),
     _opt("--tqdm", is_flag=True, default=False, help="Authors' flag (progress bars are on by default)."),
     _opt("--eval-only", "--valid-only", is_flag=True, default=False, help="Only measure the held-out metrics of --pgn-checkpoint (or of a fresh PGN) and exit."),
-    _opt("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write a summary as JSON here ('-' for stdout)."),
+    _opt("--json", "json_path", type=click.Path(path_type=Path), help="Write a summary as JSON here ('-' for stdout)."),
 ]
 
 #: CLI-only options: handled here, never passed to the config as they are.

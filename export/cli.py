@@ -13,6 +13,7 @@ from pgn.heads import HEAD_KINDS
 
 from .executorch import INT8_OPS
 from .formats import FORMATS, precisions, resolve_targets
+from .options import OPSET_RANGE
 
 BACKBONES = ("resnet4", "resnet6", "resnet8", "unet")
 TARGET_CHOICES = "|".join([*FORMATS, "all"])
@@ -31,24 +32,24 @@ def _check_target(ctx, param, value: str) -> str:
 @click.option("--backbone", type=click.Choice(BACKBONES), help="Paper preset to export (optional with --checkpoint).")
 @click.option("--target", default="onnx", show_default=True, callback=_check_target, metavar=TARGET_CHOICES,
               help="Artifact format; 'all' writes every one and prints a table.")
-@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), metavar="PATH",
+@click.option("--checkpoint", type=click.Path(path_type=Path), metavar="PATH",
               help="Weights to export (ours or the authors'). Without it: random weights, said loudly.")
 @click.option("--head", type=click.Choice(HEAD_KINDS), help="Gradient head (default: the preset's, constrained).")
 @click.option("--size", nargs=2, type=int, metavar="H W", help="Input height and width (default 224 224).")
 @click.option("--batch", type=click.IntRange(1), help="Batch size (default 1).")
 @click.option("--dynamic", is_flag=True, help="Dynamic batch/height/width (TensorRT/CoreML: bounded ranges).")
 @click.option("--precision", type=click.Choice(precisions()), help=f"Default: {DEFAULT_PRECISIONS}.")
-@click.option("--output", "output_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("exports"),
+@click.option("--output", "output_dir", type=click.Path(path_type=Path), default=Path("exports"),
               show_default=True, metavar="DIR", help="Folder for artifacts and manifests.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+@click.option("--json", "json_path", type=click.Path(path_type=Path), metavar="FILE",
               help="Also write the results as JSON here ('-' for stdout).")
-@click.option("--opset", type=int, help="ONNX opset (ONNX, TensorRT); default: the exporter's.")
+@click.option("--opset", type=click.IntRange(*OPSET_RANGE), help="ONNX opset (ONNX, TensorRT); default: the exporter's.")
 @click.option("--legacy-exporter", is_flag=True, help="Use the TorchScript ONNX exporter instead of dynamo.")
 @click.option("--min-size", nargs=2, type=int, metavar="H W", help="Smallest input of a --dynamic TensorRT/CoreML artifact.")
 @click.option("--max-size", nargs=2, type=int, metavar="H W", help="Largest input of a --dynamic TensorRT/CoreML artifact.")
 @click.option("--max-batch", type=click.IntRange(1), help="Largest batch of a --dynamic TensorRT/CoreML artifact.")
 @click.option("--workspace-gb", type=FiniteFloat(0, min_open=True), help="TensorRT builder workspace limit (default 4).")
-@click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path), metavar="PATH",
+@click.option("--timing-cache", type=click.Path(path_type=Path), metavar="PATH",
               help="TensorRT timing cache (default: DIR/tensorrt-timing.cache).")
 @click.option("--tf32", is_flag=True, help="TensorRT: allow TF32 math in fp32 layers (faster; fails fp32 parity, so off by default).")
 @click.option("--deployment-target", metavar="NAME", help="CoreML minimum deployment target (default iOS16).")
@@ -92,7 +93,7 @@ def _main(backbone, target, checkpoint, head, json_path, **options) -> None:
             "Pass --checkpoint PATH (a pgn-distill checkpoint or the authors' released file) for a usable PGN.",
             title="RANDOM WEIGHTS", border_style="bold red",
         ))
-    kwargs = {k: v for k, v in options.items() if v not in (None, False)}
+    kwargs = {k: v for k, v in options.items() if v is not None and v is not False}
     for key in ("size", "min_size", "max_size"):
         if key in kwargs:
             kwargs[key] = tuple(kwargs[key])

@@ -50,7 +50,7 @@ def table6(size: int, skipped: dict[str, str] | None = None) -> list[dict]:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--size", default=224, show_default=True, type=click.IntRange(32, 4096), help="Input height and width.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write the rows as JSON here ('-' for stdout).")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the rows as JSON here ('-' for stdout).")
 @click.option("--presets", is_flag=True, help="List the registered PGN presets instead.")
 @click.option("--checkpoint", type=click.Path(path_type=Path), help="Describe a checkpoint (ours or the authors') instead.")
 def main(size: int, json_path: Path | None, presets: bool, checkpoint: Path | None) -> None:
