@@ -66,6 +66,8 @@ def main(size: int, json_path: Path | None, presets: bool, checkpoint: Path | No
       pgn-info --presets
       pgn-info --checkpoint resnet4.pth
     """
+    if presets and checkpoint is not None:
+        raise click.UsageError("--presets lists the presets and --checkpoint describes a file: pass one of them")
     run_cli(lambda: _main(size, json_path, presets, checkpoint), files={"--json": json_path})
 
 

@@ -250,10 +250,10 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     :class:`PGNError`; the temporary file is removed and an existing file at ``path`` is left as it was.
     """
     path = as_path(path)
-    if path.is_dir():
-        raise PGNError(f"cannot write {path}: it is a folder; give a file name such as {path / 'model.pt'}")
     writer = None
     try:
+        if path.is_dir():
+            raise PGNError(f"cannot write {path}: it is a folder; give a file name such as {path / 'model.pt'}")
         with atomic_write(path, "wb") as f:
             writer = _RecordingWriter(f)
             if writes_through(path):  # a pipe or device cannot seek: serialize first, then write the bytes
