@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from pgn.cliutils import FiniteFloat, run_cli
+from pgn.export.runtimes import MAX_THREADS
 
 from .models import DEFAULT_MODELS
 from .runtimes import DEFAULT_RUNTIMES, RUNTIMES
@@ -45,7 +46,7 @@ def _sizes(value: str | None) -> tuple[int, ...] | None:
 @click.option("--sweep-size", metavar="LIST", help="Comma-separated sizes for a resolution sweep, e.g. 128,224,256,512.")
 @click.option("--repeats", type=click.IntRange(1), default=10, show_default=True, help="Timed calls per measurement.")
 @click.option("--warmup", type=click.IntRange(0), help="Untimed calls first (default 2 on cpu, 10 on cuda).")
-@click.option("--threads", type=click.IntRange(1), help="Intra-op threads of every runtime (default: all usable cores).")
+@click.option("--threads", type=click.IntRange(1, MAX_THREADS), help="Intra-op threads of every runtime (default: all usable cores).")
 @click.option("--weights", metavar="paper|DIR", help="PGN weights: the authors' released checkpoints or a folder of <model>.pt (default: seeded random init).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
 @click.option("--check-values", type=click.Choice(["auto", "always", "never"]), default="auto", show_default=True,
@@ -71,6 +72,9 @@ def main(device, runtimes, models, batch, size, sweep_size, repeats, warmup, thr
     Each measurement runs in its own process. VGG: forward on ŷ (and on y, or with cached target features
     for the -cached models), backward to the input only. PGNs: one forward. A runtime that cannot run here is
     a row that says why. The default run (no options) takes a few minutes on a 2-core CPU.
+
+    Bad input: one line, exit 1 (usage errors 2), before anything is measured. --json/--markdown are written
+    whole (devices such as /dev/null in place); if one cannot be written, the results are kept in a JSON file.
 
     \b
     Examples:

@@ -171,6 +171,8 @@ def main() -> None:
     and plots into --output. Without --pgn-checkpoint the PGN is untrained, and without cached ImageNet VGG weights
     the teacher is random: the demo then warns loudly, because its numbers only show the mechanics.
 
+    Bad input: one line, exit 1 (usage errors 2). Results are written whole (devices such as /dev/null in place).
+
     \b
     Examples:
       pgn-demo finetune --output out/finetune

@@ -185,6 +185,9 @@ def command(**kw: Any) -> None:
     device. Writes <run-dir>/config.json, metrics.jsonl, curves.png, images/, checkpoints/ and pgn.pt
     (load it with pgn.load). The teacher's weights are printed at the start of every run.
 
+    Bad input: one line, exit 1 (usage errors 2), before the run folder is touched. One run per --run-dir at a
+    time (a second is refused, naming the first's PID); every file is written whole; --resume stays exact.
+
     \b
     Examples:
       pgn-distill --backbone resnet4 --vgg-weights random --size 64 --batch-size 12 --steps 300

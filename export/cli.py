@@ -66,6 +66,9 @@ def main(**kwargs) -> None:
     constants, versions, sha256 and parity numbers is written beside it. Exit status 0 only if every target
     was written and passed its checks.
 
+    Bad input: one line, exit 1 (usage errors 2); a failed target leaves nothing behind. One export per --output
+    folder at a time (a second is refused, naming the first's PID). A loaded artifact must match its sha256.
+
     \b
     Examples:
       pgn-export --backbone unet --target onnx

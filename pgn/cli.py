@@ -59,6 +59,9 @@ def main(size: int, json_path: Path | None, presets: bool, checkpoint: Path | No
     MACs follow the paper's counting convention (thop, 2019); for the VGG teachers they are the cost of one
     gradient, 3 × a forward pass on both images. The paper's values are for 224×224.
 
+    Bad input: one line on stderr, exit 1 (usage errors 2). --json is written whole or not at all (a device or
+    FIFO such as /dev/null or /dev/stdout is written in place, never replaced).
+
     \b
     Examples:
       pgn-info --size 224
