@@ -348,7 +348,7 @@ def save_config(config: DistillConfig, path: str | Path) -> Path:
 
 def load_config(path: str | Path) -> DistillConfig:
     """Read a config written by :func:`save_config` (or by hand: any subset of the keys)."""
-    path = check_input_file(path, "config file")
+    path = check_input_file(path, "config")
     try:
         data = json.loads(path.read_bytes().decode("utf-8"))
     except UnicodeDecodeError:

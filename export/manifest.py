@@ -256,7 +256,8 @@ def read_manifest(artifact: str | Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise PGNError(f"cannot read manifest {path}: {first_line(e)}") from None
     if not isinstance(manifest, dict):
-        raise PGNError(f"{path} is not a pgn-export manifest: it holds a JSON {type(manifest).__name__}, not an object")
+        kind = {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}.get(type(manifest), "null")
+        raise PGNError(f"{path} is not a pgn-export manifest: it holds {kind}, not a JSON object")
     if manifest.get("format") != MANIFEST_FORMAT:
         raise PGNError(f"{path} is not a pgn-export manifest")
     check_manifest(manifest, path)
