@@ -190,10 +190,10 @@ class DistillConfig:
     def resolved(self) -> "DistillConfig":
         """A copy with every ``None`` that has a derived value filled in, validated."""
         check_types(self.to_dict())
-        for name in ("batches_per_epoch", "val_every", "image_every", "save_every"):  # before None/0 become defaults
+        for name in ("batches_per_epoch", "val_every", "image_every", "save_every", "log_every"):  # before 0 becomes a default
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise PGNError(f"{name} (--{name.replace('_', '-')}) must be ≥ 1, got {value}")
+                raise PGNError(f"{name} must be ≥ 1 (--{name.replace('_', '-')}), got {value}")
         vgg_default, l1_default = LOSS_PRESETS.get(self.loss_preset, (None, None))
         if vgg_default is None:
             raise PGNError(f"unknown loss_preset {self.loss_preset!r}: use one of {', '.join(LOSS_PRESETS)}")

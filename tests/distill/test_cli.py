@@ -105,16 +105,16 @@ def test_resume_dir_and_epoch_go_together(tmp_path, flag):
 
 
 @pytest.mark.parametrize("option", ["--save-every", "--batches-per-epoch", "--val-every", "--log-every"])
-def test_zero_step_counts_are_usage_errors_naming_the_option(tmp_path, option):
+def test_zero_step_counts_are_refused_naming_the_option(tmp_path, option):
     result = CliRunner().invoke(command, [*TINY, option, "0", "--run-dir", str(tmp_path / "r")])
-    assert result.exit_code == 2 and f"'{option}'" in result.output
+    assert result.exit_code == 1 and f"must be ≥ 1 ({option}), got 0" in result.output  # was: 0 taken as "one epoch"
     assert not (tmp_path / "r").exists()
 
 
 def test_zero_step_counts_in_a_config_file_name_the_option(tmp_path):
     (tmp_path / "c.json").write_text(json.dumps({"batches_per_epoch": 0}))
     result = invoke(*TINY, "--config", str(tmp_path / "c.json"), "--run-dir", str(tmp_path / "r"))
-    assert result.exit_code == 1 and "batches_per_epoch (--batches-per-epoch) must be ≥ 1" in result.output
+    assert result.exit_code == 1 and "batches_per_epoch must be ≥ 1 (--batches-per-epoch)" in result.output
 
 
 def test_a_size_the_backbone_cannot_take_leaves_no_run_folder(tmp_path):
