@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from pgn.cliutils import FiniteFloat, run_cli
+from pgn.export.runtimes import MAX_THREADS
 
 from .config import FULL, QUICK
 from .runtimes import DEFAULT_RUNTIMES, QUICK_RUNTIMES, RUNTIMES
@@ -55,7 +56,7 @@ def _sizes(value: str | None) -> tuple[int, ...] | None:
 @click.option("--repeats", type=click.IntRange(1), help=f"Timed calls per measurement (default {QUICK.repeats}; --full: {FULL.repeats}).")
 @click.option("--warmup", type=click.IntRange(0),
               help=f"Untimed calls first (default {QUICK.warmup['cpu']} on cpu, --full {FULL.warmup['cpu']}; {QUICK.warmup['cuda']} on cuda).")
-@click.option("--threads", type=click.IntRange(1), help="Intra-op threads of every runtime (default: all usable cores).")
+@click.option("--threads", type=click.IntRange(1, MAX_THREADS), help="Intra-op threads of every runtime (default: all usable cores).")
 @click.option("--weights", metavar="paper|DIR", help="PGN weights: the authors' released checkpoints or a folder of <model>.pt (default: seeded random init).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
 @click.option("--check-values", type=click.Choice(["auto", "always", "never"]), default="auto", show_default=True,
@@ -66,12 +67,12 @@ def _sizes(value: str | None) -> tuple[int, ...] | None:
 @click.option("--graph-options", metavar="LIST",
               help="Export-graph options of the exported runtimes, as pgn-export --graph-options (default: export's defaults).")
 @click.option("--timeout", type=FiniteFloat(1), default=900, show_default=True, help="Seconds one measurement may take.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE", help="Write every row, raw sample and the environment here.")
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+@click.option("--json", "json_path", type=click.Path(path_type=Path), metavar="FILE", help="Write every row, raw sample and the environment here.")
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path), metavar="FILE",
               help="Write the time/memory plot (PNG); with --sweep-size also FILE-scaling.png.")
-@click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+@click.option("--markdown", "markdown_path", type=click.Path(path_type=Path), metavar="FILE",
               help="Also write the tables as Markdown (with the exact command line).")
-@click.option("--from-json", "from_json", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="FILE",
+@click.option("--from-json", "from_json", type=click.Path(path_type=Path), metavar="FILE",
               help="Measure nothing: re-render a saved run's table, Markdown and plots (ratios recomputed from its raw samples).")
 @click.option("--no-cache", is_flag=True, help="Export every artifact afresh and keep none (the artifact cache is left as it is).")
 @click.option("--clear-cache", is_flag=True, help="Delete the cached artifacts and exit.")
@@ -97,6 +98,9 @@ def main(device, full, runtimes, models, batch, size, sweep_size, repeats, warmu
     Exported artifacts are kept in $PGN_HOME/bench, else $XDG_CACHE_HOME/pgn-toolkit/bench, else
     ~/.cache/pgn-toolkit/bench (checked against their manifest's sha256, rebuilt when anything that made them
     changed), so a second run only measures.
+
+    Bad input: one line, exit 1 (usage errors 2), before anything is measured. --json/--markdown are written
+    whole (devices such as /dev/null in place); if one cannot be written, the results are kept in a JSON file.
 
     \b
     Examples:
@@ -149,6 +153,9 @@ def _load(from_json: Path):
 
     from .results import BenchmarkResult, attach_ratios
 
+    from pgn.files import check_input_file
+
+    from_json = check_input_file(from_json, "--from-json")
     try:
         data = json.loads(from_json.read_bytes().decode("utf-8"))
     except (OSError, ValueError) as e:

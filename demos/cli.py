@@ -86,7 +86,7 @@ def _preset_choice() -> click.Choice:
 
 
 COMMON_OPTIONS = [
-    click.option("--output", "-o", "output_dir", type=click.Path(file_okay=False, path_type=Path), help="Output folder for results.json, results.md and images (default: pgn-runs/<demo>)."),
+    click.option("--output", "-o", "output_dir", type=click.Path(path_type=Path), help="Output folder for results.json, results.md and images (default: pgn-runs/<demo>)."),
     click.option("--size", type=click.IntRange(8, 4096), help="Image height and width in pixels (default: 64)."),
     click.option("--seed", type=int, help="Seed of initializations, frames and noise (default: 0)."),
     click.option("--vgg-weights", metavar="|".join(VGG_WEIGHT_CHOICES) + "|PATH", callback=_check_vgg_weights,
@@ -97,7 +97,7 @@ COMMON_OPTIONS = [
     click.option("--threads", type=click.IntRange(1, 256), help="torch CPU threads (default: torch's choice)."),
     click.option("--measure-memory/--no-measure-memory", default=None, help="Measure peak memory of the loss part and of the whole step (Linux; default: on)."),
     click.option("--progress/--no-progress", default=None, help="Progress bars on stderr (default: on)."),
-    click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write results.json's content here ('-' for stdout)."),
+    click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write results.json's content here ('-' for stdout)."),
 ]
 
 
@@ -172,6 +172,8 @@ def main() -> None:
     and plots into --output. Without --pgn-checkpoint the PGN is untrained, and without cached ImageNet VGG weights
     the teacher is random: the demo then warns loudly, because its numbers only show the mechanics.
 
+    Bad input: one line, exit 1 (usage errors 2). Results are written whole (devices such as /dev/null in place).
+
     \b
     Examples:
       pgn-demo finetune --output out/finetune
@@ -198,7 +200,7 @@ def main() -> None:
               help="Precision of the frozen PGN inside the pgn-executorch-train program: fp32 (default) or int8 (its "
                    "convolutions quantized as pgn-export --target executorch --precision int8 does; xnnpack kernels only).")
 @click.option("--meta-steps", type=click.IntRange(0), help="Meta-training episodes of the generator (default: 200).")
-@click.option("--generator-checkpoint", type=click.Path(dir_okay=False, path_type=Path), help="Reuse a meta_trained_generator.pt from an earlier run.")
+@click.option("--generator-checkpoint", type=click.Path(path_type=Path), help="Reuse a meta_trained_generator.pt from an earlier run.")
 def finetune(**kwargs) -> None:
     """Few-shot fine-tuning of a talking-head style generator, including the on-device path.
 

@@ -145,7 +145,7 @@ OPTIONS = [
     _opt("--run-dir", metavar="DIR", help="Output directory (runs/<backbone>)."),
     _opt("--resume", is_flag=True, default=False, help="Continue from the newest readable checkpoint in --run-dir (a new run in a new folder); never starts over in a used one."),
     _opt("--fresh", is_flag=True, default=False, help="Start over in a used --run-dir: its files are first moved to <run-dir>/previous-<time>/."),
-    _opt("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), help="Start from this config.json (CLI options win)."),
+    _opt("--config", "config_file", type=click.Path(path_type=Path), help="Start from this config.json (CLI options win)."),
     _opt("--seed", type=int, help="Seed, the same on every process (42)."),
     _opt("--device", type=click.Choice(DEVICES), help="auto: cuda:LOCAL_RANK when available, else CPU."),
     _opt("--dist-backend", type=click.Choice(["nccl", "gloo"]), help="Process-group backend (NCCL on GPUs, gloo on CPU)."),
@@ -162,7 +162,7 @@ OPTIONS = [
     _opt("--no-progress", "progress", flag_value=False, default=None, help="No progress bar."),
     _opt("--tqdm", is_flag=True, default=False, help="Authors' flag (progress bars are on by default)."),
     _opt("--eval-only", "--valid-only", is_flag=True, default=False, help="Only measure the held-out metrics of --pgn-checkpoint (or of a fresh PGN) and exit."),
-    _opt("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write a summary as JSON here ('-' for stdout)."),
+    _opt("--json", "json_path", type=click.Path(path_type=Path), help="Write a summary as JSON here ('-' for stdout)."),
 ]
 
 #: CLI-only options: handled here, never passed to the config as they are.
@@ -185,6 +185,9 @@ def command(**kw: Any) -> None:
     Runs on one CPU or GPU as it is, and on many GPUs (or CPU processes) under torchrun, one process per
     device. Writes <run-dir>/config.json, metrics.jsonl, curves.png, images/, checkpoints/ and pgn.pt
     (load it with pgn.load). The teacher's weights are printed at the start of every run.
+
+    Bad input: one line, exit 1 (usage errors 2), before the run folder is touched. One run per --run-dir at a
+    time (a second is refused, naming the first's PID); every file is written whole; --resume stays exact.
 
     \b
     Examples:

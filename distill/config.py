@@ -24,6 +24,7 @@ from pgn.constants import (
 )
 from pgn.files import write_json
 from pgn.errors import PGNError
+from pgn.files import check_input_file
 
 #: Meta-loss weight presets (λ_VGG, λ_L1). ``reference`` = the authors' CLI defaults, used by the published
 #: training command; ``paper`` = Eq. 10 of the paper. The two are swapped; the released checkpoints were
@@ -189,6 +190,10 @@ class DistillConfig:
     def resolved(self) -> "DistillConfig":
         """A copy with every ``None`` that has a derived value filled in, validated."""
         check_types(self.to_dict())
+        for name in ("batches_per_epoch", "val_every", "image_every", "save_every", "log_every"):  # before 0 becomes a default
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise PGNError(f"{name} must be ≥ 1 (--{name.replace('_', '-')}), got {value}")
         vgg_default, l1_default = LOSS_PRESETS.get(self.loss_preset, (None, None))
         if vgg_default is None:
             raise PGNError(f"unknown loss_preset {self.loss_preset!r}: use one of {', '.join(LOSS_PRESETS)}")
@@ -268,6 +273,19 @@ class DistillConfig:
             raise PGNError("--resume-dir and --resume-epoch go together (the authors' files <dir>/<epoch>.pth ...)")
         if self.min_image_side < 1:
             raise PGNError(f"min_image_side must be ≥ 1, got {self.min_image_side}")
+        self._check_size_fits_backbone()
+
+    def _check_size_fits_backbone(self) -> None:
+        """Raise a one-line :class:`PGNError` unless ``size`` is a size the PGN takes (UNet: multiples of 32);
+        checked on a meta-device model, before a run writes anything."""
+        import torch
+
+        import pgn
+        from pgn.inputs import check_size
+
+        with torch.device("meta"):  # shapes only: no memory, no initialization
+            model = pgn.build(self.backbone, **self.pgn_overrides())
+        check_size(self.size, self.size, multiple_of=model.size_multiple, what=f"the {self.backbone} PGN's --size")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict."""
@@ -330,9 +348,7 @@ def save_config(config: DistillConfig, path: str | Path) -> Path:
 
 def load_config(path: str | Path) -> DistillConfig:
     """Read a config written by :func:`save_config` (or by hand: any subset of the keys)."""
-    path = Path(path)
-    if not path.is_file():
-        raise PGNError(f"config file not found: {path}")
+    path = check_input_file(path, "config")
     try:
         data = json.loads(path.read_bytes().decode("utf-8"))
     except UnicodeDecodeError:

@@ -35,6 +35,7 @@ from torch import nn
 import pgn
 from pgn.cliutils import check_output, error_line
 from pgn.errors import PGNError, describe_os_error, os_error_in
+from pgn.files import hold_folder
 from pgn.perceptual import PerceptualLoss
 
 from . import checkpoints as ckpt
@@ -343,7 +344,11 @@ def train(config: DistillConfig, *, resume: bool = False, fresh: bool = False,
     config = config.resolved()
     ctx = distributed.init_distributed(config.device, config.dist_backend, config.dist_init_method)
     try:
-        return _train(config, ctx, resume, fresh, on_step)
+        run_dir = Path(config.run_dir)
+        _on_main(lambda: check_output(run_dir, "--run-dir", folder=True), ctx)
+        with contextlib.ExitStack() as held:  # one run per folder: a second one is refused, naming this PID
+            _on_main(lambda: held.enter_context(hold_folder(run_dir, "pgn-distill", "--run-dir")), ctx)
+            return _train(config, ctx, resume, fresh, on_step)
     finally:
         distributed.shutdown()
 
@@ -375,7 +380,6 @@ def _prepare_run_dir(run_dir: Path, fresh: bool) -> None:
 
 def _train(config: DistillConfig, ctx: distributed.DistContext, resume: bool, fresh: bool, on_step) -> TrainResult:
     run_dir = Path(config.run_dir)
-    _on_main(lambda: check_output(run_dir, "--run-dir", folder=True), ctx)
     split = find_images(config.data, config.dataset, config.val_fraction)
     distiller = Distiller(config, ctx)
     val_images, val_skipped = validation_images(split, config.size, config.val_images, config.min_image_side, seed=config.seed)

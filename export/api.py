@@ -17,14 +17,16 @@ from typing import Any, Callable
 
 import pgn
 from pgn.errors import PGNError
+from pgn.files import check_input_file, hold_folder
 from pgn.model import nonfinite_tensors
 
 from .errors import RuntimeUnavailable
 from .formats import FORMATS, options_for, packages, resolve_targets, target_of
 from .graph import check_exportable
-from .manifest import artifact_stem, build_manifest, manifest_path, read_manifest, sha256_of, size_mb, write_manifest
+from .manifest import (artifact_stem, build_manifest, check_artifact, check_input_shapes, manifest_path, read_manifest,
+                       sha256_of, size_mb, write_manifest)
 from .options import ExportOptions
-from .runtimes import Runtime
+from .runtimes import Runtime, check_threads
 from .target import ExportTarget, RuntimeSettings
 from .verify import not_executed, parity_inputs, verify_runtime
 
@@ -141,16 +143,34 @@ def export(
             pass  # reported per target below (or raised by check_available for a single target)
     if len(plan) == 1:
         plan[0][0].check_available()
-    out_dir.mkdir(parents=True, exist_ok=True)
     say = progress or (lambda message: None)
     references: dict = {}
     results = []
-    for t, opts in plan:
-        try:
-            results.append(_export_one(model, t, opts, out_dir, verify, weights_source, references, say))
-        except RuntimeUnavailable as e:
-            results.append(ExportResult(t.name, "failed", None, None, not_executed(str(e)), 0.0, 0.0, str(e)))
+    with hold_folder(out_dir, "export", "output folder"):  # one export at a time per folder
+        for stale in remove_stale_temporaries(out_dir):
+            say(f"removed {stale.name}, the temporary folder of an export that was killed")
+        for t, opts in plan:
+            try:
+                results.append(_export_one(model, t, opts, out_dir, verify, weights_source, references, say))
+            except RuntimeUnavailable as e:
+                results.append(ExportResult(t.name, "failed", None, None, not_executed(str(e)), 0.0, 0.0, str(e)))
     return results
+
+
+#: Prefix of the temporary folder each target is converted in, inside the output folder.
+TEMPORARY_PREFIX = ".pgn-export-"
+
+
+def remove_stale_temporaries(out_dir: Path) -> list[Path]:
+    """Delete the temporary folders (``.pgn-export-*``) that a killed export left in ``out_dir``; returns them.
+
+    Call it only while holding ``out_dir`` (:func:`pgn.files.hold_folder`): every live export holds its folder,
+    so a temporary folder found then belongs to a process that is gone.
+    """
+    stale = [p for p in Path(out_dir).glob(TEMPORARY_PREFIX + "*") if p.is_dir() and not p.is_symlink()]
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
 
 
 def load_runtime(
@@ -179,7 +199,9 @@ def load_runtime(
 
     Raises:
         RuntimeUnavailable: the runtime, device or OS is missing here (says what to install / where it runs).
-        PGNError: the artifact or its manifest is missing or does not match.
+        PGNError: the artifact or its manifest is missing, is not what it should be (not a regular file, not a
+            JSON object), or does not match (the artifact's sha256 or input shapes differ from the manifest's);
+            a thread count that no machine has.
     """
     artifact = Path(artifact)
     if target is None:
@@ -189,14 +211,19 @@ def load_runtime(
         if len(targets) != 1:
             raise PGNError(f"load_runtime needs one target: one of {', '.join(FORMATS)}")
         chosen = targets[0]
-    if not artifact.exists():
-        raise PGNError(f"artifact not found: {artifact}")
+    if not os.path.isdir(artifact):  # a package (.mlpackage) is a folder; every other artifact a regular file
+        check_input_file(artifact, "artifact")
+    check_threads(threads, "threads")
+    check_threads(inter_op_threads, "inter_op_threads")
     manifest = read_manifest(artifact)
     if manifest.get("target") != chosen.name:
         raise PGNError(f"{artifact} is a {manifest.get('target')} artifact according to its manifest, not {chosen.name}")
+    check_artifact(artifact, manifest)
     settings = RuntimeSettings(device=device, threads=threads, graph_optimization_level=graph_optimization_level,
                                inter_op_threads=inter_op_threads, compute_units=compute_units, tf32=tf32)
-    return chosen.load_runtime(artifact, manifest, settings)
+    runtime = chosen.load_runtime(artifact, manifest, settings)
+    check_input_shapes(artifact, manifest, runtime.artifact_input_shapes())
+    return runtime
 
 
 RANDOM_WEIGHTS = (
@@ -217,9 +244,7 @@ def load_model(backbone: str | None, *, head: str | None = None, checkpoint: str
         if backbone is None:
             raise PGNError("pass a backbone (e.g. --backbone unet) or a checkpoint to export")
         return pgn.build(backbone, **overrides), RANDOM_WEIGHTS
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise PGNError(f"checkpoint not found: {path}")
+    path = check_input_file(checkpoint, "checkpoint")
     model = pgn.load(path, preset=backbone, **overrides)
     fmt = getattr(model, "checkpoint_format", "?")
     return model, f"checkpoint {path.name} (sha256 {sha256_of(path)}, format {fmt})"
@@ -233,7 +258,7 @@ def _export_one(model, target: ExportTarget, opts: ExportOptions, out_dir: Path,
 
     target.check_available()
     final = out_dir / (artifact_stem(model, opts) + target.suffix)
-    with tempfile.TemporaryDirectory(prefix=".pgn-export-", dir=out_dir) as tmp:
+    with tempfile.TemporaryDirectory(prefix=TEMPORARY_PREFIX, dir=out_dir) as tmp:
         artifact = Path(tmp) / final.name
         say(f"{target.name}: converting {final.name}")
         try:

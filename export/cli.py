@@ -16,6 +16,7 @@ from .int8 import INT8_OPS
 from .formats import FORMATS, precisions, resolve_targets
 from .training import LOSS_KINDS
 from .training import TARGET_NAME as TRAINING_TARGET
+from .options import OPSET_RANGE
 
 BACKBONES = ("resnet4", "resnet6", "resnet8", "unet")
 TARGET_CHOICES = "|".join([*FORMATS, "all", TRAINING_TARGET])
@@ -37,24 +38,24 @@ def _check_target(ctx, param, value: str) -> str:
 @click.option("--target", default="onnx", show_default=True, callback=_check_target, metavar=TARGET_CHOICES,
               help=f"Artifact format; 'all' writes every one and prints a table; '{TRAINING_TARGET}' writes a generator's "
                    "fitting step (needs --generator and --loss).")
-@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), metavar="PATH",
+@click.option("--checkpoint", type=click.Path(path_type=Path), metavar="PATH",
               help="Weights to export (ours or the authors'). Without it: random weights, said loudly.")
 @click.option("--head", type=click.Choice(HEAD_KINDS), help="Gradient head (default: the preset's, constrained).")
 @click.option("--size", nargs=2, type=int, metavar="H W", help="Input height and width (default 224 224).")
 @click.option("--batch", type=click.IntRange(1), help="Batch size (default 1).")
 @click.option("--dynamic", is_flag=True, help="Dynamic batch/height/width (TensorRT/CoreML: bounded ranges).")
 @click.option("--precision", type=click.Choice(precisions()), help=f"Default: {DEFAULT_PRECISIONS}.")
-@click.option("--output", "output_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("exports"),
+@click.option("--output", "output_dir", type=click.Path(path_type=Path), default=Path("exports"),
               show_default=True, metavar="DIR", help="Folder for artifacts and manifests.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+@click.option("--json", "json_path", type=click.Path(path_type=Path), metavar="FILE",
               help="Also write the results as JSON here ('-' for stdout).")
-@click.option("--opset", type=int, help="ONNX opset (ONNX, TensorRT); default: the exporter's.")
+@click.option("--opset", type=click.IntRange(*OPSET_RANGE), help="ONNX opset (ONNX, TensorRT); default: the exporter's.")
 @click.option("--legacy-exporter", is_flag=True, help="Use the TorchScript ONNX exporter instead of dynamo.")
 @click.option("--min-size", nargs=2, type=int, metavar="H W", help="Smallest input of a --dynamic TensorRT/CoreML artifact.")
 @click.option("--max-size", nargs=2, type=int, metavar="H W", help="Largest input of a --dynamic TensorRT/CoreML artifact.")
 @click.option("--max-batch", type=click.IntRange(1), help="Largest batch of a --dynamic TensorRT/CoreML artifact.")
 @click.option("--workspace-gb", type=FiniteFloat(0, min_open=True), help="TensorRT builder workspace limit (default 4).")
-@click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path), metavar="PATH",
+@click.option("--timing-cache", type=click.Path(path_type=Path), metavar="PATH",
               help="TensorRT timing cache (default: DIR/tensorrt-timing.cache).")
 @click.option("--tf32", is_flag=True, help="TensorRT: allow TF32 math in fp32 layers (faster; fails fp32 parity, so off by default).")
 @click.option("--deployment-target", metavar="NAME", help="CoreML minimum deployment target (default iOS16).")
@@ -78,6 +79,9 @@ def main(**kwargs) -> None:
     (fp16 artifacts: a residual the host scales in fp32; see the manifest). A manifest.json with the model,
     constants, versions, sha256 and parity numbers is written beside it. Exit status 0 only if every target
     was written and passed its checks.
+
+    Bad input: one line, exit 1 (usage errors 2); a failed target leaves nothing behind. One export per --output
+    folder at a time (a second is refused, naming the first's PID). A loaded artifact must match its sha256.
 
     \b
     Examples:
@@ -117,7 +121,7 @@ def _main(backbone, target, checkpoint, head, json_path, **options) -> None:
             "Pass --checkpoint PATH (a pgn-distill checkpoint or the authors' released file) for a usable PGN.",
             title="RANDOM WEIGHTS", border_style="bold red",
         ))
-    kwargs = {k: v for k, v in options.items() if v not in (None, False)}
+    kwargs = {k: v for k, v in options.items() if v is not None and v is not False}
     for key in ("size", "min_size", "max_size"):
         if key in kwargs:
             kwargs[key] = tuple(kwargs[key])

@@ -510,6 +510,11 @@ class ExecuTorchRuntime(Runtime):
             threadpool="one per process, shared by XNNPACK and the portable kernels",
         )
 
+    def artifact_input_shapes(self) -> list[list]:
+        """The method's input shapes (for dynamic programs, their upper bounds)."""
+        meta = self.method.metadata
+        return [list(meta.input_tensor_meta(i).sizes()) for i in range(meta.num_inputs())]
+
     def run_graph(self, y_hat: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
         THREAD_POOL.check(self)
         outs = self.method.execute([torch.from_numpy(y_hat), torch.from_numpy(y)])

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
+import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from importlib import metadata
@@ -21,7 +23,8 @@ from typing import Any
 import pgn
 from pgn.files import write_text
 from pgn.constants import IMAGENET_MEAN, IMAGENET_STD
-from pgn.errors import PGNError
+from pgn.errors import PGNError, first_line
+from pgn.files import check_input_file
 
 from .graph import GradientRecipe, describe_graph
 from .graph_options import resolve_graph_options
@@ -242,17 +245,84 @@ def write_manifest(path: Path, manifest: dict[str, Any]) -> Path:
 
 
 def read_manifest(artifact: str | Path) -> dict[str, Any]:
-    """The manifest beside ``artifact``; a clear error if it is missing or not ours."""
+    """The manifest beside ``artifact``, checked for the fields a runtime relies on; a one-line error if it is
+    missing, not a regular file, not a JSON object, not ours, or inconsistent (:func:`check_manifest`)."""
     path = manifest_path(artifact)
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise PGNError(f"no manifest beside {artifact} (expected {path.name}): export the artifact with pgn-export, which writes one")
+    path = check_input_file(path, "manifest")
     try:
-        manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise PGNError(f"cannot read manifest {path}: {e}") from None
+        manifest = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise PGNError(f"cannot read manifest {path}: {first_line(e)}") from None
+    if not isinstance(manifest, dict):
+        kind = {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}.get(type(manifest), "null")
+        raise PGNError(f"{path} is not a pgn-export manifest: it holds {kind}, not a JSON object")
     if manifest.get("format") != MANIFEST_FORMAT:
         raise PGNError(f"{path} is not a pgn-export manifest")
+    check_manifest(manifest, path)
     return manifest
+
+
+def check_manifest(manifest: dict[str, Any], where: str | Path) -> None:
+    """Raise a one-line :class:`PGNError` unless ``manifest`` has the fields every runtime relies on, with the
+    right types, and input/output shapes that agree with its export size, batch and ``dynamic`` flag."""
+
+    def bad(what: str) -> PGNError:
+        return PGNError(f"{where} is not a usable pgn-export manifest: {what}; re-export the artifact")
+
+    for key, kind in (("target", str), ("sha256", str), ("inputs", list), ("outputs", list), ("gradient", dict),
+                      ("model", dict), ("dynamic", bool), ("export_size", list), ("export_batch", int)):
+        if not isinstance(manifest.get(key), kind):
+            raise bad(f"{key!r} is missing or not a JSON {kind.__name__}")
+    if not re.fullmatch(r"[0-9a-f]{64}", manifest["sha256"]):
+        raise bad(f"sha256 {manifest['sha256'][:80]!r} is not a sha256 digest")
+    if not isinstance(manifest["model"].get("size_multiple"), int) or isinstance(manifest["model"]["size_multiple"], bool):
+        raise bad("model.size_multiple is missing")
+    try:
+        GradientRecipe.from_dict(manifest["gradient"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise bad(f"its gradient recipe is incomplete ({first_line(e)})") from None
+    size, batch = manifest["export_size"], manifest["export_batch"]
+    expected = ["batch", 3, "height", "width"] if manifest["dynamic"] else [batch, 3, *size]
+    names = {"inputs": ("y_hat", "y"), "outputs": ("proxy",)}
+    for side in ("inputs", "outputs"):
+        entries = manifest[side]
+        if len(entries) != 2 or not all(isinstance(e, dict) for e in entries):
+            raise bad(f"it must list two {side}")
+        if names[side] != tuple(e.get("name") for e in entries)[: len(names[side])]:
+            raise bad(f"its {side} must be named {', '.join(names[side])}…")
+        for entry in entries:
+            if entry.get("shape") != expected:
+                raise bad(f"{side[:-1]} {entry.get('name')!r} has shape {entry.get('shape')}, but an artifact "
+                          f"{'with dynamic shapes' if manifest['dynamic'] else f'exported at batch {batch}, size {size}'} "
+                          f"takes {expected}")
+    if manifest["outputs"][1].get("name") not in ("grad", "residual"):
+        raise bad("its second output must be grad or residual")
+
+
+def check_artifact(artifact: str | Path, manifest: dict[str, Any]) -> None:
+    """Raise a one-line :class:`PGNError` unless ``artifact`` (file or package folder) hashes to the manifest's
+    sha256: what a runtime loads is exactly what was exported and verified, for every target."""
+    digest = sha256_of(artifact)
+    if digest != manifest.get("sha256"):
+        raise PGNError(f"{Path(artifact).name} does not match its manifest (sha256 {digest[:12]}…, manifest "
+                       f"{str(manifest.get('sha256'))[:12]}…): the artifact or its manifest was changed; re-export it")
+
+
+def check_input_shapes(artifact: str | Path, manifest: dict[str, Any], shapes: Sequence[Sequence] | None) -> None:
+    """Raise a one-line :class:`PGNError` if the input shapes an artifact declares (``None``: the runtime cannot
+    tell) differ from those its manifest claims; symbolic dimensions match any claimed dynamic dimension."""
+    if shapes is None:
+        return
+    claimed = [entry["shape"] for entry in manifest["inputs"]]
+    for got, want in zip(shapes, claimed):
+        got = list(got)
+        fits = len(got) == len(want) and all(
+            isinstance(g, str) or g is None or isinstance(w, str) or g == w for g, w in zip(got, want))
+        if not fits or (manifest["dynamic"] is False and any(isinstance(g, str) or g is None for g in got)):
+            raise PGNError(f"{Path(artifact).name} takes inputs of shape {got} but its manifest claims {want}: "
+                           f"the manifest does not belong to this artifact; re-export it")
 
 
 def _json_default(obj):

@@ -432,6 +432,10 @@ class OnnxRuntime(Runtime):
         if manifest.get("precision") == "fp16" and kind == "cpu":
             self.info["note"] = "the CPU execution provider may upcast fp16 nodes that lack fp16 kernels to fp32"
 
+    def artifact_input_shapes(self) -> list[list]:
+        """The graph's declared input shapes (dynamic dimensions by name)."""
+        return [list(i.shape) for i in self.session.get_inputs()]
+
     def run_graph(self, y_hat: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
         if self.device == "cuda":
             binding = self._bind(y_hat, y)

@@ -17,6 +17,10 @@ DEFAULT_MAX_SIZE = 1024
 DEFAULT_MAX_BATCH = 8
 
 
+#: The ONNX opsets an export may ask for (inclusive).
+OPSET_RANGE = (13, 23)
+
+
 @dataclass(frozen=True)
 class ShapeRange:
     """Smallest, export-time ("optimal") and largest input shape (N, 3, H, W) of a dynamic artifact."""
@@ -79,8 +83,9 @@ class ExportOptions:
                 object.__setattr__(self, name, parse_size(value, name))
         if isinstance(self.batch, bool) or not isinstance(self.batch, int) or self.batch < 1:
             raise PGNError(f"batch must be a positive integer, got {self.batch!r}")
-        if self.opset is not None and (not isinstance(self.opset, int) or not 13 <= self.opset <= 23):
-            raise PGNError(f"opset must be an integer from 13 to 23, got {self.opset!r}")
+        low, high = OPSET_RANGE
+        if self.opset is not None and (isinstance(self.opset, bool) or not isinstance(self.opset, int) or not low <= self.opset <= high):
+            raise PGNError(f"opset must be an integer from {low} to {high}, got {self.opset!r}")
         if not self.workspace_gb > 0:
             raise PGNError(f"workspace_gb must be positive, got {self.workspace_gb!r}")
         if self.timing_cache is not None:

@@ -19,6 +19,7 @@ Example::
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -52,6 +53,11 @@ class Runtime:
     def run_graph(self, y_hat: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
         """Run the graph once on checked float32 inputs; its outputs by name (``proxy`` and ``grad``/``residual``)."""
         raise NotImplementedError
+
+    def artifact_input_shapes(self) -> list[list] | None:
+        """The input shapes the loaded artifact declares (symbolic dimensions as strings), compared with the
+        manifest's by :func:`export.load_runtime`; ``None`` where this runtime cannot tell."""
+        return None
 
     # -- shared ------------------------------------------------------------------------------------------
     def run(self, y_hat: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
@@ -103,6 +109,21 @@ class Runtime:
                 if not all(lo[i] <= shape[i] <= hi[i] for i in (0, 2, 3)):
                     raise PGNError(f"input shape {shape} is outside the artifact's range {tuple(lo)}..{tuple(hi)}")
         return arrays[0], arrays[1]
+
+
+#: More threads than any machine this runs on has cores: a larger count is a mistake, not a setting.
+MAX_THREADS = 1024
+
+
+def check_threads(threads: int | None, name: str = "threads") -> None:
+    """Raise a one-line :class:`PGNError` unless ``threads`` is ``None`` or an integer from 1 to :data:`MAX_THREADS`."""
+    if threads is None:
+        return
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise PGNError(f"{name} must be a positive integer (a thread count), got {threads!r}")
+    if threads > MAX_THREADS:
+        raise PGNError(f"{name}={threads} is not a usable thread count: at most {MAX_THREADS} "
+                       f"(this machine has {os.cpu_count()} CPUs)")
 
 
 def parse_device(device: str) -> tuple[str, int]:

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from .authors import AUTHORS_HEADS, authors_names
-from .backbones import BACKBONES, UNetConfig, build_backbone
+from .backbones import BACKBONES, ImplausibleSize, UNetConfig, build_backbone
 from .constants import GRAD_SCALE_RESNET, GRAD_SCALE_UNET, LEGACY_UNET_GRAD_SCALE
 from .errors import PGNError, first_line
 from .files import as_path, atomic_save, check_plain, read_file
@@ -191,6 +191,8 @@ def _backbone_keys(kind: str, params: dict) -> tuple[list[str], dict[str, str]] 
     try:
         with torch.device("meta"):  # names only: no memory, no initialization
             backbone = build_backbone(kind, params)
+    except ImplausibleSize:
+        raise  # a size the file claims: say so, rather than "no backbone fits"
     except (PGNError, TypeError, ValueError):
         return None
     return list(backbone.state_dict()), authors_names(backbone)
@@ -332,7 +334,10 @@ def load(
     path = as_path(path)
     all_backbone_fields = set().union(*_BACKBONE_FIELDS.values())
     asked = {k: v for k, v in overrides.items() if k in all_backbone_fields and v is not None}
-    ck = parse_checkpoint(read_file(path, map_location), preset=preset, backbone_overrides=asked)
+    try:
+        ck = parse_checkpoint(read_file(path, map_location), preset=preset, backbone_overrides=asked)
+    except ImplausibleSize as e:
+        raise PGNError(f"{path} describes an implausible model: {e}") from None
     base = preset_config(preset) if preset else None
     head = ck.head or (base.head if base else _default_head(ck.backbone))
     config = PGNConfig(ck.backbone, ck.backbone_params, head, ck.value_space, preset or ck.preset)

@@ -51,7 +51,7 @@ def table6(size: int, skipped: dict[str, str] | None = None) -> list[dict]:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--size", default=224, show_default=True, type=click.IntRange(32, 4096), help="Input height and width.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write the rows as JSON here ('-' for stdout).")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the rows as JSON here ('-' for stdout).")
 @click.option("--presets", is_flag=True, help="List the registered PGN presets instead.")
 @click.option("--checkpoint", type=click.Path(path_type=Path), help="Describe a checkpoint (ours or the authors') instead.")
 def main(size: int, json_path: Path | None, presets: bool, checkpoint: Path | None) -> None:
@@ -60,6 +60,9 @@ def main(size: int, json_path: Path | None, presets: bool, checkpoint: Path | No
     MACs follow the paper's counting convention (thop, 2019); for the VGG teachers they are the cost of one
     gradient, 3 × a forward pass on both images. The paper's values are for 224×224.
 
+    Bad input: one line on stderr, exit 1 (usage errors 2). --json is written whole or not at all (a device or
+    FIFO such as /dev/null or /dev/stdout is written in place, never replaced).
+
     \b
     Examples:
       pgn-info --size 224
@@ -67,6 +70,8 @@ def main(size: int, json_path: Path | None, presets: bool, checkpoint: Path | No
       pgn-info --presets
       pgn-info --checkpoint resnet4.pth
     """
+    if presets and checkpoint is not None:
+        raise click.UsageError("--presets lists the presets and --checkpoint describes a file: pass one of them")
     run_cli(lambda: _main(size, json_path, presets, checkpoint), files={"--json": json_path})
 
 

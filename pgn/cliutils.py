@@ -27,6 +27,7 @@ import click
 
 from .errors import PGNError, describe_os_error, os_error_in  # noqa: F401 (re-exported for the CLIs)
 from .files import write_json, write_text  # noqa: F401 (moved to pgn.files; re-exported for code written against cliutils)
+from .files import atomic_write, check_writable_special, missing_top, remove_empty_folders, writes_through
 
 #: Exit status of a command interrupted by SIGINT (Ctrl-C) or SIGTERM, as a shell reports it.
 EXIT_INTERRUPTED = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -73,15 +74,6 @@ def fail(message: str, status: int = 1) -> None:
 # Output locations
 
 
-def _first_existing(path: Path) -> tuple[Path, Path | None]:
-    """(nearest existing ancestor of ``path`` or itself, the topmost missing folder below it or ``None``)."""
-    path = Path(os.path.abspath(path))
-    missing = None
-    while not os.path.lexists(path) and path.parent != path:
-        missing, path = path, path.parent
-    return path, missing
-
-
 def _probe(folder: Path) -> None:
     """Create and remove an empty file in ``folder``: the only check that also holds for root and ACLs."""
     fd, name = tempfile.mkstemp(prefix=".pgn-write-check-", suffix=".tmp", dir=folder)
@@ -104,12 +96,29 @@ def check_output(path: str | Path, option: str, *, folder: bool = False) -> Path
     path = Path(path)
     if not folder and str(path) == "-":
         return None
+    try:
+        return _check_output(path, option, folder)
+    except OSError as e:  # e.g. a name longer than the OS allows
+        raise PGNError(f"{option} {describe_os_error(e, path)}") from None
+
+
+def _check_output(path: Path, option: str, folder: bool) -> Path | None:
     if path.exists():
         if folder and not path.is_dir():
             raise PGNError(f"{option} {path}: a file is in the way where a folder is needed (remove it or choose another path)")
         if not folder and path.is_dir():
             raise PGNError(f"{option} {path}: is a folder, not a file (give a file name)")
-    existing, missing = _first_existing(path if folder else path.parent)
+    if not folder:
+        try:
+            check_writable_special(path)
+        except PGNError as e:
+            raise PGNError(f"{option}: {e}") from None
+        if writes_through(path):  # a device, FIFO or /dev/stdout: written in place, its folder need not be writable
+            if not os.access(path, os.W_OK):
+                raise PGNError(f"{option} {path}: permission denied (choose a writable location)")
+            return None
+    missing = missing_top(path if folder else path.parent)
+    existing = missing.parent if missing is not None else Path(os.path.abspath(path if folder else path.parent))
     if not existing.is_dir():
         raise PGNError(f"{option} {path}: {existing} is a file, where a folder is needed (remove it or choose another path)")
     try:
@@ -117,17 +126,6 @@ def check_output(path: str | Path, option: str, *, folder: bool = False) -> Path
     except OSError as e:
         raise PGNError(f"{option} {describe_os_error(e, path)}") from None
     return missing
-
-
-def remove_empty_folders(top: Path) -> None:
-    """Remove ``top`` and the folders below it, bottom-up, where they are empty (files are never touched)."""
-    if not top.is_dir():
-        return
-    for folder, _, _ in sorted(os.walk(top), key=lambda entry: -len(entry[0])):
-        try:
-            os.rmdir(folder)
-        except OSError:
-            pass  # not empty: it holds something the command did write
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -52,6 +52,8 @@ def describe_os_error(e: OSError, path: str | Path | None = None) -> str:
     where = str(path) if path is not None else (e.filename if e.filename is not None else "")
     if path is None and e.filename2 is not None:
         where = f"{where} -> {e.filename2}"
+    if len(where) > 200:  # a path longer than the OS allows can run to thousands of characters: keep one line
+        where = f"{where[:80]}…{where[-80:]} ({len(where)} characters)"
     line = f"{where}: {what}" if where else what
     return f"{line} ({todo})" if todo else line
 

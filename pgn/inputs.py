@@ -4,7 +4,8 @@
 ``export.load_runtime`` (ONNX Runtime, TensorRT, Core ML, and any runtime added later) take the same images and
 refuse the same mistakes with the same one-line :class:`pgn.PGNError`. The rules, in the order they are checked:
 
-1. **type**: a ``torch.Tensor`` (runtimes also take NumPy arrays);
+1. **type**: a dense ``torch.Tensor`` with data (runtimes also take NumPy arrays); lists, sparse and meta
+   tensors are refused;
 2. **layout**: 4-D ``(N, 3, H, W)`` (unbatched and channels-last inputs get a hint);
 3. **dtype**: floating point. Integer and boolean images are refused: a uint8 image read as 0..255 would give a
    gradient hundreds of times too large. float16, bfloat16, float32 and float64 are all accepted: the PyTorch
@@ -137,6 +138,12 @@ def _check_layout(name: str, image: Any, channels: int, accept_numpy: bool) -> N
     if not accept_numpy and not isinstance(image, torch.Tensor):
         hint = f"; convert with torch.from_numpy({name})" if isinstance(image, np.ndarray) else ""
         raise PGNError(f"{name} must be a torch.Tensor, got {type(image).__name__}{hint}")
+    if isinstance(image, torch.Tensor):
+        if image.layout != torch.strided:  # sparse or nested: aminmax, convolutions and runtimes need dense data
+            raise PGNError(f"{name} is a {str(image.layout).replace('torch.', '')} tensor: images must be dense; convert "
+                           f"with {name}.to_dense()")
+        if image.is_meta:
+            raise PGNError(f"{name} is a meta tensor (a shape without data): pass real images")
     shape = tuple(image.shape)
     if len(shape) != 4:
         hint = f"; add a batch dimension with {name}[None]" if len(shape) == 3 else ""

@@ -14,6 +14,9 @@ through the PGN and no VGG is needed.
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 from torch import nn
 
@@ -60,6 +63,8 @@ class PGNLoss(nn.Module):
         if not isinstance(model, PGN):
             raise PGNError(f"PGNLoss needs a pgn.PGN model, got {type(model).__name__}")
         self.model = model
+        if isinstance(mse_weight, bool) or not isinstance(mse_weight, numbers.Real) or not math.isfinite(mse_weight) or mse_weight < 0:
+            raise PGNError(f"mse_weight must be a finite number ≥ 0 (0 disables the MSE term), got {mse_weight!r}")
         self.mse_weight = float(mse_weight)
         self.reduction = check_reduction(reduction)
 

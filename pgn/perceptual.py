@@ -310,6 +310,8 @@ class PerceptualLoss(nn.Module):
         One forward and one input-only backward; the VGG stays frozen and ``y_hat``'s own graph is untouched.
         In float16 the backward is loss-scaled (:data:`FP16_LOSS_SCALE`) and unscaled in fp32.
         """
+        # The input contract first, as for the forward: nothing below may touch a list, an integer or a meta tensor.
+        self._check(("y_hat", y_hat)) if y is None else self._check(("y_hat", y_hat), ("y", y))
         return input_gradient(self.per_sample, y_hat, y, fp16=self._computes_in_fp16(y_hat))
 
     def _computes_in_fp16(self, y_hat: torch.Tensor) -> bool:

@@ -102,3 +102,61 @@ def test_resume_dir_and_epoch_go_together(tmp_path, flag):
     value = str(tmp_path) if flag == "--resume-dir" else "3"
     result = CliRunner().invoke(command, [*TINY, flag, value, "--run-dir", str(tmp_path / "r")])
     assert result.exit_code == 1 and "go together" in result.output
+
+
+@pytest.mark.parametrize("option", ["--save-every", "--batches-per-epoch", "--val-every", "--log-every"])
+def test_zero_step_counts_are_refused_naming_the_option(tmp_path, option):
+    result = CliRunner().invoke(command, [*TINY, option, "0", "--run-dir", str(tmp_path / "r")])
+    assert result.exit_code == 1 and f"must be ≥ 1 ({option}), got 0" in result.output  # was: 0 taken as "one epoch"
+    assert not (tmp_path / "r").exists()
+
+
+def test_zero_step_counts_in_a_config_file_name_the_option(tmp_path):
+    (tmp_path / "c.json").write_text(json.dumps({"batches_per_epoch": 0}))
+    result = invoke(*TINY, "--config", str(tmp_path / "c.json"), "--run-dir", str(tmp_path / "r"))
+    assert result.exit_code == 1 and "batches_per_epoch must be ≥ 1 (--batches-per-epoch)" in result.output
+
+
+def test_a_size_the_backbone_cannot_take_leaves_no_run_folder(tmp_path):
+    result = CliRunner().invoke(command, ["--backbone", "unet", "--size", "48", "--vgg-weights", "random",
+                                          "--run-dir", str(tmp_path / "r")])
+    assert result.exit_code == 1 and "multiples of 32" in result.output  # was: config.json and metrics.jsonl left
+    assert not (tmp_path / "r").exists()
+
+
+def test_file_for_folder_mixups_exit_1(tmp_path):
+    (tmp_path / "f").write_text("mine")
+    result = CliRunner().invoke(command, [*TINY, "--run-dir", str(tmp_path / "f")])
+    assert result.exit_code == 1 and "a file is in the way" in result.output
+    result = CliRunner().invoke(command, [*TINY, "--config", str(tmp_path), "--run-dir", str(tmp_path / "r")])
+    assert result.exit_code == 1 and "is a folder" in result.output  # was: click's exit 2
+    assert (tmp_path / "f").read_text() == "mine"
+
+
+_HOLDER = """
+import sys, time
+from pgn.files import hold_folder
+with hold_folder(sys.argv[1], "pgn-distill", "--run-dir"):
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_run_folder_another_process_holds_is_refused_and_untouched(tmp_path, resume):
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 1}\n')
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        result = CliRunner().invoke(command, [*TINY, "--steps", "1", "--run-dir", str(run), *(["--resume"] if resume else [])])
+        assert result.exit_code == 1 and f"is in use by another pgn-distill (PID {holder.pid})" in result.output
+        assert sorted(p.name for p in run.iterdir()) == [".pgn.lock", "metrics.jsonl"]
+        assert (run / "metrics.jsonl").read_text() == '{"step": 1}\n'
+    finally:
+        holder.kill()
+        holder.wait()

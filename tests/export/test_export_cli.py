@@ -133,3 +133,16 @@ def test_disk_full_during_export_is_one_line_and_leaves_no_empty_folder(tmp_path
     errors = [line for line in res.output.splitlines() if line.startswith("error:")]
     assert res.exit_code == 1 and len(errors) == 1 and "disk full" in errors[0]
     assert not (tmp_path / "new").exists()
+
+
+def test_opset_0_is_a_usage_error(tmp_path):
+    result = CliRunner().invoke(main, ["--backbone", "resnet4", "--opset", "0", "--output", str(tmp_path / "ex")])
+    assert result.exit_code == 2 and "13<=x<=23" in result.output  # was: 0 dropped as "not given", exported
+    assert not (tmp_path / "ex").exists()
+
+
+def test_output_that_is_a_file_exits_1_and_keeps_the_file(tmp_path):
+    (tmp_path / "f").write_text("mine")
+    result = CliRunner().invoke(main, ["--backbone", "resnet4", "--output", str(tmp_path / "f")])
+    assert result.exit_code == 1 and "a file is in the way" in result.output  # was: click's exit 2
+    assert (tmp_path / "f").read_text() == "mine"

@@ -191,6 +191,11 @@ def test_load_runtime_runs_a_pte_like_pytorch(unet_cli):
     (lambda x: (x * 255).to(torch.uint8), "must be a floating-point image .*got uint8"),
     (lambda x: x.masked_fill(x > 0.5, float("nan")), "NaN"),
     (lambda x: x[:, :, :32], r"takes inputs of shape \(1, 3, 64, 64\)"),
+    (lambda x: x > 0.5, "must be a floating-point image .*got bool"),
+    (lambda x: x.tolist(), "numpy array or a torch.Tensor, got list"),
+    (lambda x: (x.numpy() * 255).astype("uint8"), "floating-point .*uint8"),
+    (lambda x: torch.empty_like(x, device="meta"), "meta tensor"),
+    (lambda x: x.to_sparse(), "sparse_coo tensor: images must be dense"),
 ])
 def test_runtime_applies_the_input_contract(unet_cli, bad, message):
     _, _, pte = unet_cli
@@ -239,6 +244,9 @@ def test_settings_of_other_runtimes_are_refused(unet_cli):
     (lambda pte: export.manifest_path(pte).unlink(), "no manifest beside"),
     (lambda pte: pte.write_bytes(pte.read_bytes()[:-1] + b"\0"), "does not match its manifest"),
     (lambda pte: _edit_manifest(pte, target="onnx"), "is a onnx artifact according to its manifest, not executorch"),
+    (lambda pte: _edit_manifest(pte, sha256="0" * 64), "does not match its manifest"),
+    (lambda pte: export.manifest_path(pte).write_text("[]"), "holds an array, not a JSON object"),
+    (lambda pte: _claim_size(pte, 128), r"takes inputs of shape \[1, 3, 64, 64\] but its manifest claims \[1, 3, 128, 128\]"),
 ])
 def test_a_pte_whose_manifest_does_not_match_is_refused(unet_cli, tmp_path, break_it, message):
     _, _, original = unet_cli
@@ -249,6 +257,14 @@ def test_a_pte_whose_manifest_does_not_match_is_refused(unet_cli, tmp_path, brea
     with pytest.raises(PGNError, match=message) as e:
         export.load_runtime(pte)
     assert "\n" not in str(e.value)
+
+
+def _claim_size(pte, size):
+    path = export.manifest_path(pte)
+    manifest = json.loads(path.read_text())
+    for entry in manifest["inputs"] + manifest["outputs"]:
+        entry["shape"] = [1, 3, size, size]
+    path.write_text(json.dumps(dict(manifest, export_size=[size, size])))
 
 
 def _edit_manifest(pte, **changes):

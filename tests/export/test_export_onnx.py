@@ -102,6 +102,9 @@ def _photo_pair():
         (lambda a: a.numpy()[0], "4-D.*add a batch dimension"),
         (lambda a: a.permute(0, 2, 3, 1), "3 channels.*channels-last"),
         (lambda a: a.tolist(), "numpy array or a torch.Tensor, got list"),
+        (lambda a: a > 0.5, "floating-point.*bool"),
+        (lambda a: torch.empty_like(a, device="meta"), "meta tensor"),  # was: a raw copy error
+        (lambda a: a.to_sparse(), "sparse_coo tensor: images must be dense"),  # was: aminmax on a sparse tensor
     ],
 )
 def test_runtime_applies_the_pytorch_input_contract(onnx_exports, models, change, match):
@@ -299,3 +302,69 @@ def test_int8_requests_a_target_cannot_honour_are_one_line_errors(tmp_path, targ
     with pytest.raises(pgn.PGNError, match=message):
         export.export(build("resnet4"), target, output_dir=tmp_path, size=32, **kwargs)
     assert not any(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------------------------------------------
+# Integrity: what a runtime loads is what was exported (sha256 and shapes against the manifest)
+
+
+def _copy(artifact, folder):
+    import shutil
+
+    copy = folder / artifact.name
+    shutil.copy(artifact, copy)
+    shutil.copy(manifest_path(artifact), manifest_path(copy))
+    return copy
+
+
+def _flip_a_weight_byte(onnx_file):
+    data = bytearray(onnx_file.read_bytes())
+    data[len(data) // 2] ^= 0x01  # the middle of a 64x64 ResNet-4 file is weight data
+    onnx_file.write_bytes(bytes(data))
+
+
+def _edit_manifest(onnx_file, edit):
+    path = manifest_path(onnx_file)
+    manifest = json.loads(path.read_text())
+    path.write_text(json.dumps(edit(manifest)))
+
+
+def _claim_size(manifest, size):
+    for entry in manifest["inputs"] + manifest["outputs"]:
+        entry["shape"] = [1, 3, size, size]
+    return dict(manifest, export_size=[size, size])
+
+
+@pytest.mark.parametrize(
+    "tamper, match",
+    [
+        (_flip_a_weight_byte, "does not match its manifest"),  # was: ran normally
+        (lambda f: _edit_manifest(f, lambda m: dict(m, sha256="0" * 64)), "does not match its manifest .*manifest 000000"),
+        (lambda f: manifest_path(f).write_text("[1, 2]"), "holds an array, not a JSON object"),
+        (lambda f: manifest_path(f).write_text("null"), "holds null, not a JSON object"),
+        (lambda f: _edit_manifest(f, lambda m: {k: v for k, v in m.items() if k != "gradient"}), "'gradient' is missing"),
+        (lambda f: _edit_manifest(f, lambda m: dict(m, inputs=m["inputs"][:1])), "must list two inputs"),
+        (lambda f: _edit_manifest(f, lambda m: _claim_size(m, 128)), r"takes inputs of shape \[1, 3, 64, 64\] but its manifest claims \[1, 3, 128, 128\]"),
+    ],
+)
+def test_a_tampered_artifact_or_manifest_is_refused_in_one_line(onnx_exports, tmp_path, tamper, match):
+    onnx_file = _copy(onnx_exports["resnet4"].artifact, tmp_path)
+    export.load_runtime(onnx_file)  # the copy loads
+    tamper(onnx_file)
+    with pytest.raises(pgn.PGNError, match=match) as err:
+        export.load_runtime(onnx_file)
+    assert "\n" not in str(err.value)
+
+
+def test_a_manifest_that_is_not_a_regular_file_is_refused(onnx_exports, tmp_path):
+    onnx_file = _copy(onnx_exports["resnet4"].artifact, tmp_path)
+    manifest_path(onnx_file).unlink()
+    manifest_path(onnx_file).symlink_to("/dev/zero")
+    with pytest.raises(pgn.PGNError, match="not a regular file: it is a character device"):
+        export.load_runtime(onnx_file)
+
+
+@pytest.mark.parametrize("threads, match", [(10**9, "at most 1024"), (0, "positive integer"), (True, "positive integer")])
+def test_thread_counts_no_machine_has_are_refused(onnx_exports, threads, match):
+    with pytest.raises(pgn.PGNError, match=match):
+        export.load_runtime(onnx_exports["resnet4"].artifact, threads=threads)

@@ -208,3 +208,51 @@ def _error(call) -> str:
     with pytest.raises(PGNError) as e:
         call()
     return str(e.value)
+
+
+# ------------------------------------------------------------------------------------------------------
+# What every target gets from the table: integrity checks, one export per folder, no stale temporaries
+
+
+def test_a_new_targets_artifact_is_checked_against_its_manifest(torchscript, tmp_path):
+    (r,) = export.export(build("resnet4"), "torchscript", output_dir=tmp_path, size=SIZE)
+    r.artifact.write_bytes(r.artifact.read_bytes() + b"\0")  # the stand-in runtime checks nothing itself
+    with pytest.raises(PGNError, match="does not match its manifest"):
+        export.load_runtime(r.artifact)
+
+
+def test_a_killed_exports_temporary_folder_is_removed_by_the_next(torchscript, tmp_path):
+    stale = tmp_path / ".pgn-export-k1ll3d"  # what kill -9 during conversion leaves
+    (stale / "half").mkdir(parents=True)
+    mine = tmp_path / ".other-tool-tmp"
+    mine.mkdir()
+    (r,) = export.export(build("resnet4"), "torchscript", output_dir=tmp_path, size=SIZE, verify=False)
+    assert r.ok and not stale.exists() and mine.is_dir()  # only our own kind of temporary
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".other-tool-tmp", r.artifact.name, r.manifest_path.name])
+
+
+_HOLDER = """
+import sys, time
+from pgn.files import hold_folder
+with hold_folder(sys.argv[1], "export", "output folder"):
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="flock is POSIX")
+def test_an_output_folder_another_export_holds_is_refused_and_untouched(torchscript, tmp_path):
+    import subprocess
+    import sys
+
+    stale = tmp_path / ".pgn-export-live"  # the other export's working folder: must survive
+    stale.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(PGNError, match=f"output folder .* is in use by another export \\(PID {holder.pid}\\)"):
+            export.export(build("resnet4"), "torchscript", output_dir=tmp_path, size=SIZE)
+        assert stale.is_dir() and not list(tmp_path.glob("*.ts"))
+    finally:
+        holder.kill()
+        holder.wait()

@@ -196,3 +196,15 @@ def test_bundled_sample_images():
     assert all(t.shape[0] == 3 and 0.0 <= float(t.min()) and float(t.max()) <= 1.0 for t in imgs.values())
     batch = sample_batch(64)
     assert batch.shape == (len(imgs), 3, 64, 64)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda x: x.to_sparse(), "sparse_coo tensor: images must be dense; convert with y_hat.to_dense()"),
+    (lambda x: torch.empty_like(x, device="meta"), "meta tensor"),
+])
+def test_sparse_and_meta_tensors_never_reach_the_value_check(model, make, match):
+    x = torch.rand(1, 3, 32, 32)
+    for call in (lambda: model(make(x), x), lambda: pgn.PGNLoss(model)(make(x), x),
+                 lambda: check_images(("y_hat", make(x)), accept_numpy=True, check_values="always")):
+        with pytest.raises(pgn.PGNError, match=match):
+            call()

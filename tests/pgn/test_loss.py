@@ -72,3 +72,9 @@ def test_bad_arguments(pair):
     x, y = pair
     with pytest.raises(pgn.PGNError, match="same shape"):
         pgn.PGNLoss(pgn.build("resnet4"))(x, y[:1])
+
+
+@pytest.mark.parametrize("weight", [float("nan"), float("inf"), -1.0, "20", True])
+def test_pgnloss_refuses_a_weight_that_is_not_a_finite_number_at_least_0(weight):
+    with pytest.raises(pgn.PGNError, match="mse_weight must be a finite number ≥ 0"):
+        pgn.PGNLoss(pgn.build("resnet4", num_blocks=1), mse_weight=weight)

@@ -142,3 +142,26 @@ def test_the_other_vgg_is_named_with_the_reason(tmp_path):
     torch.save(sd, tmp_path / "odd.pth")
     with pytest.raises(pgn.PGNError, match=r"shape of 2.weight \(64, 64, 1, 1\) instead of \(64, 64, 3, 3\)"):
         pgn.PerceptualLoss("vgg19", weights=tmp_path / "odd.pth")
+
+
+_BAD_KINDS = {
+    "uint8": (lambda x: (x * 255).to(torch.uint8), "floating-point image .*got uint8"),
+    "bool": (lambda x: x > 0.5, "floating-point image .*got bool"),
+    "list": (lambda x: x.tolist(), "must be a torch.Tensor, got list"),
+    "numpy": (lambda x: x.numpy(), "must be a torch.Tensor, got ndarray; convert with torch.from_numpy"),
+    "meta": (lambda x: torch.empty_like(x, device="meta"), "meta tensor"),
+    "sparse": (lambda x: x.to_sparse(), "sparse_coo tensor: images must be dense"),
+}
+
+
+@pytest.mark.parametrize("kind", list(_BAD_KINDS))
+@pytest.mark.parametrize("which", ["y_hat", "y"])
+def test_the_teachers_gradient_applies_the_input_contract(teacher19, pair, kind, which):
+    """The contract of pgn.inputs, before anything touches the tensors (was: raw errors from autograd)."""
+    make, match = _BAD_KINDS[kind]
+    y_hat, y = pair
+    args = (make(y_hat), y) if which == "y_hat" else (y_hat, make(y))
+    for call in (teacher19.gradient, teacher19.gradient_and_loss, teacher19):
+        with pytest.raises(pgn.PGNError, match=f"^{which} .*{match}") as err:
+            call(*args)
+        assert "\n" not in str(err.value)

@@ -95,3 +95,16 @@ def test_pgn_info_json_on_a_read_only_path_is_one_line(read_only_dir):
     lines = result.output.strip().splitlines()
     assert result.exit_code == 1 and lines == [lines[0]] and lines[0].startswith("error: --json")
     assert "PGN presets" not in result.output  # checked before any work
+
+
+def test_pgn_info_refuses_presets_with_a_checkpoint(tmp_path):
+    result = CliRunner().invoke(main, ["--presets", "--checkpoint", str(tmp_path / "m.pt")])
+    assert result.exit_code == 2 and "pass one of them" in result.output  # was: the checkpoint ignored silently
+
+
+def test_pgn_info_json_to_a_folder_or_under_a_file_exits_1(tmp_path):
+    (tmp_path / "f").write_text("mine")
+    for target, match in ((tmp_path, "is a folder"), (tmp_path / "f" / "x.json", "where a folder is needed")):
+        result = CliRunner().invoke(main, ["--presets", "--json", str(target)])
+        assert result.exit_code == 1 and match in result.output, result.output
+    assert (tmp_path / "f").read_text() == "mine"
