@@ -173,12 +173,13 @@ class _Artifacts:
     def _keep(self, model: str, runtime: str, size: tuple[int, int], result: dict) -> dict:
         """Store a fresh artifact in the cache (the run then uses the cached copy); a cache that fails is dropped with
         one warning."""
-        if self.cache is None or result.get("status") != "ok":
+        cache = self.cache  # export threads share this object: another one may drop the cache meanwhile
+        if cache is None or result.get("status") != "ok":
             return result
         try:
-            stored = self.cache.store(self.key(model, runtime, size), result["artifact"])
+            stored = cache.store(self.key(model, runtime, size), result["artifact"])
         except OSError as e:
-            self.warn(f"the artifact cache {self.cache.root} cannot be written ({e.strerror or e}): "
+            self.warn(f"the artifact cache {cache.root} cannot be written ({e.strerror or e}): "
                       "this run goes on without it")
             self.cache = None
             return result
