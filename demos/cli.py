@@ -14,9 +14,9 @@ import click
 from pgn.cliutils import FiniteFloat, run_cli, write_json
 from pgn.extras import require_all
 
+from .common import VGG_WEIGHT_CHOICES
 from .dip import HEAD_PRESETS, PARTS
 from .losses import DEFAULT_LOSSES, LOSS_KEYS
-from .resources import VGG_WEIGHT_CHOICES
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
