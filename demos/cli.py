@@ -136,6 +136,7 @@ def run_demo(config_cls, run_fn, *, threads: int | None, json_path: Path | None,
     """Build the config from the given options (``None`` = library default), run the demo, print and save results."""
 
     def body() -> None:
+        require_all(("matplotlib", "psutil", "tqdm", "skimage"), "pgn-demo", "demos")
         import torch
         from rich.console import Console
 
@@ -152,11 +153,7 @@ def run_demo(config_cls, run_fn, *, threads: int | None, json_path: Path | None,
         write_json(report.to_dict(), json_path)
 
     output_dir = kwargs.get("output_dir") or config_cls.output_dir
-    def checked_body():
-        require_all(("matplotlib", "psutil", "tqdm", "skimage"), "pgn-demo", "demos")
-        return body()
-
-    run_cli(checked_body, files={"--json": json_path}, folders={"--output": output_dir})
+    run_cli(body, files={"--json": json_path}, folders={"--output": output_dir})
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -236,7 +236,8 @@ def run_finetune(config: FinetuneConfig, console=None) -> DemoReport:
                 cells = {**timing_cells([], [meter.summary()]), **cells}  # the trainer's step is the whole step
                 loss = PGNLossTerm(run.pgn, config.pgn_mse_weight)  # the same PGN: grad cos compares its gradient
                 name = f"{label} + {config.pgn_mse_weight:g}·MSE"
-        except (Unavailable if spec.fit is None else PGNError) as e:
+        except (Unavailable if spec.fit is None else PGNError) as e:  # the row says why (a missing package, a failed
+            # export or on-device program) and the demo goes on
             rows.append({"loss": label, "key": key, "status": first_line(e)})
             continue
         finally:
