@@ -15,9 +15,9 @@ from pgn.cliutils import FiniteFloat, run_cli
 from pgn.files import write_json
 from pgn.extras import require_all
 
+from .common import VGG_WEIGHT_CHOICES
 from .dip import HEAD_PRESETS, PARTS
 from .losses import DEFAULT_LOSSES, LOSS_KEYS
-from .resources import VGG_WEIGHT_CHOICES
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
@@ -137,6 +137,7 @@ def run_demo(config_cls, run_fn, *, threads: int | None, json_path: Path | None,
     """Build the config from the given options (``None`` = library default), run the demo, print and save results."""
 
     def body() -> None:
+        require_all(("matplotlib", "psutil", "tqdm", "skimage"), "pgn-demo", "demos")
         import torch
         from rich.console import Console
 
@@ -153,11 +154,7 @@ def run_demo(config_cls, run_fn, *, threads: int | None, json_path: Path | None,
         write_json(report.to_dict(), json_path)
 
     output_dir = kwargs.get("output_dir") or config_cls.output_dir
-    def checked_body():
-        require_all(("matplotlib", "psutil", "tqdm", "skimage"), "pgn-demo", "demos")
-        return body()
-
-    run_cli(checked_body, files={"--json": json_path}, folders={"--output": output_dir})
+    run_cli(body, files={"--json": json_path}, folders={"--output": output_dir})
 
 
 # --------------------------------------------------------------------------------------------------------

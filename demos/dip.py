@@ -7,8 +7,7 @@ Two parts:
   final images are scored by MSE, VGG-19 perceptual loss, SSIM and LPIPS (when available).
 * **stability** (paper Table 5): the same fitting with the PGN only, for three heads — direct gradient,
   unconstrained proxy, constrained proxy (ResNet-8 presets, or checkpoints per head) — stopped early on
-  divergence (perceptual loss ≥ 2× its initial value) or stagnation (no strict improvement for ``patience``
-  iterations). Counts and mean iterations/losses per outcome.
+  divergence or stagnation (:class:`StabilityMonitor`). Counts and mean iterations/losses per outcome.
 
 The paper used 224×224 ImageNet validation images, T = 3000 (quality) / 10000 (stability) and patience 2000; the
 defaults here are sized for a laptop CPU (64×64 bundled photographs, a few hundred iterations, patience scaled
@@ -17,7 +16,8 @@ down). Flags restore the paper's settings.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from weakref import WeakKeyDictionary
 
@@ -26,19 +26,20 @@ import torch
 from pgn.errors import PGNError
 from pgn.images import sample_images, save_image_grid
 
-from .common import CommonConfig, Scores, check_size, read_images, square, summary
+from .common import TIMING_NOTE, CommonConfig, Run, Student, check_size, load_pgn, timing_cells
+from .frames import read_images, square
 from .generators.skip_net import SkipNet, SkipNetConfig
-from .losses import MSELoss, PerceptualLossTerm, PGNLossTerm
-from .plots import plot_curves
-from .report import Column, DemoReport, Table
-from .resources import Warnings, load_pgn
-from .runner import RECONSTRUCTION_COLUMNS, TIMING_NOTE, DemoRun, timing_cells
-from .stability import OUTCOMES, RunRecord, StabilityMonitor, StopRule, summarize_runs
+from .losses import LOSSES, PerceptualLoss, PGNLossTerm
+from .metrics import Scores, summary
+from .report import RECONSTRUCTION_COLUMNS, Column, DemoReport, Table, plot_curves
 
 #: The three heads of the stability experiment and their default presets (the paper used ResNet-8 for all three).
 HEAD_PRESETS = {"direct": "resnet8-direct", "proxy": "resnet8-proxy", "constrained": "resnet8"}
 HEAD_LABELS = {"direct": "Direct grad.", "proxy": "Unconstr. proxy", "constrained": "Constrained proxy"}
 PARTS = ("quality", "stability")
+#: The quality part's students, rows of :data:`demos.losses.LOSSES`.
+QUALITY_LOSSES = ("pgn", "vgg19", "mse")
+OUTCOMES = ("diverged", "stagnated", "successful")
 #: Order in which bundled photographs are used as DIP targets.
 IMAGE_ORDER = ("skimage/chelsea", "sklearn/china", "skimage/coffee", "sklearn/flower", "skimage/rocket", "skimage/astronaut", "skimage/immunohistochemistry")
 
@@ -145,164 +146,188 @@ def make_init(config: DipConfig, index: int) -> DipInit:
     return DipInit(net, z, config.input_noise_std if noisy else 0.0, seed)
 
 
-class CachedPerceptual:
-    """VGG-19 perceptual loss of images against one fixed target, with the target's features cached."""
-
-    def __init__(self, term: PerceptualLossTerm):
-        self.term = term
-
-    @torch.no_grad()
-    def __call__(self, y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.term.own(y_hat, y)
-
-
 # --------------------------------------------------------------------------------------------------------
-# Quality (Table 2)
+# Stability: when a run stops (paper Table 5)
 
 
-def run_quality(run: DemoRun, monitor_pl: CachedPerceptual) -> tuple[Table, list[dict]]:
-    """Fit every target with the PGN, VGG-19 and MSE students; the table, and the image grid and curves."""
-    config: DipConfig = run.config
-    targets, names = load_targets(config, config.num_images)
-    losses = [run.pgn_loss(config.pgn_mse_weight), PerceptualLossTerm(run.teacher(), config.vgg_mse_weight), MSELoss()]
-    scores = {loss.key: Scores() for loss in losses}
-    cosines: dict[str, list[float]] = {loss.key: [] for loss in losses}
-    timings: dict[str, tuple[list, list]] = {loss.key: ([], []) for loss in losses}  # loss-part, whole-step summaries
-    grid_rows, curves = [], {}
-    bar = run.progress(config.num_images * config.iterations * len(losses), "DIP quality")
-    for i in range(config.num_images):
-        init, y = make_init(config, i), targets[i : i + 1]
-        finals = []
-        for loss in losses:
-            curve = curves.setdefault(f"{loss.label} ({names[i]})", [])
+@dataclass(frozen=True)
+class StopRule:
+    """Divergence threshold (a factor of the initial loss; ``math.inf`` disables) and stagnation patience."""
 
-            def observe(t, result):
-                if t % config.eval_every == 0 or t == config.iterations - 1:
-                    curve.append((t, float(monitor_pl(result.image, y))))
+    divergence_threshold: float = 2.0
+    patience: int = 2000
 
-            student = run.fit(loss, init.net, init.forward, y, config.iterations, config.lr, bar=bar, observe=observe)
-            with torch.no_grad():
-                final = init.clean(student.generator)
-            scores[loss.key].extend(run.evaluator.scores(final, y))
-            cosines[loss.key] += run.evaluator.gradient_cosine(loss, final, y)
-            timings[loss.key][0].append(student.meter.summary())
-            timings[loss.key][1].append(student.step_meter.summary())
-            finals.append(final)
-        with torch.no_grad():
-            proxy = run.pgn.model.proxy(finals[0], y)
-        grid_rows.append(torch.cat([y, *finals, proxy]))
-    bar.close()
-    rows = [{"loss": loss.describe(), "key": loss.key, **scores[loss.key].cells(), "grad_cos": summary(cosines[loss.key]),
-             **timing_cells(*timings[loss.key])} for loss in losses]
-    notes = [
-        f"{config.num_images} image(s) at {config.size}×{config.size}, T = {config.iterations}, Adam lr {config.lr:g}, "
-        f"input noise probability {config.input_noise_prob:g}; paper: 400 ImageNet images at 224², T = 3000.",
-        "MSE in [0, 1] RGB space ×10³; PL = VGG-19 perceptual loss; grad cos = the loss's own gradient vs the VGG-19 "
-        "gradient at the final image (normalized space).",
-        TIMING_NOTE,
-    ]
-    table = Table("quality", "Deep Image Prior reconstruction (paper Table 2)", RECONSTRUCTION_COLUMNS, rows, notes)
-    path = save_image_grid(grid_rows, config.output_dir / "dip_quality.png")
-    plot = plot_curves(curves, config.output_dir / "dip_quality_curves.png", "DIP: perceptual loss of each student")
-    images = [
-        {"path": str(path), "caption": "DIP reconstructions", "columns": ["ground truth", *(loss.label for loss in losses), "PGN proxy target"],
-         "rows": ", ".join(names)},
-        {"path": str(plot), "caption": "DIP perceptual loss per iteration"},
-    ]
-    return table, images
+    def __post_init__(self):
+        if not self.divergence_threshold > 1.0:
+            raise PGNError(f"divergence threshold must be > 1 (or inf), got {self.divergence_threshold}")
+        if self.patience < 1:
+            raise PGNError(f"stagnation patience must be at least 1 iteration, got {self.patience}")
 
 
-# --------------------------------------------------------------------------------------------------------
-# Stability (Table 5)
+@dataclass
+class RunRecord:
+    """The Table 5 columns of one run, filled by :class:`StabilityMonitor`."""
+
+    outcome: str = "successful"
+    iterations: int = 0  #: iterations observed (the last one is ``iterations - 1``)
+    last_iteration: int | None = None
+    last_pl: float | None = None
+    best_iteration: int | None = None
+    best_pl: float | None = None
 
 
-def stability_pgns(config: DipConfig, warnings: Warnings) -> dict[str, tuple]:
-    """The PGN of each head (a checkpoint when given, else the untrained ResNet-8 preset) and its description."""
+@dataclass
+class StabilityMonitor:
+    """Fed ``PL_j`` (per sample, the VGG-19 loss of the image before step ``j``) every iteration, it says when to stop.
+
+    ``update`` returns ``"diverged"`` when some sample has ``PL_j ≥ threshold · PL_0``, ``"stagnated"`` when every
+    sample's best (strictly lowest) loss is ``patience`` iterations old, else ``None``; a run that reaches its last
+    iteration is "successful". The record's best iteration and loss are those of the batch mean.
+    """
+
+    rule: StopRule = field(default_factory=StopRule)
+    record: RunRecord = field(default_factory=RunRecord)
+    initial: torch.Tensor | None = None
+    best: torch.Tensor | None = None
+    best_at: torch.Tensor | None = None
+
+    def update(self, pl: torch.Tensor) -> str | None:
+        """Register ``PL_j`` for the next iteration ``j``; return the stop reason, if any."""
+        pl = torch.as_tensor(pl, dtype=torch.float64).detach().flatten().cpu()
+        r, j, mean = self.record, self.record.iterations, float(pl.mean())
+        r.iterations, r.last_iteration, r.last_pl = j + 1, j, mean
+        if self.initial is None:
+            self.initial, self.best, self.best_at = pl.clone(), pl.clone(), torch.zeros_like(pl, dtype=torch.long)
+        else:
+            improved = pl < self.best
+            self.best, self.best_at = torch.where(improved, pl, self.best), torch.where(improved, j, self.best_at)
+        if mean < (r.best_pl if r.best_pl is not None else math.inf):
+            r.best_iteration, r.best_pl = j, mean
+        if bool((pl >= self.rule.divergence_threshold * self.initial).any()):
+            r.outcome = "diverged"
+        elif bool((self.best_at <= j - self.rule.patience).all()):
+            r.outcome = "stagnated"
+        return r.outcome if r.outcome != "successful" else None
+
+
+def summarize_runs(records: list[RunRecord]) -> dict:
+    """Table 5 for one PGN: per outcome, the count and the mean last (diverged only) and best iteration and loss."""
     out = {}
-    for head, preset in HEAD_PRESETS.items():
-        source = load_pgn(config.head_checkpoints.get(head), preset, Warnings(), seed=config.seed)
-        if not source.trained:
-            warnings.add(f"stability head '{head}' ({preset}) is UNTRAINED: pass --head-checkpoint {head}=PATH; its counts only show the mechanics.")
-        out[head] = (source.model, source.description)
+    for outcome in OUTCOMES:
+        runs = [r for r in records if r.outcome == outcome]
+        keys = ("last_iteration", "last_pl", "best_iteration", "best_pl")[0 if outcome == "diverged" else 2:]
+        out[outcome] = {"count": len(runs)}
+        for key in keys:
+            values = [getattr(r, key) for r in runs if getattr(r, key) is not None]
+            out[outcome][key] = sum(values) / len(values) if values else None
     return out
-
-
-def run_stability(run: DemoRun, pgns: dict, monitor_pl: CachedPerceptual) -> tuple[Table, list[dict], dict]:
-    """Fit each target with each head's PGN, stopping on divergence or stagnation; the table, its curves, and every run."""
-    config: DipConfig = run.config
-    targets, names = load_targets(config, config.stability_images)
-    rule = StopRule(config.divergence_threshold, config.patience)
-    records: dict[str, list[RunRecord]] = {}
-    curves: dict[str, list] = {}
-    bar = run.progress(len(pgns) * config.stability_images * config.stability_iterations, "DIP stability")
-    for head, (model, _) in pgns.items():
-        loss = PGNLossTerm(model, config.pgn_mse_weight, label=HEAD_LABELS[head])
-        records[head] = []
-        for i in range(config.stability_images):
-            init, y, monitor = make_init(config, i), targets[i : i + 1], StabilityMonitor(rule)
-            curve = curves.setdefault(f"{HEAD_LABELS[head]} ({names[i]})", [])
-
-            def observe(t, result):
-                pl = monitor_pl(result.image, y)
-                curve.append((t, float(pl)))
-                return monitor.update(pl) is not None
-
-            run.fit(loss, init.net, init.forward, y, config.stability_iterations, config.lr, bar=bar, observe=observe,
-                    measure_memory=False)
-            records[head].append(monitor.record)
-    bar.close()
-    rows = []
-    for head, recs in records.items():
-        s = summarize_runs(recs)
-        row = {"head": HEAD_LABELS[head], "key": head, "runs": len(recs)}
-        for outcome in OUTCOMES:
-            for k, v in s[outcome].items():
-                row[f"{outcome}_{k}"] = v
-        rows.append(row)
-    notes = [
-        f"{config.stability_images} image(s) per head, up to {config.stability_iterations} iterations, divergence at PL ≥ "
-        f"{config.divergence_threshold:g}× initial, stagnation after {config.patience} iterations without strict improvement; "
-        "paper: 100 images, 10000 iterations, patience 2000. Iterations and PLs are means over the runs with that outcome.",
-    ]
-    table = Table("stability", "DIP stability by PGN head (paper Table 5)", STABILITY_COLUMNS, rows, notes)
-    plot = plot_curves(curves, config.output_dir / "dip_stability_curves.png", "DIP stability: perceptual loss per head")
-    images = [{"path": str(plot), "caption": "DIP stability runs: perceptual loss per iteration"}]
-    return table, images, {h: [r.to_dict() for r in recs] for h, recs in records.items()}
 
 
 # --------------------------------------------------------------------------------------------------------
 # The demo
 
 
-STABILITY_COLUMNS = [
-    Column("head", "Head"),
-    Column("diverged_count", "diverged #", "{:d}"),
-    Column("diverged_last_iteration", "last it.", "{:.0f}"),
-    Column("diverged_last_pl", "last PL", "{:.3f}"),
-    Column("diverged_best_iteration", "best it.", "{:.0f}"),
-    Column("diverged_best_pl", "best PL", "{:.3f}"),
-    Column("stagnated_count", "stagnated #", "{:d}"),
-    Column("stagnated_best_iteration", "best it.", "{:.0f}"),
-    Column("stagnated_best_pl", "best PL", "{:.3f}"),
-    Column("successful_count", "successful #", "{:d}"),
-    Column("successful_best_iteration", "best it.", "{:.0f}"),
-    Column("successful_best_pl", "best PL", "{:.3f}"),
-]
+STABILITY_COLUMNS = [Column("head", "Head"), Column("diverged_count", "diverged #", "{:d}"),
+                     Column("diverged_last_iteration", "last it.", "{:.0f}"), Column("diverged_last_pl", "last PL", "{:.3f}"),
+                     Column("diverged_best_iteration", "best it.", "{:.0f}"), Column("diverged_best_pl", "best PL", "{:.3f}"),
+                     Column("stagnated_count", "stagnated #", "{:d}"), Column("stagnated_best_iteration", "best it.", "{:.0f}"),
+                     Column("stagnated_best_pl", "best PL", "{:.3f}"), Column("successful_count", "successful #", "{:d}"),
+                     Column("successful_best_iteration", "best it.", "{:.0f}"), Column("successful_best_pl", "best PL", "{:.3f}")]
+
+
+def run_quality(run: Run, config: DipConfig, monitor: PerceptualLoss) -> tuple[Table, list[dict]]:
+    """Fit every target with the PGN, VGG-19 and MSE students; the table, and the image grid and curves."""
+    targets, names = load_targets(config, config.num_images)
+    losses = {key: LOSSES[key].build(run, config, LOSSES[key].label.format(pgn=run.pgn_name)) for key in QUALITY_LOSSES}
+    scores, cosines = {key: Scores() for key in losses}, {key: [] for key in losses}
+    timings = {key: ([], []) for key in losses}  # loss-part and whole-step meter summaries, one per image
+    grid_rows, curves = [], {}
+    bar = run.progress(config.num_images * config.iterations * len(losses), "DIP quality")
+    for i in range(config.num_images):
+        init, y, finals = make_init(config, i), targets[i : i + 1], []
+        for key, loss in losses.items():
+            student = Student(loss, init.net, init.forward, y, config.lr, config.measure_memory)
+            curve = curves.setdefault(f"{loss.label} ({names[i]})", [])
+            for t in range(config.iterations):
+                image, values = student.step()
+                bar.update(1)
+                bar.set_postfix(loss=f"{float(values.mean()):.4g}")
+                if t % config.eval_every == 0 or t == config.iterations - 1:
+                    with torch.no_grad():
+                        curve.append((t, float(monitor.per_sample(image, y))))
+            with torch.no_grad():
+                final = init.clean(student.generator)
+            scores[key].extend(run.scores(final, y))
+            cosines[key] += run.gradient_cosine(loss, final, y)
+            timings[key][0].append(student.loss_meter.summary())
+            timings[key][1].append(student.step_meter.summary())
+            finals.append(final)
+        with torch.no_grad():
+            grid_rows.append(torch.cat([y, *finals, run.pgn.proxy(finals[0], y)]))
+    bar.close()
+    rows = [{"loss": loss.describe(), "key": key, **scores[key].cells(), "grad_cos": summary(cosines[key]), **timing_cells(*timings[key])}
+            for key, loss in losses.items()]
+    notes = [f"{config.num_images} image(s) at {config.size}×{config.size}, T = {config.iterations}, Adam lr {config.lr:g}, "
+             f"input noise probability {config.input_noise_prob:g}; paper: 400 ImageNet images at 224², T = 3000.",
+             "MSE in [0, 1] RGB space ×10³; PL = VGG-19 perceptual loss; grad cos = the loss's own gradient vs the VGG-19 "
+             "gradient at the final image (normalized space).", TIMING_NOTE]
+    grid = save_image_grid(grid_rows, config.output_dir / "dip_quality.png")
+    plot = plot_curves(curves, config.output_dir / "dip_quality_curves.png", "DIP: perceptual loss of each student")
+    return Table("quality", "Deep Image Prior reconstruction (paper Table 2)", RECONSTRUCTION_COLUMNS, rows, notes), [
+        {"path": str(grid), "caption": "DIP reconstructions", "rows": ", ".join(names),
+         "columns": ["ground truth", *(loss.label for loss in losses.values()), "PGN proxy target"]},
+        {"path": str(plot), "caption": "DIP perceptual loss per iteration"}]
+
+
+def run_stability(run: Run, config: DipConfig, monitor: PerceptualLoss) -> tuple[Table, list[dict], dict, dict]:
+    """Fit each target with each head's PGN until it diverges or stagnates; the table, its curves, every run, and
+    which PGN each head used."""
+    targets, names = load_targets(config, config.stability_images)
+    rule, records, curves, setup = StopRule(config.divergence_threshold, config.patience), {}, {}, {}
+    bar = run.progress(len(HEAD_PRESETS) * config.stability_images * config.stability_iterations, "DIP stability")
+    for head, preset in HEAD_PRESETS.items():
+        model, setup[f"stability_{head}"], trained = load_pgn(config.head_checkpoints.get(head), preset, [], seed=config.seed)
+        if not trained:
+            run.warnings.append(f"stability head '{head}' ({preset}) is UNTRAINED: pass --head-checkpoint {head}=PATH; its counts only show the mechanics.")
+        loss, records[head] = PGNLossTerm(model, config.pgn_mse_weight, label=HEAD_LABELS[head]), []
+        for i in range(config.stability_images):
+            init, y, watch = make_init(config, i), targets[i : i + 1], StabilityMonitor(rule)
+            student = Student(loss, init.net, init.forward, y, config.lr, measure_memory=False)
+            curve = curves.setdefault(f"{HEAD_LABELS[head]} ({names[i]})", [])
+            for t in range(config.stability_iterations):
+                image, _ = student.step()
+                bar.update(1)
+                with torch.no_grad():
+                    pl = monitor.per_sample(image, y)
+                curve.append((t, float(pl)))
+                if watch.update(pl) is not None:
+                    bar.update(config.stability_iterations - t - 1)
+                    break
+            records[head].append(watch.record)
+    bar.close()
+    rows = [{"head": HEAD_LABELS[head], "key": head, "runs": len(recs),
+             **{f"{outcome}_{k}": v for outcome, cells in summarize_runs(recs).items() for k, v in cells.items()}}
+            for head, recs in records.items()]
+    notes = [f"{config.stability_images} image(s) per head, up to {config.stability_iterations} iterations, divergence at PL ≥ "
+             f"{config.divergence_threshold:g}× initial, stagnation after {config.patience} iterations without strict improvement; "
+             "paper: 100 images, 10000 iterations, patience 2000. Iterations and PLs are means over the runs with that outcome."]
+    plot = plot_curves(curves, config.output_dir / "dip_stability_curves.png", "DIP stability: perceptual loss per head")
+    table = Table("stability", "DIP stability by PGN head (paper Table 5)", STABILITY_COLUMNS, rows, notes)
+    runs = {head: [asdict(r) for r in recs] for head, recs in records.items()}
+    return table, [{"path": str(plot), "caption": "DIP stability runs: perceptual loss per iteration"}], runs, setup
 
 
 def run_dip(config: DipConfig, console=None) -> DemoReport:
     """Run the DIP demo; writes results.json, results.md, image grids and loss curves; returns the report."""
-    run = DemoRun.start("dip", config, console)
-    monitor_pl = CachedPerceptual(PerceptualLossTerm(run.teacher()))
+    run = Run.start("dip", config, console)
+    monitor = PerceptualLoss(run.teacher())  # the true perceptual loss of every step's image, for curves and stop rules
     tables, images, extra, setup = [], [], {}, {}
     if "quality" in config.parts:
-        table, quality_images = run_quality(run, monitor_pl)
+        table, quality_images = run_quality(run, config, monitor)
         tables.append(table)
         images += quality_images
     if "stability" in config.parts:
-        pgns = stability_pgns(config, run.warnings)
-        setup.update({f"stability_{h}": desc for h, (_, desc) in pgns.items()})
-        table, stability_images, extra["stability_runs"] = run_stability(run, pgns, monitor_pl)
+        table, stability_images, extra["stability_runs"], setup = run_stability(run, config, monitor)
         tables.append(table)
         images += stability_images
     return run.finish(tables, images, extra, **setup)

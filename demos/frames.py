@@ -1,4 +1,5 @@
-"""Frames of one person for the few-shot fine-tuning demo, and the pose input (an edge map) of each frame.
+"""Images of the demos: target images read from a folder, frames of one person for the few-shot fine-tuning demo,
+and the pose input (an edge map) of each frame.
 
 Without video data, frames are made from one photograph by pose changes: a seeded random rotation, zoom and
 shift of a crop around the face (the bundled portrait is scikit-image's astronaut). "Train" and "holdout"
@@ -20,9 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from pgn.errors import PGNError
-from pgn.images import face_image, resize_min_side, sample_images
-
-from .common import read_images
+from pgn.images import center_crop, face_image, list_images, read_image, resize_min_side, sample_images
 
 #: Face centre (x, y) and crop side in pixels of the 512×512 bundled portrait.
 FACE_CENTER = (228.0, 110.0)
@@ -31,6 +30,20 @@ FACE_CROP = 220.0
 PORTRAIT = "skimage/astronaut"
 #: :func:`photo_frames` crops this fraction of a photograph's shorter side.
 PHOTO_CROP = 0.6
+
+
+def square(image: torch.Tensor, size: int) -> torch.Tensor:
+    """A (3, H, W) image resized (shorter side to ``size``) and centre-cropped to ``size``×``size``."""
+    return center_crop(resize_min_side(image, size), size)
+
+
+def read_images(folder: Path, n: int, size: int, lower: str, noun: str = "image") -> tuple[torch.Tensor, list[str]]:
+    """The first ``n`` images of ``folder`` (sorted by name) as (n, 3, size, size) in [0, 1], and their file names;
+    a one-line error naming the options that ask for them (``lower``) if the folder has fewer."""
+    files = list_images(folder)
+    if len(files) < n:
+        raise PGNError(f"{folder} has {len(files)} {noun}(s), need {n}: add {noun}s or lower {lower}")
+    return torch.stack([square(read_image(f), size) for f in files[:n]]), [f.name for f in files[:n]]
 
 
 @dataclass(frozen=True)

@@ -25,15 +25,16 @@ from pgn.constants import PAPER_MSE_WEIGHT
 from pgn.errors import PGNError, first_line
 from pgn.images import sample_images, save_image_grid
 
-from .common import CommonConfig, check_size, read_images, square, summary
-from .frames import FACE_CENTER, FACE_CROP, PORTRAIT, Pose, photo_frames, pretraining_photos, render_frame
+from .common import TIMING_NOTE, CommonConfig, Run, Student, check_size
+from .frames import FACE_CENTER, FACE_CROP, PORTRAIT, Pose, photo_frames, pretraining_photos, read_images, render_frame, square
 from .generators.latent import AUTOENCODER_TRAINING, LatentGenerator, LatentGeneratorConfig, train_autoencoder
 from .generators.user import load_module
-from .losses import MSELoss, PerceptualLossTerm
-from .plots import plot_curves
-from .report import DemoReport, Table
-from .runner import RECONSTRUCTION_COLUMNS, TIMING_NOTE, DemoRun, student_timing_cells
+from .losses import LOSSES
+from .metrics import summary
+from .report import RECONSTRUCTION_COLUMNS, DemoReport, Table, plot_curves
 
+#: The students after the pre-fit, rows of :data:`demos.losses.LOSSES`.
+INVERT_LOSSES = ("mse", "vgg19", "pgn")
 #: Bundled targets, in order: the portrait's face, then photographs. They are excluded from generator training.
 DEFAULT_TARGETS = ("face", "sklearn/china", "skimage/chelsea", "skimage/coffee")
 
@@ -125,9 +126,8 @@ def load_targets(config: InvertConfig, size: int) -> tuple[torch.Tensor, list[st
     return torch.stack(out), list(DEFAULT_TARGETS[:n])
 
 
-def builtin_generator(run: DemoRun) -> tuple[LatentGenerator, dict]:
+def builtin_generator(run: Run, config: InvertConfig) -> tuple[LatentGenerator, dict]:
     """Train the built-in generator on posed crops of the bundled photographs that are not targets."""
-    config: InvertConfig = run.config
     torch.manual_seed(config.seed)
     gen = LatentGenerator(LatentGeneratorConfig(size=config.size, seed=config.seed))
     photos = pretraining_photos(config.size, exclude={PORTRAIT, *DEFAULT_TARGETS})
@@ -174,10 +174,9 @@ def initial_latent(gen: nn.Module, config: InvertConfig, shape: tuple[int, ...],
     return torch.randn(n, *shape, generator=torch.Generator().manual_seed(config.seed)), "standard normal"
 
 
-def prefit(run: DemoRun, image: LatentImage, targets: torch.Tensor) -> list[tuple[int, float]]:
+def prefit(run: Run, config: InvertConfig, image: LatentImage, targets: torch.Tensor) -> list[tuple[int, float]]:
     """T0 steps of MSE in the generator's output space with gradient-norm clipping, as the authors pre-fit their
     latents; returns the loss curve."""
-    config: InvertConfig = run.config
     lo, hi = config.output_range
     y_gen = targets * (hi - lo) + lo
     opt = torch.optim.Adam([image.latent], lr=config.lr)
@@ -198,11 +197,11 @@ def prefit(run: DemoRun, image: LatentImage, targets: torch.Tensor) -> list[tupl
 
 def run_invert(config: InvertConfig, console=None) -> DemoReport:
     """Run the inversion demo; writes results.json, results.md, an image grid and curves; returns the report."""
-    run = DemoRun.start("invert", config, console, check_pgn_size=False)
+    run = Run.start("invert", config, console, check_pgn_size=False)
     if config.generator is None:
         check_size(config.size, 8, "the built-in generator (a power of two >= 8)")
         LatentGeneratorConfig(size=config.size)  # validates the power of two
-        gen, gen_info = builtin_generator(run)
+        gen, gen_info = builtin_generator(run, config)
         shape = gen.latent_shape
     else:
         gen, gen_info = user_generator(config)
@@ -217,25 +216,28 @@ def run_invert(config: InvertConfig, console=None) -> DemoReport:
     start_image = LatentImage(gen, latent, config.output_range)
     with torch.no_grad():
         initial = start_image()
-    prefit_curve = prefit(run, start_image, targets)
+    prefit_curve = prefit(run, config, start_image, targets)
     with torch.no_grad():
         prefitted = start_image()
-    losses = [MSELoss(), PerceptualLossTerm(run.teacher(), config.vgg_mse_weight), run.pgn_loss(config.pgn_mse_weight)]
-    rows = [{"loss": "after MSE pre-fit (start)", **run.evaluator.scores(prefitted, targets).cells()}]
+    losses = {key: LOSSES[key].build(run, config, LOSSES[key].label.format(pgn=run.pgn_name)) for key in INVERT_LOSSES}
+    rows = [{"loss": "after MSE pre-fit (start)", **run.scores(prefitted, targets).cells()}]
     finals, curves = {}, {"MSE pre-fit": prefit_curve}
-    for loss in losses:
-        curve = curves.setdefault(loss.label, [])
-
-        def observe(t, result):
-            curve.append((config.prefit_steps + t, float(F.mse_loss(result.image, targets))))
-
-        student = run.fit(loss, start_image, _generate, targets, config.steps, config.lr, observe=observe)
-        finals[loss.key] = final = student.render(_generate)
-        rows.append({"loss": loss.describe(), **run.evaluator.scores(final, targets).cells(), "key": loss.key,
-                     "grad_cos": summary(run.evaluator.gradient_cosine(loss, final, targets)), **student_timing_cells(student)})
+    for key, loss in losses.items():
+        student, curve = Student(loss, start_image, _generate, targets, config.lr, config.measure_memory), curves.setdefault(loss.label, [])
+        bar = run.progress(config.steps, f"invert {loss.label}")
+        for t in range(config.steps):
+            image, values = student.step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(values.mean()):.4g}")
+            curve.append((config.prefit_steps + t, float(F.mse_loss(image, targets))))
+        bar.close()
+        with torch.no_grad():
+            finals[key] = final = student.generator()
+        rows.append({"loss": loss.describe(), **run.scores(final, targets).cells(), "key": key,
+                     "grad_cos": summary(run.gradient_cosine(loss, final, targets)), **student.timing_cells()})
     with torch.no_grad():
-        proxy = run.pgn.model.proxy(finals["pgn"], targets)
-    grid_rows = [torch.stack([targets[i], initial[i], prefitted[i]] + [finals[loss.key][i] for loss in losses] + [proxy[i]]) for i in range(targets.shape[0])]
+        proxy = run.pgn.proxy(finals["pgn"], targets)
+    grid_rows = [torch.stack([targets[i], initial[i], prefitted[i]] + [finals[key][i] for key in losses] + [proxy[i]]) for i in range(targets.shape[0])]
     grid = save_image_grid(grid_rows, config.output_dir / "invert.png")
     plot = plot_curves(curves, config.output_dir / "invert_curves.png", "Inversion: MSE to the target ([0, 1] space)", ylabel="MSE")
     notes = [
@@ -247,7 +249,7 @@ def run_invert(config: InvertConfig, console=None) -> DemoReport:
     ]
     table = Table("invert", "Generator inversion (Image2StyleGAN protocol, paper Table 2)", RECONSTRUCTION_COLUMNS, rows, notes)
     images = [
-        {"path": str(grid), "caption": "Inversions", "columns": ["target", "initial latent", "after MSE pre-fit"] + [l.label for l in losses] + ["PGN proxy target"], "rows": ", ".join(names)},
+        {"path": str(grid), "caption": "Inversions", "columns": ["target", "initial latent", "after MSE pre-fit"] + [loss.label for loss in losses.values()] + ["PGN proxy target"], "rows": ", ".join(names)},
         {"path": str(plot), "caption": "MSE to the target per step"},
     ]
     return run.finish([table], images, {"generator_info": gen_info}, generator=gen_info["source"], latent_init=latent_init,

@@ -16,7 +16,7 @@ All image arguments are (N, 3, H, W) float RGB in [0, 1]; every metric returns o
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -131,3 +131,31 @@ def mean_std(values: torch.Tensor | list[float]) -> tuple[float, float]:
     if v.numel() == 0:
         return math.nan, math.nan
     return float(v.mean()), float(v.std(unbiased=False)) if v.numel() > 1 else 0.0
+
+
+def summary(values) -> dict | str:
+    """``{"mean", "std"}`` of per-sample values (passes a string such as "n/a (...)" through)."""
+    if isinstance(values, str):
+        return values
+    m, s = mean_std(values)
+    return {"mean": m, "std": s}
+
+
+@dataclass
+class Scores:
+    """Per-sample MSE ([0, 1] space), VGG-19 perceptual loss, SSIM and LPIPS (a string saying why when unavailable)."""
+
+    mse: list[float] = field(default_factory=list)
+    pl_vgg19: list[float] = field(default_factory=list)
+    ssim: list[float] = field(default_factory=list)
+    lpips: list[float] | str = field(default_factory=list)
+
+    def extend(self, other: "Scores") -> None:
+        """Append ``other``'s samples (DIP scores one image at a time; an unavailable LPIPS stays unavailable)."""
+        self.mse, self.pl_vgg19, self.ssim = self.mse + other.mse, self.pl_vgg19 + other.pl_vgg19, self.ssim + other.ssim
+        self.lpips = other.lpips if isinstance(other.lpips, str) else self.lpips + other.lpips
+
+    def cells(self, prefix: str = "") -> dict:
+        """Table cells ``{prefix}mse_x1e3``, ``pl_vgg19``, ``ssim``, ``lpips``: mean ± std, MSE ×10³ as the paper prints it."""
+        return {f"{prefix}mse_x1e3": summary([v * 1e3 for v in self.mse]), f"{prefix}pl_vgg19": summary(self.pl_vgg19),
+                f"{prefix}ssim": summary(self.ssim), f"{prefix}lpips": summary(self.lpips)}

@@ -8,7 +8,7 @@ from proxy_runtimes import TorchProxyRuntime
 
 from pgn.demos.losses import PGNLossTerm
 from pgn.demos.ondevice_training import FinetuneLossGraph, finetune_on_device, training_available
-from pgn.demos.students import Student
+from pgn.demos.common import Student
 
 
 def test_loss_graph_is_the_pgn_student_loss(finetune_batch):
@@ -27,11 +27,11 @@ def test_loss_graph_is_the_pgn_student_loss(finetune_batch):
 def test_ort_training_matches_the_pytorch_pgn_student(tmp_path, finetune_batch):
     init, poses, train, model = finetune_batch
     tuned = finetune_on_device(init, poses, train, TorchProxyRuntime(model), model.alpha, 20.0, 5e-5, 3, tmp_path)
-    student = Student.from_init("pgn", PGNLossTerm(model, 20.0), init, 5e-5, measure_memory=False)
+    student = Student(PGNLossTerm(model, 20.0), init, lambda g: g(poses), train, 5e-5, measure_memory=False)
     for _ in range(3):
-        student.step(lambda g: g(poses), train)
+        student.step()
     with torch.no_grad():
-        ours, reference, start = tuned(poses), student.render(lambda g: g(poses)), init(poses)
+        ours, reference, start = tuned(poses), student.generator(poses), init(poses)
     assert float((reference - start).abs().max()) > 1e-4  # the step moved the images
     torch.testing.assert_close(ours, reference, rtol=0, atol=2e-5)
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from pgn.demos.stability import StabilityMonitor, StopRule, summarize_runs
+from pgn.demos.dip import StabilityMonitor, StopRule, summarize_runs
 from pgn.errors import PGNError
 
 
