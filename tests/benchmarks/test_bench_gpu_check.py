@@ -46,19 +46,19 @@ def _step(code, **kw):
 def test_step_outcomes(tmp_path, monkeypatch):
     monkeypatch.setattr(gpu_check, "MIN_STEP_SECONDS", 1.0)
     ok = _step("print('3 passed, 1 skipped in 1.0s')", cap=60)
-    run_step(ok, 100, tmp_path)
+    run_step(ok, 100, tmp_path, tmp_path)
     assert ok.status == "ok" and ok.detail == "3 passed, 1 skipped in 1.0s"
     failed = _step("import sys; print('noise'); print('error: the real reason', file=sys.stderr); sys.exit(1)", cap=60)
-    run_step(failed, 100, tmp_path)
+    run_step(failed, 100, tmp_path, tmp_path)
     assert failed.status == "failed" and "exit 1: error: the real reason" in failed.detail
     slow = _step("import time; time.sleep(30)", cap=2)
-    run_step(slow, 100, tmp_path)
+    run_step(slow, 100, tmp_path, tmp_path)
     assert slow.status == "timed out" and slow.seconds < 20
     missing = _step("pass", cap=60, needs=("surely_not_a_module_here",))
-    run_step(missing, 100, tmp_path)
+    run_step(missing, 100, tmp_path, tmp_path)
     assert missing.status == "skipped" and "not installed" in missing.detail
     late = _step("pass", cap=60)
-    run_step(late, 0.5, tmp_path)
+    run_step(late, 0.5, tmp_path, tmp_path)
     assert late.status == "skipped" and "time budget" in late.detail
     assert (tmp_path / "demo.log").read_text().startswith("$ ")
 

@@ -71,7 +71,7 @@ def test_missing_onnxscript_makes_exported_runtimes_unavailable(monkeypatch):
     real = rt_mod.module_available
     monkeypatch.setattr(rt_mod, "module_available", lambda name: name != "onnxscript" and real(name))
     skip = check_runnable(RUNTIMES["onnxruntime"], "cpu", resolve_model("resnet4"))
-    assert skip.status == "unavailable" and "pip install onnxscript" in skip.reason
+    assert skip.status == "unavailable" and 'pip install "pgn-toolkit[onnx]"' in skip.reason
     assert check_runnable(RUNTIMES["torch"], "cpu", resolve_model("resnet4")) is None
 
 

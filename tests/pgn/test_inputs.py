@@ -131,20 +131,31 @@ def test_inputs_on_another_device_than_the_model():
     on_meta = pgn.build("resnet4").to("meta")
     with pytest.raises(pgn.PGNError, match="y_hat is on cpu but the model is on meta"):
         on_meta(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32))
-    with pytest.raises(pgn.PGNError, match="one device"):
+    with pytest.raises(pgn.PGNError, match="y is a meta tensor"):  # no data: refused before any device check
         check_images(("y_hat", torch.rand(1, 3, 8, 8)), ("y", torch.rand(1, 3, 8, 8, device="meta")))
 
 
-def test_value_check_stays_off_accelerator_tensors_unless_asked():
-    """Reading the values of a device tensor synchronizes the host with it; "auto" leaves them alone.
+@pytest.mark.gpu
+def test_inputs_on_two_devices_are_refused():
+    with pytest.raises(pgn.PGNError, match="one device"):
+        check_images(("y_hat", torch.rand(1, 3, 8, 8)), ("y", torch.rand(1, 3, 8, 8, device="cuda")))
 
-    Meta tensors stand in for GPU tensors here: they have no data, so any read raises.
-    """
-    device_pair = (("y_hat", torch.empty(1, 3, 8, 8, device="meta")), ("y", torch.empty(1, 3, 8, 8, device="meta")))
-    check_images(*device_pair)  # auto: structure only
-    check_images(*device_pair, check_values="never")
-    with pytest.raises((RuntimeError, NotImplementedError)):
-        check_images(*device_pair, check_values="always")  # reads the data, which a meta tensor does not have
+
+@pytest.mark.gpu
+def test_value_check_stays_off_accelerator_tensors_unless_asked():
+    """Reading the values of a GPU tensor synchronizes the host with it; "auto" leaves them alone."""
+    nan = torch.full((1, 3, 8, 8), float("nan"), device="cuda")
+    check_images(("y_hat", nan))  # auto: structure only
+    check_images(("y_hat", nan), check_values="never")
+    with pytest.raises(pgn.PGNError, match="NaN"):
+        check_images(("y_hat", nan), check_values="always")
+
+
+@pytest.mark.parametrize("mode", ["auto", "always", "never"])
+def test_meta_tensors_are_refused_whatever_the_value_check(mode):
+    meta = torch.empty(1, 3, 8, 8, device="meta")
+    with pytest.raises(pgn.PGNError, match="meta tensor"):
+        check_images(("y_hat", meta), check_values=mode)
 
 
 def test_value_check_modes_on_host_tensors(model):
