@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pgn
 from pgn.files import write_text
@@ -244,9 +244,13 @@ def write_manifest(path: Path, manifest: dict[str, Any]) -> Path:
     return write_text(path, json.dumps(manifest, indent=2, default=_json_default) + "\n")
 
 
-def read_manifest(artifact: str | Path) -> dict[str, Any]:
+def read_manifest(artifact: str | Path, check: Callable[[dict[str, Any], Path], None] | None = None) -> dict[str, Any]:
     """The manifest beside ``artifact``, checked for the fields a runtime relies on; a one-line error if it is
-    missing, not a regular file, not a JSON object, not ours, or inconsistent (:func:`check_manifest`)."""
+    missing, not a regular file, not a JSON object, not ours, or inconsistent.
+
+    ``check(manifest, path)`` checks the fields; the default (:func:`check_manifest`) is that of a PGN artifact, and
+    other kinds of artifact (the fitting-step program) pass their own.
+    """
     path = manifest_path(artifact)
     if not os.path.lexists(path):
         raise PGNError(f"no manifest beside {artifact} (expected {path.name}): export the artifact with pgn-export, which writes one")
@@ -260,7 +264,7 @@ def read_manifest(artifact: str | Path) -> dict[str, Any]:
         raise PGNError(f"{path} is not a pgn-export manifest: it holds {kind}, not a JSON object")
     if manifest.get("format") != MANIFEST_FORMAT:
         raise PGNError(f"{path} is not a pgn-export manifest")
-    check_manifest(manifest, path)
+    (check or check_manifest)(manifest, path)
     return manifest
 
 

@@ -499,6 +499,22 @@ class TrainingProgram:
         return atomic_save(self.state_dict(), Path(path))
 
 
+def check_training_manifest(manifest: dict[str, Any], where: Path) -> None:
+    """Raise a one-line :class:`PGNError` unless ``manifest`` has what :func:`load_training` relies on."""
+
+    def bad(what: str) -> PGNError:
+        return PGNError(f"{where} is not a usable fitting-step manifest: {what}; export the step again")
+
+    for key, kind in (("target", str), ("sha256", str), ("inputs", list), ("optimizer", dict), ("trainable_parameters", list)):
+        if not isinstance(manifest.get(key), kind):
+            raise bad(f"{key!r} is missing or not a JSON {kind.__name__}")
+    if not all(isinstance(i, dict) and isinstance(i.get("shape"), list) and all(isinstance(n, int) and n > 0 for n in i["shape"])
+               for i in manifest["inputs"]):
+        raise bad("an input has no shape of positive integers")
+    if not all(isinstance(manifest["optimizer"].get(k), (int, float)) for k in ("lr", "momentum", "weight_decay")):
+        raise bad("the optimizer recipe lacks lr, momentum or weight_decay")
+
+
 def load_training(path: str | Path, *, threads: int | None = None) -> TrainingProgram:
     """Load a fitting-step program written by :func:`export_training_step` in ExecuTorch's training runtime.
 
@@ -509,7 +525,7 @@ def load_training(path: str | Path, *, threads: int | None = None) -> TrainingPr
     path = Path(path)
     if not path.is_file():
         raise PGNError(f"training program not found: {path}")
-    manifest = read_manifest(path)
+    manifest = read_manifest(path, check=check_training_manifest)
     if manifest.get("target") != TARGET_NAME:
         raise PGNError(f"{path.name} is a {manifest.get('target')} artifact according to its manifest, not {TARGET_NAME}")
     data = path.read_bytes()

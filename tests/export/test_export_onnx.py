@@ -146,7 +146,15 @@ class _FakeSession:
     loads = ("CUDAExecutionProvider", "CPUExecutionProvider")
 
     def __init__(self, path, sess_options=None, providers=()):
+        from types import SimpleNamespace
+
         self.requested = [p if isinstance(p, tuple) else (p, {}) for p in providers]
+        graph = onnx.load(str(path)).graph  # the runtime checks the declared input shapes against the manifest
+        self.inputs = [SimpleNamespace(name=i.name, shape=[d.dim_value or d.dim_param for d in i.type.tensor_type.shape.dim])
+                       for i in graph.input]
+
+    def get_inputs(self):
+        return self.inputs
 
     def get_providers(self):
         return [name for name, _ in self.requested if name in self.loads]

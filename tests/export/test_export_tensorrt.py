@@ -5,6 +5,7 @@ parses, the optimization profile, the timing cache); it does not build engines. 
 """
 
 import sys
+import json
 import types
 
 import onnx
@@ -51,8 +52,15 @@ def test_all_reports_tensorrt_as_failed_and_exports_the_rest(tmp_path, no_tensor
 def test_tensorrt_runtime_is_a_clear_error(tmp_path, no_tensorrt):
     engine = tmp_path / "x.engine"
     engine.write_bytes(b"")
-    (tmp_path / "x.engine.manifest.json").write_text('{"format": "pgn-export-manifest", "target": "tensorrt", '
-                                                     '"gradient": {"alpha": 40, "k": 2, "phi": "identity", "std": [1, 1, 1]}, "outputs": []}')
+    import hashlib
+
+    shape = [1, 3, 64, 64]
+    manifest = {"format": "pgn-export-manifest", "target": "tensorrt", "sha256": hashlib.sha256(b"").hexdigest(),
+                "gradient": {"alpha": 40, "k": 2, "phi": "identity", "std": [1, 1, 1]}, "model": {"size_multiple": 2},
+                "inputs": [{"name": "y_hat", "shape": shape}, {"name": "y", "shape": shape}],
+                "outputs": [{"name": "proxy", "shape": shape}, {"name": "grad", "shape": shape}],
+                "dynamic": False, "export_size": [64, 64], "export_batch": 1}
+    (tmp_path / "x.engine.manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(export.RuntimeUnavailable):
         export.load_runtime(engine, device="cuda")
 
