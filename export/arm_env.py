@@ -87,8 +87,9 @@ HOST_TOOLS = {"apt-get": "apt (a Debian or Ubuntu host)", "dpkg-deb": "dpkg", "r
 #: NVIDIA sonames are recognized by these prefixes in torch's NEEDED entries.
 NVIDIA_LIB = re.compile(r"^lib(cu|nv|cudnn|nccl|cufft|curand|cusparse|cusolver|cublas|cupti|cudss|nvshmem)")
 
-#: CPU models the check emulates by default: no dot-product, dot-product, SVE, and QEMU's everything-on model (SME).
-DEFAULT_CPUS = ("cortex-a53", "cortex-a76", "a64fx", "max")
+#: CPU models the check emulates by default: no dot-product (cortex-a53), dot-product (cortex-a76), and QEMU's
+#: everything-on model (max: SVE2, i8mm, bf16, SME). a64fx (SVE without dot-product) and neoverse-n1 also work.
+DEFAULT_CPUS = ("cortex-a53", "cortex-a76", "max")
 #: MIDR_EL1 of the named cores (implementer, variant, part, revision), for the guest's sysfs.
 MIDR = {
     "cortex-a53": 0x410FD034,

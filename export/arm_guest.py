@@ -120,6 +120,8 @@ KINDS = {"onnx": OnnxCase, "pte": PteCase, "pte-step": StepCase}
 
 def main(job_path):
     """Run every case of the job (see the module docs)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]  # export/executorch.py would shadow executorch
     with open(job_path) as f:
         job = json.load(f)
     out = job["out"]
