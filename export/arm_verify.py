@@ -521,3 +521,26 @@ def record_in_manifest(artifact: Path, record: dict[str, Any]) -> Path:
     manifest = read_manifest(artifact)
     manifest["arm"] = record
     return write_manifest(manifest_path(artifact), manifest)
+
+
+def verify_results_on_arm(results, model, *, say: Callable[[str], None] = lambda m: None) -> list[str]:
+    """``pgn-export --verify-on arm``: check every written ExecuTorch and ONNX artifact of ``results`` on the
+    emulated CPUs, record it in its manifest (``"arm"``), and return one line per artifact for the console.
+
+    A failing artifact is reported (and its manifest records it); other targets are left alone, said so.
+    """
+    lines = []
+    for r in results:
+        if not r.ok or r.artifact is None:
+            continue
+        if r.target not in ("executorch", "onnx"):
+            lines.append(f"{r.artifact.name}: not checked on aarch64 (only ExecuTorch and ONNX artifacts run there)")
+            continue
+        record = verify_artifact_on_arm(r.artifact, model=model, say=say)
+        record_in_manifest(r.artifact, record)
+        worst = [row for row in record["rows"] if row["vs_x86"]]
+        rel = max((row["vs_x86"]["grad_max_rel"] for row in worst), default=float("nan"))
+        status = "passed" if record["passed"] else "FAILED: " + "; ".join(record["failures"][:2])
+        lines.append(f"{r.artifact.name} on emulated {', '.join(record['cpus'])}: {status} "
+                     f"(worst gradient rel. error vs x86 {rel:.1e}; recorded in its manifest under 'arm')")
+    return lines

@@ -57,6 +57,9 @@ def _check_target(ctx, param, value: str) -> str:
 @click.option("--graph-options", metavar="LIST",
               help="How the graph computes the backbone, e.g. 'band_rows=16,decoder_conv=split' or 'plain' "
                    "(names: band_rows, band_levels, decoder_conv, upsample_conv; see export/README.md).")
+@click.option("--verify-on", "verify_on", type=click.Choice(["arm"]),
+              help="Also run ExecuTorch/ONNX artifacts on emulated aarch64 CPUs (QEMU; builds a cached environment "
+                   "of ~2 GB on first use) against this machine, and record it in the manifest.")
 def main(**kwargs) -> None:
     """Export a PGN with its gradient head as ONNX, TensorRT or CoreML, verified against PyTorch.
 
@@ -77,13 +80,15 @@ def main(**kwargs) -> None:
     run_cli(lambda: _main(**kwargs), files=files, folders={"--output": kwargs["output_dir"]})
 
 
-def _main(backbone, target, checkpoint, head, json_path, **options) -> None:
+def _main(backbone, target, checkpoint, head, json_path, verify_on=None, **options) -> None:
     from rich.console import Console
     from rich.panel import Panel
 
     from .api import RANDOM_WEIGHTS, export, load_model
 
     err = Console(stderr=True)
+    if verify_on == "arm" and options.get("dynamic"):
+        raise PGNError("--verify-on arm runs fixed-shape artifacts: drop --dynamic (or verify a fixed-shape export of the same model)")
     model, weights = load_model(backbone, head=head, checkpoint=checkpoint)
     if checkpoint is None:
         err.print(Panel(
@@ -99,6 +104,15 @@ def _main(backbone, target, checkpoint, head, json_path, **options) -> None:
     with err.status("exporting…") as status:
         results = export(model, target, weights_source=weights, progress=lambda m: status.update(m), **kwargs)
     _print_table(results, model, weights == RANDOM_WEIGHTS)
+    if verify_on == "arm":
+        from .arm_verify import verify_results_on_arm
+
+        with err.status("running on emulated aarch64 CPUs…") as status:
+            lines = verify_results_on_arm(results, model, say=lambda m: status.update(m))
+        for line in lines:
+            click.echo(line)
+        if any("FAILED" in line for line in lines):
+            sys.exit(1)
     if json_path is not None:
         payload = {
             "backbone": backbone or model.config.preset,

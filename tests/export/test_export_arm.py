@@ -373,3 +373,42 @@ def test_tiny_artifacts_agree_with_x86_on_an_emulated_cortex_a53(tmp_path):
     assert "asimddp" not in facts["cortex-a53"]["guest"]["features"]
     assert len(rows) == 6
     assert all(r.status == "pass" for r in rows), markdown_table(rows)
+
+
+# --------------------------------------------------------------------------------------------------------
+# pgn-export --verify-on arm
+
+
+def test_verify_on_arm_records_the_result_in_the_manifest(tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    from click.testing import CliRunner
+
+    from export import arm_verify, read_manifest
+    from export.cli import main
+
+    seen = []
+
+    def fake_verify(artifact, *, model=None, say=None, **kw):
+        seen.append((artifact, model))
+        return {"passed": False, "cpus": {"cortex-a53": {}}, "failures": ["resnet4 ONNX fp32 on cortex-a53 (real): vs x86 grad rel 1e-3 > 1e-4"],
+                "rows": [{"vs_x86": {"grad_max_rel": 1e-3}}]}
+
+    monkeypatch.setattr(arm_verify, "verify_artifact_on_arm", fake_verify)
+    result = CliRunner().invoke(main, ["--backbone", "resnet4", "--target", "onnx", "--size", "32", "32",
+                                       "--output", str(tmp_path), "--verify-on", "arm"])
+    assert result.exit_code == 1, result.output
+    [(artifact, model)] = seen
+    assert model is not None and artifact.suffix == ".onnx"
+    assert read_manifest(artifact)["arm"]["passed"] is False
+    assert "FAILED" in result.output and "recorded in its manifest" in result.output
+
+
+def test_verify_on_arm_refuses_dynamic_artifacts_before_exporting(tmp_path):
+    from click.testing import CliRunner
+
+    from export.cli import main
+
+    result = CliRunner().invoke(main, ["--backbone", "resnet4", "--target", "onnx", "--dynamic", "--output", str(tmp_path),
+                                       "--verify-on", "arm"])
+    assert result.exit_code == 1
+    assert "drop --dynamic" in result.output and not list(tmp_path.glob("*.onnx"))
