@@ -9,8 +9,12 @@ Run ``benchmarks/arm_check.sh`` (or ``python -m benchmarks.arm_check``). It
    pointed at the export targets' own versions when those land;
 3. runs all of them in one guest process per CPU model (default: cortex-a53 without dot-product, cortex-a76 with
    it, a64fx with SVE, max with SVE2/SME) under ``qemu-aarch64`` and on this host (:mod:`export.arm_verify`);
-4. writes ``arm_check.md`` (the table, the CPU facts, the command, host CPU and times) and ``arm_check.json``
-   into ``--out`` (default ``benchmarks/results/arm``).
+4. runs the ``.pte`` programs once more through a small C++ runner on ExecuTorch's ``Module`` API, built for x86
+   and for aarch64 against the executorch package's own ``include/`` and ``lib/`` (:mod:`benchmarks.arm_cxx`;
+   installs ``g++-aarch64-linux-gnu`` when run as root and it is missing);
+5. writes ``arm_check.md`` (the table, the CPU facts, the command, host CPU and times) and ``arm_check.json``
+   into ``--out`` (default ``benchmarks/results/arm``); the artifacts and the guests' outputs stay in the cache
+   folder (``check/``), replaced on every run.
 
 Emulation executes the CPU model's instructions (the kernels its HWCAP features select); it says nothing about
 speed. Exit status 0 only if every row passes.
@@ -22,6 +26,7 @@ import argparse
 import json
 import platform
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -175,8 +180,10 @@ def run_check(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str,
         say(f"the aarch64 environment is ready in {env.root}")
         return {}
     out = Path(args.out)
-    artifacts = out / "artifacts"
-    artifacts.mkdir(parents=True, exist_ok=True)
+    work = env.root / "check"  # artifacts and guest outputs: large and binary, so in the cache, not the repository
+    artifacts = work / "artifacts"
+    shutil.rmtree(work, ignore_errors=True)
+    artifacts.mkdir(parents=True)
     t = time.time()
     cases = []
     for i, backbone in enumerate(args.backbones):
@@ -184,8 +191,14 @@ def run_check(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str,
                                   step=i == 0)
     timings["export_and_x86"] = round(time.time() - t, 1)
     t = time.time()
-    rows, facts = check_on_arm(cases, args.cpus, env=env, workdir=out / "guest", jobs=args.jobs, say=say)
+    rows, facts = check_on_arm(cases, args.cpus, env=env, workdir=work / "guest", jobs=args.jobs, say=say)
     timings["emulated"] = round(time.time() - t, 1)
+    if not args.no_cxx:
+        from .arm_cxx import cxx_rows
+
+        t = time.time()
+        rows += cxx_rows(cases, args.cpus, env, work / "cxx", say=say)
+        timings["cxx_runner"] = round(time.time() - t, 1)
     timings["total"] = round(time.time() - start, 1)
     s = summary(rows)
     host = _host_cpu()
@@ -251,6 +264,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--real", type=int, default=2, help="photograph pairs (default 2)")
     p.add_argument("--jobs", type=int, default=2, help="guest processes at once (default 2)")
     p.add_argument("--out", default=str(DEFAULT_OUT), help="results folder (default benchmarks/results/arm)")
+    p.add_argument("--no-cxx", action="store_true", help="skip the C++ Module runner (x86 and aarch64 builds)")
     p.add_argument("--setup-only", action="store_true", help="only build (or check) the cached environment")
     args = p.parse_args(argv)
     bad = [k for k in args.kinds if k not in KINDS]
