@@ -72,6 +72,9 @@ def _check_target(ctx, param, value: str) -> str:
 @click.option("--lr", type=FiniteFloat(0, min_open=True), default=1e-3, show_default=True, help=f"{TRAINING_TARGET}: SGD learning rate.")
 @click.option("--vgg-weights", default="imagenet", show_default=True, metavar="imagenet|random|PATH",
               help=f"{TRAINING_TARGET}: weights of the vgg19/vgg11 loss.")
+@click.option("--verify-on", "verify_on", type=click.Choice(["arm"]),
+              help="Also run ExecuTorch/ONNX artifacts on emulated aarch64 CPUs (QEMU; builds a cached environment "
+                   "of ~2 GB on first use) against this machine, and record it in the manifest.")
 def main(**kwargs) -> None:
     """Export a PGN with its gradient head to an export target (--target), verified against PyTorch.
 
@@ -106,13 +109,15 @@ def main(**kwargs) -> None:
     run_cli(lambda: _main(**kwargs), files=files, folders={"--output": kwargs["output_dir"]})
 
 
-def _main(backbone, target, checkpoint, head, json_path, **options) -> None:
+def _main(backbone, target, checkpoint, head, json_path, verify_on=None, **options) -> None:
     from rich.console import Console
     from rich.panel import Panel
 
     from .api import RANDOM_WEIGHTS, export, load_model
 
     err = Console(stderr=True)
+    if verify_on == "arm" and options.get("dynamic"):
+        raise PGNError("--verify-on arm runs fixed-shape artifacts: drop --dynamic (or verify a fixed-shape export of the same model)")
     model, weights = load_model(backbone, head=head, checkpoint=checkpoint)
     if checkpoint is None:
         err.print(Panel(
@@ -128,6 +133,15 @@ def _main(backbone, target, checkpoint, head, json_path, **options) -> None:
     with err.status("exporting…") as status:
         results = export(model, target, weights_source=weights, progress=lambda m: status.update(m), **kwargs)
     _print_table(results, model, weights == RANDOM_WEIGHTS)
+    if verify_on == "arm":
+        from .arm_verify import verify_results_on_arm
+
+        with err.status("running on emulated aarch64 CPUs…") as status:
+            lines = verify_results_on_arm(results, model, say=lambda m: status.update(m))
+        for line in lines:
+            click.echo(line)
+        if any("FAILED" in line for line in lines):
+            sys.exit(1)
     if json_path is not None:
         payload = {
             "backbone": backbone or model.config.preset,
@@ -153,6 +167,9 @@ def _refuse(message: str) -> None:
 def _main_training(generator_path, loss, mse_weight, lr, vgg_weights, backbone, checkpoint, head, output_dir, json_path,
                    precision, target, **options) -> None:
     """``--target executorch-training``: export the fitting step of a ``.pt2`` generator, verified."""
+    if options.get("verify_on"):
+        raise PGNError("--verify-on arm checks PGN artifacts; benchmarks/arm_check.sh runs the fitting-step program on "
+                       "emulated aarch64 CPUs")
     from .api import load_model
     from .training import FittingLoss, SGDRecipe, export_training_step
 

@@ -1,7 +1,7 @@
 """ExecuTorch (.pte, XNNPACK delegate): export, parity in ExecuTorch's own runtime, int8, dynamic shapes,
 manifests, the runtime's input contract and thread pool, and the one-line errors.
 
-Kept small for CI: 64×64 inputs, one export per kind, shared by the tests through module-scoped fixtures.
+Kept small for CI: 32×32 (UNet) and 64×64 (ResNet) inputs, one export per kind, shared by the tests through module-scoped fixtures.
 """
 
 import gc
@@ -44,13 +44,13 @@ def _eager(model, y_hat, y):
 
 @pytest.fixture(scope="module")
 def unet_cli(tmp_path_factory):
-    """The UNet at 64×64, fp32, written by pgn-export (the CLI path) from a checkpoint, with its JSON report."""
+    """The UNet at 32×32 (its smallest size), fp32, written by pgn-export (the CLI path) from a checkpoint, with its JSON report."""
     out = tmp_path_factory.mktemp("et-cli")
     ckpt = pgn.save(build("unet"), out / "unet.pt")
-    res = CliRunner().invoke(main, ["--checkpoint", str(ckpt), "--target", "executorch", "--size", "64", "64",
+    res = CliRunner().invoke(main, ["--checkpoint", str(ckpt), "--target", "executorch", "--size", "32", "32",
                                     "--output", str(out / "exports"), "--json", str(out / "report.json")],
                              catch_exceptions=False)
-    return res, out, out / "exports" / "unet-64x64-b1-fp32.pte"
+    return res, out, out / "exports" / "unet-32x32-b1-fp32.pte"
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +175,7 @@ def test_load_runtime_runs_a_pte_like_pytorch(unet_cli):
     _, _, pte = unet_cli
     rt = export.load_runtime(pte)
     assert rt.name == "executorch-xnnpack" and rt.info["delegate"] == "XnnpackBackend" and rt.info["threads"] >= 1
-    y_hat, y = _pair((1, 3, 64, 64), seed=3)
+    y_hat, y = _pair((1, 3, 32, 32), seed=3)
     proxy, grad = _eager(build("unet"), y_hat, y)
     for inputs in ((y_hat, y), (y_hat.numpy(), y.numpy()), (y_hat.double(), y.double())):
         out = rt.run(*inputs)
@@ -190,7 +190,7 @@ def test_load_runtime_runs_a_pte_like_pytorch(unet_cli):
 @pytest.mark.parametrize("bad, message", [
     (lambda x: (x * 255).to(torch.uint8), "must be a floating-point image .*got uint8"),
     (lambda x: x.masked_fill(x > 0.5, float("nan")), "NaN"),
-    (lambda x: x[:, :, :32], r"takes inputs of shape \(1, 3, 64, 64\)"),
+    (lambda x: x[:, :, :16], r"takes inputs of shape \(1, 3, 32, 32\)"),
     (lambda x: x > 0.5, "must be a floating-point image .*got bool"),
     (lambda x: x.tolist(), "numpy array or a torch.Tensor, got list"),
     (lambda x: (x.numpy() * 255).astype("uint8"), "floating-point .*uint8"),
@@ -200,7 +200,7 @@ def test_load_runtime_runs_a_pte_like_pytorch(unet_cli):
 def test_runtime_applies_the_input_contract(unet_cli, bad, message):
     _, _, pte = unet_cli
     rt = export.load_runtime(pte)
-    y_hat, y = _pair((1, 3, 64, 64))
+    y_hat, y = _pair((1, 3, 32, 32))
     with pytest.raises(PGNError, match=message) as e:
         rt.run(bad(y_hat), bad(y))
     assert "\n" not in str(e.value)
@@ -215,7 +215,7 @@ def test_threads_are_set_before_loading_and_never_under_a_loaded_program(unet_cl
     try:
         rt = export.load_runtime(pte, threads=other)
         assert rt.info["threads"] == other == THREAD_POOL.size(ET.portable_lib)
-        rt.run(*_pair((1, 3, 64, 64)))
+        rt.run(*_pair((1, 3, 32, 32)))
         with pytest.raises(PGNError, match=f"has {other} threads and another loaded .pte uses it: pass threads={other}"):
             export.load_runtime(pte, threads=original)
         assert export.load_runtime(pte, threads=other).info["threads"] == other  # the same size is fine

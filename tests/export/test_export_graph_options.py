@@ -113,7 +113,7 @@ def test_parse_keeps_unnamed_fields_and_plain_turns_everything_off():
 def test_onnx_export_with_options_passes_parity_and_records_them(unet, tmp_path):
     from pgn.export import export
 
-    result = export(unet, "onnx", output_dir=tmp_path, size=(64, 96), graph_options="band_rows=16,decoder_conv=split")[0]
+    result = export(unet, "onnx", output_dir=tmp_path, size=(32, 64), graph_options="band_rows=8,decoder_conv=split")[0]
     assert result.status == "verified", result.reason
     manifest = json.loads(result.manifest_path.read_text())
     assert manifest["graph"]["applied"]["bands"]["level 0"][0] == [0, 16]
@@ -141,7 +141,7 @@ needs_executorch = pytest.mark.skipif(_executorch_missing() is not None, reason=
 def test_executorch_banded_unet_stays_in_the_delegate_and_passes_parity(unet, tmp_path):
     from pgn.export import export
 
-    result = export(unet, "executorch", output_dir=tmp_path, size=(64, 96), graph_options="band_rows=16,decoder_conv=split")[0]
+    result = export(unet, "executorch", output_dir=tmp_path, size=(32, 64), graph_options="band_rows=8,decoder_conv=split")[0]
     assert result.status == "verified", result.reason
     manifest = json.loads(result.manifest_path.read_text())
     assert manifest["exporter"]["outside_delegate"] == {} and manifest["exporter"]["delegates"] == {"XnnpackBackend": 1}
@@ -153,7 +153,7 @@ def test_executorch_int8_banded_unet_loads_and_meets_the_cosine(unet, tmp_path):
     """Bands once shared one quantized weight between several convolutions, which XNNPACK refuses at load time."""
     from pgn.export import export
 
-    result = export(unet, "executorch", output_dir=tmp_path, size=(64, 64), precision="int8", graph_options="band_rows=32")[0]
+    result = export(unet, "executorch", output_dir=tmp_path, size=(32, 32), precision="int8", graph_options="band_rows=16")[0]
     assert result.status == "verified", result.reason
     assert "level 0" in json.loads(result.manifest_path.read_text())["graph"]["applied"]["bands"]
 
