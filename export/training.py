@@ -355,6 +355,7 @@ def lower_step(step: FittingStep, inputs: tuple[torch.Tensor, ...], kernels: str
     from torch.export.experimental import _export_forward_backward
 
     from .executorch import check_kernels, import_executorch, lowering_error, quiet_native_output
+    from .matmul_conv import decompose_matmul_convs
 
     et = import_executorch()
     trainable = {name for name, p in step.named_parameters() if p.requires_grad}
@@ -362,7 +363,7 @@ def lower_step(step: FittingStep, inputs: tuple[torch.Tensor, ...], kernels: str
         with warnings.catch_warnings(), quiet_native_output():
             warnings.simplefilter("ignore")
             captured = torch.export.export(step, tuple(inputs), strict=False)
-            joint = _export_forward_backward(captured)
+            joint = decompose_matmul_convs(_export_forward_backward(captured))
             partitioners = [training_partitioner(et)] if kernels == "xnnpack" else []
             edge = et.to_edge_transform_and_lower(joint, transform_passes=[splits_as_slices], partitioner=partitioners)
             kept = set(edge.exported_program().graph_signature.parameters)
