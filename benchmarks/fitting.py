@@ -119,8 +119,13 @@ def _measure(case: dict, grid: dict, pte: Path | None) -> dict:
 
     generator, inputs, target = build_case(case)
     if case["runtime"] == "executorch":
-        from pgn.export.training import SGDRecipe, StepRunner
+        from pgn.export.executorch import import_executorch
+        from pgn.export.training import SGDRecipe, StepRunner, executorch_training_available
 
+        # ExecuTorch's Python modules and libraries are imported before the baseline: their import is no part of
+        # the step's memory (it was, ~250 MiB, before); the program's load (planned memory, packed weights) is
+        import_executorch()
+        executorch_training_available()
         data = pte.read_bytes()
         tensors = tuple(t.float().contiguous() for t in (*inputs, target))
 
