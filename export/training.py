@@ -28,7 +28,8 @@ kernels.
 
 Before anything is written, one step in ExecuTorch is compared with one eager PyTorch step of the user's own
 generator and the reference loss (:class:`pgn.PGNLoss`, :class:`pgn.PerceptualLoss` with autograd, or the MSE),
-with ``torch.optim.SGD``: every trainable parameter must agree to :data:`MAX_PARAMETER_ERROR` relative.
+with ``torch.optim.SGD``: every trainable parameter must agree to :data:`MAX_PARAMETER_ERROR` relative (an int8
+PGN's step: its update to :data:`MAX_INT8_UPDATE_ERROR` relative, against the same quantized graph in eager PyTorch).
 """
 
 from __future__ import annotations
