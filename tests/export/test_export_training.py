@@ -12,6 +12,7 @@ from torch import nn
 
 import pgn
 from pgn.export.training import (
+    MAX_INT8_UPDATE_ERROR,
     MAX_PARAMETER_ERROR,
     FittingLoss,
     SGDRecipe,
@@ -59,7 +60,7 @@ def fit_case():
 def test_the_hand_written_vgg_gradient_is_autograds(net):
     teacher = pgn.PerceptualLoss(net, "random").double()  # float64: no ReLU or |a − t| lands on the other side of 0
     g = torch.Generator().manual_seed(0)
-    y_hat, y = torch.rand(2, 3, 32, 32, generator=g).double(), torch.rand(2, 3, 32, 32, generator=g).double()
+    y_hat, y = torch.rand(2, 3, 16, 16, generator=g).double(), torch.rand(2, 3, 16, 16, generator=g).double()  # the least size VGG takes
     grad, loss = VGGInputGradient(teacher).double()(y_hat, y)
     expected, expected_loss = teacher.gradient_and_loss(y_hat, y)
     assert float((grad - expected).abs().max() / expected.abs().max()) < 1e-6  # fp32 ImageNet constants; a wrong backward is O(1)
@@ -152,15 +153,49 @@ def test_a_loss_checkpoint_for_another_backbone_is_one_line(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def pgn_program(fit_case, tmp_path_factory):
+def pgn_model():
+    torch.manual_seed(2)
+    return pgn.build("resnet4")
+
+
+def _export_pgn_step(fit_case, model, precision, tmp_path_factory, mse_weight=20.0):
     if executorch_training_available() is not None:
         pytest.skip("ExecuTorch is not installed")
     generator, z, y = fit_case
-    path = tmp_path_factory.mktemp("fit") / "tiny-pgn.pte"
-    model = pgn.build("resnet4")
-    export_training_step(generator, (z,), FittingLoss.pgn(model, mse_weight=20.0), output=path, target=y,
-                         optimizer=SGDRecipe(lr=LR))
+    path = tmp_path_factory.mktemp("fit") / f"tiny-pgn-{precision}.pte"
+    export_training_step(generator, (z,), FittingLoss.pgn(model, mse_weight=mse_weight, precision=precision), output=path,
+                         target=y, optimizer=SGDRecipe(lr=LR))
     return path, model
+
+
+@pytest.fixture(scope="module")
+def pgn_program(fit_case, pgn_model, tmp_path_factory):
+    return _export_pgn_step(fit_case, pgn_model, "fp32", tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def int8_program(fit_case, pgn_model, tmp_path_factory):
+    return _export_pgn_step(fit_case, pgn_model, "int8", tmp_path_factory, mse_weight=0.0)  # the PGN's gradient alone
+
+
+def _manifest(path):
+    return json.loads((path.parent / (path.name + ".manifest.json")).read_text())
+
+
+def _sgd_step(generator, loss_of_image, lr=LR):
+    """Parameters of a copy of ``generator`` after one eager ``torch.optim.SGD`` step on ``loss_of_image(ŷ)``."""
+    generator = copy.deepcopy(generator)
+    sgd = torch.optim.SGD(generator.parameters(), lr=lr)
+    loss_of_image(generator).backward()
+    sgd.step()
+    return {n: p.detach().clone() for n, p in generator.named_parameters()}
+
+
+def _update_distance(a, b, start):
+    """``|Δa − Δb| / |Δb|`` over all parameters as one vector (Δ: the update from ``start``)."""
+    da = torch.cat([(a[k] - start[k]).flatten() for k in sorted(start)])
+    db = torch.cat([(b[k] - start[k]).flatten() for k in sorted(start)])
+    return float((da - db).norm() / db.norm())
 
 
 @pytest.mark.slow
@@ -168,7 +203,7 @@ def pgn_program(fit_case, tmp_path_factory):
 def test_pgn_step_in_executorch_equals_the_eager_pgnloss_step(fit_case, pgn_program):
     generator, z, y = fit_case
     path, model = pgn_program
-    manifest = json.loads((path.parent / (path.name + ".manifest.json")).read_text())
+    manifest = _manifest(path)
     assert manifest["target"] == "executorch-training" and manifest["status"] == "verified"
     assert manifest["verification"]["max_relative_parameter_error"] <= MAX_PARAMETER_ERROR
     assert [p["name"] for p in manifest["trainable_parameters"]] == [n for n, _ in generator.named_parameters()]
@@ -197,6 +232,41 @@ def test_pgn_step_in_executorch_equals_the_eager_pgnloss_step(fit_case, pgn_prog
     assert set(torch.load(saved)) == {n for n, _ in generator.named_parameters()}
     with pytest.raises(PGNError, match=r"target has shape \(2, 3, 32, 32\), the program takes \(2, 3, 16, 16\)"):
         program.step(z, torch.rand(2, 3, 32, 32))
+
+
+@pytest.mark.slow
+@needs_executorch
+def test_int8_pgn_step_equals_the_eager_step_of_the_same_quantized_program(fit_case, int8_program, pgn_program):
+    from pgn.export.graph import ExportGraph
+    from pgn.export.executorch import TARGET
+    from pgn.export.training import freeze_as_constants, quantized_proxy
+
+    generator, z, y = fit_case
+    path, model = int8_program
+    manifest = _manifest(path)
+    assert manifest["status"] == "verified" and manifest["loss"]["precision"] == "int8"
+    assert "int8" in manifest["verification"]["against"]
+    assert manifest["size_mb"] < _manifest(pgn_program[0])["size_mb"]  # int8 weights, no fp32 copies kept
+    program = load_training(path)
+    program.step(z, y)
+    ours = program.parameters()
+
+    # the same quantized PGN graph, run eagerly (quantization simulated in fp32), feeding pgn.surrogate_loss
+    graph = freeze_as_constants(ExportGraph(copy.deepcopy(model), outputs="grad", size=(16, 16),
+                                            graph_options=TARGET.default_graph_options))
+    quantized = quantized_proxy(graph, 2, (16, 16))
+
+    def int8_loss(g):
+        image = g(z)
+        return surrogate_loss(image, quantized(image.detach(), y)[0].detach(), model.alpha).sum()
+
+    int8_reference = _sgd_step(generator, int8_loss)
+    fp32_reference = _sgd_step(generator, lambda g: pgn.PGNLoss(model)(g(z), y))
+    start = {n: p.detach() for n, p in generator.named_parameters()}
+    to_int8, to_fp32 = _update_distance(ours, int8_reference, start), _update_distance(ours, fp32_reference, start)
+    # XNNPACK's integer kernels round a few proxy values one quantization step away from the fp32 simulation
+    assert to_int8 <= MAX_INT8_UPDATE_ERROR, to_int8
+    assert 2 * to_int8 < to_fp32 < 0.05, (to_int8, to_fp32)  # int8 indeed (nearer its own graph), close to the fp32 update
 
 
 @pytest.mark.slow

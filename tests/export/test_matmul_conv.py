@@ -24,7 +24,8 @@ CASES = [
 
 @pytest.mark.parametrize("cin, cout, kernel, stride, padding, h, w", CASES)
 @pytest.mark.parametrize("bias", [True, False])
-def test_forward_and_gradients_equal_conv2d(cin, cout, kernel, stride, padding, h, w, bias):
+@pytest.mark.parametrize("tile_rows", [0, 2])  # one tile, and tiles of 2 output rows (the last one shorter)
+def test_forward_and_gradients_equal_conv2d(cin, cout, kernel, stride, padding, h, w, bias, tile_rows):
     torch.manual_seed(0)
     conv = nn.Conv2d(cin, cout, kernel, stride=stride, padding=padding, bias=bias)
     x = torch.randn(2, cin, h, w, requires_grad=True)
@@ -33,6 +34,7 @@ def test_forward_and_gradients_equal_conv2d(cin, cout, kernel, stride, padding, 
     expected_grads = torch.autograd.grad(expected, [x, *conv.parameters()], grad_out)
     ours = copy.deepcopy(conv)
     assert as_matmul_convs(ours) == 1 and type(ours) is MatmulConv2d
+    ours.tile_rows = tile_rows
     y = ours(x)
     assert y.shape == expected.shape
     torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
