@@ -192,8 +192,9 @@ def _main_training(generator_path, loss, mse_weight, lr, vgg_weights, backbone, 
     output = output_dir / f"{generator_path.name.removesuffix('.pt2')}-{loss}{suffix}-fitting.pte"
     path = export_training_step(generator_path, loss=fitting, output=output, optimizer=SGDRecipe(lr=lr), weights_source=weights)
     from .manifest import read_manifest
+    from .training import check_training_manifest
 
-    manifest = read_manifest(path)
+    manifest = read_manifest(path, check=check_training_manifest)
     check = manifest["verification"]
     print(f"{path}: {manifest['status']} (one ExecuTorch step = one eager step to {check['max_relative_parameter_error']:.1e} "
           f"relative), {manifest['size_mb']:.2f} MB, {len(manifest['trainable_parameters'])} trainable tensors, "
