@@ -246,7 +246,7 @@ def test_settings_of_other_runtimes_are_refused(unet_cli):
     (lambda pte: _edit_manifest(pte, target="onnx"), "is a onnx artifact according to its manifest, not executorch"),
     (lambda pte: _edit_manifest(pte, sha256="0" * 64), "does not match its manifest"),
     (lambda pte: export.manifest_path(pte).write_text("[]"), "holds an array, not a JSON object"),
-    (lambda pte: _claim_size(pte, 128), r"takes inputs of shape \[1, 3, 64, 64\] but its manifest claims \[1, 3, 128, 128\]"),
+    (lambda pte: _claim_size(pte, 128), r"takes inputs of shape \[1, 3, 32, 32\] but its manifest claims \[1, 3, 128, 128\]"),
 ])
 def test_a_pte_whose_manifest_does_not_match_is_refused(unet_cli, tmp_path, break_it, message):
     _, _, original = unet_cli

@@ -113,7 +113,7 @@ def test_parse_keeps_unnamed_fields_and_plain_turns_everything_off():
 def test_onnx_export_with_options_passes_parity_and_records_them(unet, tmp_path):
     from pgn.export import export
 
-    result = export(unet, "onnx", output_dir=tmp_path, size=(32, 64), graph_options="band_rows=8,decoder_conv=split")[0]
+    result = export(unet, "onnx", output_dir=tmp_path, size=(64, 96), graph_options="band_rows=16,decoder_conv=split")[0]
     assert result.status == "verified", result.reason
     manifest = json.loads(result.manifest_path.read_text())
     assert manifest["graph"]["applied"]["bands"]["level 0"][0] == [0, 16]
