@@ -407,7 +407,8 @@ class StepRunner:
         inputs: example generator inputs and target (the runtime hands out its parameters only after one
             ``forward_backward``, run here on them; it changes nothing).
         optimizer: the SGD recipe.
-        threads: ExecuTorch's thread pool size (``None``: ``torch.get_num_threads()``).
+        threads: ExecuTorch's thread pool size (``None``: ``torch.get_num_threads()``, or the pool as it is while
+            another loaded program uses it).
     """
 
     def __init__(self, pte: bytes, inputs: tuple[torch.Tensor, ...], optimizer: SGDRecipe, threads: int | None = None):
@@ -419,7 +420,11 @@ class StepRunner:
         with quiet_native_output():
             from executorch.extension.training import _load_for_executorch_for_training_from_buffer, get_sgd_optimizer
         self.pte = pte
-        self.pool_generation = THREAD_POOL.claim(self, portable_lib, threads or torch.get_num_threads())
+        if threads is None and len(THREAD_POOL.users):
+            requested = None  # another loaded program holds the process's one pool: run with it as it is
+        else:
+            requested = threads or torch.get_num_threads()
+        self.pool_generation = THREAD_POOL.claim(self, portable_lib, requested)
         try:
             with quiet_native_output(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # ExecuTorch marks its training API experimental on every call
