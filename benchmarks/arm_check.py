@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import platform
 import shlex
 import shutil
 import sys
@@ -34,8 +33,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from pgn.cliutils import write_json, write_text
 from pgn.errors import PGNError
+from pgn.files import write_json, write_text
+
+from .environment import cpu_name
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "results" / "arm"
@@ -172,7 +173,7 @@ def run_check(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str,
         timings["cxx_runner"] = round(time.time() - t, 1)
     timings["total"] = round(time.time() - start, 1)
     s = summary(rows)
-    host = _host_cpu()
+    host = cpu_name()
     payload = {
         "command": args.command_line, "host_cpu": host, "cache": str(env.root), "cache_was_warm": cached,
         "timings_s": timings, "summary": s, "cpus": facts,
@@ -203,16 +204,6 @@ def _markdown(payload: dict[str, Any], rows, table: str) -> str:
     lines.append(f"{s['passed']} of {s['rows']} rows pass." + ("" if s["all_passed"] else " Failures:"))
     lines += [f"- {f}" for f in s["failed"]]
     return "\n".join(lines) + "\n"
-
-
-def _host_cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _csv(value: str) -> tuple[str, ...]:

@@ -47,6 +47,8 @@ from urllib.parse import unquote
 
 from pgn.errors import PGNError
 
+from .arm_guest import HWCAP2_NAMES, HWCAP_NAMES  # defined in the guest script, which imports nothing of pgn
+
 #: The Python version of the guest (Debian 12's CPython).
 PYTHON_VERSION = "3.11"
 #: The aarch64 wheels, pinned. torch and executorch are the host's versions (a .pte must run on the same runtime
@@ -646,14 +648,6 @@ CXX_RUNTIME_PREFIXES = ("_ZNSt", "_ZNKSt", "_ZSt", "_ZTISt", "_ZTVSt", "_ZTSSt",
                         "_Znwm", "_Znam", "__cxa_", "__gxx_", "_Unwind_", "__gcc_")
 
 
-#: Linux arm64 AT_HWCAP bits (arch/arm64/include/uapi/asm/hwcap.h) → the names /proc/cpuinfo prints.
-HWCAP_NAMES = ("fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm jscvt fcma lrcpc "
-               "dcpop sha3 sm3 sm4 asimddp sha512 sve asimdfhm dit uscat ilrcpc flagm ssbs sb paca pacg").split()
-#: AT_HWCAP2 bits.
-HWCAP2_NAMES = ("dcpodp sve2 sveaes svepmull svebitperm svesha3 svesm4 flagm2 frint svei8mm svef32mm svef64mm "
-                "svebf16 i8mm bf16 dgh rng bti mte ecv afp rpres mte3 sme sme_i16i64 sme_f64f64 sme_i8i32 "
-                "sme_f16f32 sme_b16f32 sme_f32f32 sme_fa64 wfxt ebf16 sve_ebf16 cssc rprfm sve2p1 sme2 sme2p1 "
-                "sme_i16i32 sme_bi32i32 sme_b16b16 sme_f16f16 mops hbc sve_b16b16 lrcpc3 lse128").split()
 
 
 def decode_hwcaps(hwcap: int, hwcap2: int) -> list[str]:
