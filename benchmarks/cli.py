@@ -83,9 +83,10 @@ def _sizes(value: str | None) -> tuple[int, ...] | None:
                    "generators at 64², 128², 256². --sweep-size, --batch, --repeats, --threads and --timeout narrow it.")
 @click.option("--fitting-losses", metavar="LIST", help="With --fitting: the losses (default all).")
 @click.option("--fitting-generators", metavar="LIST", help="With --fitting: talking-head,skip-net.")
+@click.option("--fitting-runtimes", metavar="LIST", help="With --fitting: eager,executorch (default both).")
 def main(device, full, runtimes, models, batch, size, sweep_size, repeats, warmup, threads, weights, seed, check_values, export_jobs,
          graph_options, timeout, json_path, plot_path, markdown_path, from_json, no_cache, clear_cache, quiet, fitting,
-         fitting_losses, fitting_generators):
+         fitting_losses, fitting_generators, fitting_runtimes):
     """Time and peak memory of one gradient: PGN forward vs VGG-19/VGG-11 forward + backward.
 
     Each measurement runs in its own process. VGG: forward on ŷ (and on y, or with cached target features
@@ -116,7 +117,7 @@ def main(device, full, runtimes, models, batch, size, sweep_size, repeats, warmu
     """
     if fitting is not None:
         run_cli(lambda: _fitting(fitting, sweep_size, batch, repeats, threads, timeout, fitting_losses, fitting_generators,
-                                 json_path, markdown_path, plot_path),
+                                 fitting_runtimes, json_path, markdown_path, plot_path),
                 files={"--json": json_path, "--plot": plot_path, "--markdown": markdown_path})
         return
     if size is not None and sweep_size is not None:
@@ -240,24 +241,25 @@ if __name__ == "__main__":
     main()
 
 
-def _fitting(mode, sweep_size, batch, repeats, threads, timeout, losses, generators, json_path, markdown_path, plot_path) -> None:
+def _fitting(mode, sweep_size, batch, repeats, threads, timeout, losses, generators, runtimes, json_path, markdown_path,
+             plot_path) -> None:
     """``--fitting``: the fitting-step grid (:mod:`benchmarks.fitting`), narrowed by the options given."""
     import sys
     from dataclasses import replace
 
     from pgn.errors import PGNError
 
-    from .fitting import GENERATORS, LOSSES, FittingGrid, main_fitting
+    from .fitting import GENERATORS, LOSSES, RUNTIMES, FittingGrid, main_fitting
 
     grid = FittingGrid.full() if mode == "full" else FittingGrid()
     changes = {k: v for k, v in {"repeats": repeats, "timeout": timeout}.items() if v is not None}
     if sweep_size:
         changes["sizes"] = _sizes(sweep_size)
-    if batch != 1:
-        changes["batches"] = (batch,)
+    if click.get_current_context().get_parameter_source("batch") is not click.core.ParameterSource.DEFAULT:
+        changes["batches"] = (batch,)  # --batch 1 given: batch 1 only
     if threads:
         changes["threads"] = threads
-    for key, value, known in (("losses", losses, LOSSES), ("generators", generators, GENERATORS)):
+    for key, value, known in (("losses", losses, LOSSES), ("generators", generators, GENERATORS), ("runtimes", runtimes, RUNTIMES)):
         if value:
             chosen = _csv(value)
             unknown = [v for v in chosen if v not in known]

@@ -103,12 +103,13 @@ def fitting_loss(name: str):
 def _export(case: dict, pte: Path) -> dict:
     from pgn.export import SGDRecipe, export_training_step
     from pgn.export.manifest import read_manifest
+    from pgn.export.training import check_training_manifest
 
     generator, inputs, target = build_case(case)
     start = time.perf_counter()
     export_training_step(generator, inputs, fitting_loss(case["loss"]), output=pte, target=target, optimizer=SGDRecipe(1e-4),
                          verify=False)
-    manifest = read_manifest(pte)
+    manifest = read_manifest(pte, check=check_training_manifest)
     return {"export_s": time.perf_counter() - start, "planned_memory_mb": manifest["exporter"]["planned_memory_mb"],
             "pte_mb": manifest["size_mb"], "operators_outside_delegate": manifest["exporter"]["operators_outside_delegate"]}
 
@@ -267,6 +268,8 @@ def plot(rows: list[FittingRow], path: Path) -> Path:
     """Step time and peak memory per loss, eager against ExecuTorch, one panel pair per (generator, size, batch)."""
     import matplotlib
 
+    from pgn.files import save_figure
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -284,24 +287,24 @@ def plot(rows: list[FittingRow], path: Path) -> Path:
             ax.set_title(f"{group[0]} {group[1]}² batch {group[2]}")
             ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    try:
+        return save_figure(fig, path, dpi=100)
+    finally:
+        plt.close(fig)
 
 
 def main_fitting(grid: FittingGrid, json_path: Path | None, markdown_path: Path | None, plot_path: Path | None, command: str) -> list[FittingRow]:
     """Run the grid and write what was asked for; prints the Markdown table."""
     from pgn.benchmarks.environment import cpu_flags, cpu_name, load_average
+    from pgn.files import write_json, write_text
 
     rows = run_fitting(grid)
     cpu = f"{cpu_name()} ({', '.join(f for f in cpu_flags() if f.startswith('avx'))}), load average {load_average()}"
     text = markdown(rows, command, cpu)
     print(text)
-    if json_path is not None:
-        json_path.write_text(json.dumps({"command": command, "cpu": cpu, "grid": asdict(grid),
-                                         "rows": [asdict(r) for r in rows]}, indent=2))
+    write_json({"command": command, "cpu": cpu, "grid": asdict(grid), "rows": [asdict(r) for r in rows]}, json_path)
     if markdown_path is not None:
-        markdown_path.write_text(text)
+        write_text(markdown_path, text)
     if plot_path is not None:
         plot(rows, plot_path)
     return rows

@@ -242,8 +242,9 @@ def scaling_plot_path(path: str | Path) -> Path:
 
 
 def _save(fig, plt, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    from pgn.files import save_figure
+
+    try:
+        return save_figure(fig, path, dpi=120)
+    finally:
+        plt.close(fig)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 import pgn
-from pgn.files import write_json, write_text
+from pgn.files import save_figure, write_json, write_text
 
 
 @dataclass(frozen=True)
@@ -189,7 +189,7 @@ def plot_curves(curves: dict[str, list[tuple[int, float]]], path: Path, title: s
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
         fig.tight_layout()
-        fig.savefig(path)
+        save_figure(fig, path)
     finally:
         plt.close(fig)
     return path

@@ -195,8 +195,9 @@ def plot_curves(metrics_path: str | Path, out_path: str | Path, title: str | Non
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=110)
-    plt.close(fig)
-    return out_path
+    from pgn.files import save_figure
+
+    try:
+        return save_figure(fig, out_path, dpi=110)
+    finally:
+        plt.close(fig)

@@ -341,6 +341,15 @@ def read_file(path: str | Path, map_location: str | torch.device = "cpu") -> Any
 # Writing text and JSON results
 
 
+def save_figure(figure: Any, path: str | Path, **savefig_kwargs) -> Path:
+    """Save a matplotlib ``figure`` to ``path`` atomically (:func:`atomic_write`), in the format its suffix names
+    (PNG without one); parents are created. A failure leaves ``path`` as it was."""
+    path = Path(path)
+    with atomic_write(path) as f:
+        figure.savefig(f, format=path.suffix.lstrip(".").lower() or "png", **savefig_kwargs)
+    return path
+
+
 def write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` atomically (:func:`atomic_write`); parents are created.
 
