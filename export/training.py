@@ -26,6 +26,11 @@ the generator's convolutions are matrix multiplies (:mod:`export.matmul_conv`) s
 their weights change; what reads a trainable parameter (reshapes of the weights) stays on ExecuTorch's portable
 kernels.
 
+Memory: ExecuTorch allocates its memory plan (the tensors between delegates and those kept for the backward) when
+the program loads; XNNPACK's delegates share one workspace (ExecuTorch's default), sized by the live tensors of the
+largest delegate. Those depend on the order the operators run in, so the lowering keeps the traced order (tile by
+tile, tap by tap: :func:`export.executorch.operator_order_kept`).
+
 Before anything is written, one step in ExecuTorch is compared with one eager PyTorch step of the user's own
 generator and the reference loss (:class:`pgn.PGNLoss`, :class:`pgn.PerceptualLoss` with autograd, or the MSE),
 with ``torch.optim.SGD``: every trainable parameter must agree to :data:`MAX_PARAMETER_ERROR` relative (an int8
