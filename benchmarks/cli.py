@@ -117,7 +117,7 @@ def main(device, full, runtimes, models, batch, size, sweep_size, repeats, warmu
     """
     if fitting is not None:
         run_cli(lambda: _fitting(fitting, sweep_size, batch, repeats, threads, timeout, fitting_losses, fitting_generators,
-                                 fitting_runtimes, json_path, markdown_path, plot_path),
+                                 fitting_runtimes, not no_cache, json_path, markdown_path, plot_path),
                 files={"--json": json_path, "--plot": plot_path, "--markdown": markdown_path})
         return
     if size is not None and sweep_size is not None:
@@ -241,8 +241,8 @@ if __name__ == "__main__":
     main()
 
 
-def _fitting(mode, sweep_size, batch, repeats, threads, timeout, losses, generators, runtimes, json_path, markdown_path,
-             plot_path) -> None:
+def _fitting(mode, sweep_size, batch, repeats, threads, timeout, losses, generators, runtimes, cache, json_path,
+             markdown_path, plot_path) -> None:
     """``--fitting``: the fitting-step grid (:mod:`benchmarks.fitting`), narrowed by the options given."""
     import sys
     from dataclasses import replace
@@ -252,7 +252,7 @@ def _fitting(mode, sweep_size, batch, repeats, threads, timeout, losses, generat
     from .fitting import GENERATORS, LOSSES, RUNTIMES, FittingGrid, main_fitting
 
     grid = FittingGrid.full() if mode == "full" else FittingGrid()
-    changes = {k: v for k, v in {"repeats": repeats, "timeout": timeout}.items() if v is not None}
+    changes = {k: v for k, v in {"repeats": repeats, "timeout": timeout, "cache": cache}.items() if v is not None}
     if sweep_size:
         changes["sizes"] = _sizes(sweep_size)
     if click.get_current_context().get_parameter_source("batch") is not click.core.ParameterSource.DEFAULT:

@@ -10,7 +10,9 @@ row of the same runtime, generator, size and batch (the generator's own cost).
   the hand-written input gradient in ExecuTorch), ``pgn`` and ``pgn-int8`` (ResNet-4 PGN, its surrogate + 20·MSE);
   eager PyTorch has no int8 kernels for the PGN, so ``pgn-int8`` is an ExecuTorch row only;
 * runtimes: ``eager`` (PyTorch autograd, ``torch.optim.SGD``) and ``executorch`` (``export.export_training_step``,
-  XNNPACK; the program is exported in one worker process and measured in another).
+  XNNPACK; the program is exported in one worker process and measured in another). Exported programs are kept in
+  ``pgn-bench``'s artifact cache (:mod:`export.cache`), keyed by the case, this module's and the generator's
+  sources and the software versions, so a second run re-measures without exporting again.
 
 Every measurement runs in a fresh process (:func:`benchmarks.harness.run_task`'s environment). Memory: the peak
 resident set during ``memory_calls`` steps above the process's resident set just before — for eager PyTorch after
@@ -37,6 +39,8 @@ LOSSES = ("mse", "vgg19", "vgg11", "pgn", "pgn-int8")
 RUNTIMES = ("eager", "executorch")
 #: The PGN of the ``pgn`` rows and its λ·MSE term (the demo's).
 PGN_PRESET, PGN_MSE_WEIGHT = "resnet4", 20.0
+#: The SGD learning rate written into the measured programs (time and memory do not depend on it).
+EXPORT_LR = 1e-4
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,7 @@ class FittingGrid:
     memory_calls: int = 2
     threads: int = 2
     timeout: float = 1800.0
+    cache: bool = True  #: keep exported programs in pgn-bench's artifact cache
 
     @classmethod
     def full(cls, **overrides) -> "FittingGrid":
@@ -107,11 +112,14 @@ def _export(case: dict, pte: Path) -> dict:
 
     generator, inputs, target = build_case(case)
     start = time.perf_counter()
-    export_training_step(generator, inputs, fitting_loss(case["loss"]), output=pte, target=target, optimizer=SGDRecipe(1e-4),
-                         verify=False)
-    manifest = read_manifest(pte, check=check_training_manifest)
-    return {"export_s": time.perf_counter() - start, "planned_memory_mb": manifest["exporter"]["planned_memory_mb"],
-            "pte_mb": manifest["size_mb"], "operators_outside_delegate": manifest["exporter"]["operators_outside_delegate"]}
+    export_training_step(generator, inputs, fitting_loss(case["loss"]), output=pte, target=target,
+                         optimizer=SGDRecipe(EXPORT_LR), verify=False)
+    return {"export_s": time.perf_counter() - start, **_export_summary(read_manifest(pte, check=check_training_manifest))}
+
+
+def _export_summary(manifest: dict) -> dict:
+    return {"planned_memory_mb": manifest["exporter"]["planned_memory_mb"], "pte_mb": manifest["size_mb"],
+            "operators_outside_delegate": manifest["exporter"]["operators_outside_delegate"]}
 
 
 def _measure(case: dict, grid: dict, pte: Path | None) -> dict:
@@ -132,7 +140,7 @@ def _measure(case: dict, grid: dict, pte: Path | None) -> dict:
         tensors = tuple(t.float().contiguous() for t in (*inputs, target))
 
         def load():
-            return StepRunner(data, tensors, SGDRecipe(1e-4), threads=grid["threads"])
+            return StepRunner(data, tensors, SGDRecipe(EXPORT_LR), threads=grid["threads"])
 
         holder: dict = {}
 
@@ -148,7 +156,7 @@ def _measure(case: dict, grid: dict, pte: Path | None) -> dict:
             runner.step(tensors)
     else:
         loss = fitting_loss(case["loss"]).reference()
-        sgd = torch.optim.SGD(generator.parameters(), lr=1e-4)
+        sgd = torch.optim.SGD(generator.parameters(), lr=EXPORT_LR)
 
         def step():
             sgd.zero_grad(set_to_none=True)
@@ -216,9 +224,54 @@ def _run(task: dict, workdir: Path, grid: FittingGrid) -> dict:
     return json.loads(result.read_text()) if result.is_file() else {"status": "worker crashed"}
 
 
+def program_key(case: dict) -> dict:
+    """What determines the ExecuTorch program of ``case`` besides the toolkit and runtime versions (which
+    :class:`export.cache.ArtifactCache` adds): the case, the export settings and the sources that build it."""
+    import hashlib
+
+    from pgn.demos.generators import skip_net, talking_head
+
+    digest = hashlib.sha256()
+    for module in (sys.modules[__name__], talking_head, skip_net):
+        digest.update(Path(module.__file__).read_bytes())
+    return {"kind": "fitting-step", **{k: case[k] for k in ("generator", "size", "batch", "loss")}, "lr": EXPORT_LR,
+            "seed": 0, "sources": digest.hexdigest()[:16]}
+
+
+def _program_cache(grid: FittingGrid, warn):
+    """pgn-bench's artifact cache, or None: not asked for, or it cannot be written (one warning)."""
+    if not grid.cache:
+        return None
+    from pgn.export.cache import ArtifactCache, default_cache_dir
+
+    cache, why = ArtifactCache.open(default_cache_dir("bench"))
+    if cache is None:
+        warn(f"warning: the artifact cache cannot be written ({why}): exporting without it")
+    return cache
+
+
+def _exported_program(case: dict, grid: FittingGrid, workdir: Path, pte: Path, cache) -> tuple[dict, Path]:
+    """The export task's result and the program to measure: the cached one, or one exported now (then cached)."""
+    key = program_key(case)
+    cached = cache.lookup(key) if cache is not None else None
+    if cached is not None:
+        from pgn.export.manifest import read_manifest
+        from pgn.export.training import check_training_manifest
+
+        return {**_export_summary(read_manifest(cached, check=check_training_manifest)), "cached": True, "status": "ok"}, cached
+    exported = _run({"kind": "export", "case": case, "grid": asdict(grid), "pte": str(pte)}, workdir, grid)
+    if exported["status"] == "ok" and cache is not None:
+        try:
+            pte = cache.store(key, pte)
+        except OSError as e:  # measured from the work folder; the next run exports again
+            exported["cache"] = f"not cached: {e}"
+    return exported, pte
+
+
 def run_fitting(grid: FittingGrid, progress=print) -> list[FittingRow]:
     """Measure every case of ``grid``; rows with the loss's addition over the MSE row filled in."""
     rows = []
+    cache = _program_cache(grid, progress)
     with tempfile.TemporaryDirectory(prefix="pgn-bench-fitting-") as tmp:
         workdir = Path(tmp)
         for i, case in enumerate(grid.cases()):
@@ -226,7 +279,7 @@ def run_fitting(grid: FittingGrid, progress=print) -> list[FittingRow]:
             pte = workdir / f"case{i}.pte"
             grid_dict = asdict(grid)
             if case["runtime"] == "executorch":
-                exported = _run({"kind": "export", "case": case, "grid": grid_dict, "pte": str(pte)}, workdir, grid)
+                exported, pte = _exported_program(case, grid, workdir, pte, cache)
                 row.details.update(exported)
                 if exported["status"] != "ok":
                     row.status = exported["status"]

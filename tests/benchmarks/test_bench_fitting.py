@@ -1,19 +1,23 @@
 """``pgn-bench --fitting``: the whole fitting step per loss in eager PyTorch and ExecuTorch (:mod:`benchmarks.fitting`).
 
 One tiny run through the CLI (talking-head generator at 32², batch 1, the MSE loss, eager PyTorch in a worker
-process), and the ExecuTorch row's export and measurement in this process.
+process), and the ExecuTorch row's export, program cache and measurement in this process.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from pgn.benchmarks.cli import main
-from pgn.benchmarks.fitting import FittingGrid, FittingRow, _export, _measure, markdown, rows_from_json
+from pgn.benchmarks import fitting
+from pgn.benchmarks.fitting import (FittingGrid, FittingRow, _export, _exported_program, _measure, markdown,
+                                      program_key, rows_from_json)
+from pgn.export.cache import ArtifactCache
 from pgn.export.training import executorch_training_available
 
 needs_executorch = pytest.mark.skipif(executorch_training_available() is not None, reason="ExecuTorch is not installed")
@@ -37,22 +41,44 @@ def test_a_tiny_fitting_run_measures_in_workers_and_writes_every_output(tmp_path
 
 @pytest.mark.slow
 @needs_executorch
-def test_the_executorch_row_exports_a_training_program_and_measures_it(tmp_path):
-    """The two tasks a worker runs for an ExecuTorch row, in this process."""
+def test_the_executorch_row_is_exported_once_then_measured_from_the_cache(tmp_path, monkeypatch):
+    """The export task (run in this process here) and the measure task of an ExecuTorch row, and the program cache."""
     case = dict(generator="talking-head", size=32, batch=1, loss="mse", runtime="executorch")
-    exported = _export(case, tmp_path / "step.pte")
-    assert exported["planned_memory_mb"] > 0 and exported["export_s"] > 0 and exported["pte_mb"] > 0
-    grid = asdict(FittingGrid(repeats=2, warmup=0, memory_calls=2, threads=1))
-    measured = _measure(case, grid, tmp_path / "step.pte")
+    cache, _ = ArtifactCache.open(tmp_path / "cache")
+    calls = []
+
+    def export_here(task, workdir, grid):
+        calls.append(task["kind"])
+        return {**_export(task["case"], Path(task["pte"])), "status": "ok"}
+
+    monkeypatch.setattr(fitting, "_run", export_here)
+    grid = FittingGrid(repeats=2, warmup=0, memory_calls=2, threads=1)
+    first, pte = _exported_program(case, grid, tmp_path, tmp_path / "a.pte", cache)
+    assert calls == ["export"] and first["status"] == "ok" and first["export_s"] > 0 and first["planned_memory_mb"] > 0
+    assert pte.parent.parent == cache.root
+    second, cached = _exported_program(case, grid, tmp_path, tmp_path / "b.pte", cache)
+    assert calls == ["export"] and second["cached"] and cached == pte
+    assert second["planned_memory_mb"] == first["planned_memory_mb"]
+
+    measured = _measure(case, asdict(grid), cached)
     assert measured["median_ms"] > 0 and measured["peak_mb"] > 0 and len(measured["wall_ms"]) == 2
 
+    data = bytearray(cached.read_bytes())  # a damaged entry is never measured: the program is exported again
+    data[len(data) // 2] ^= 0xFF
+    cached.write_bytes(bytes(data))
+    monkeypatch.setattr(fitting, "_run", lambda task, workdir, grid: calls.append("again") or {"status": "export failed (test)"})
+    third, _ = _exported_program(case, grid, tmp_path, tmp_path / "c.pte", cache)
+    assert calls[-1] == "again" and third["status"] == "export failed (test)"
+    assert program_key({**case, "batch": 2}) != program_key(case) == program_key({**case, "runtime": "eager"})
 
-def test_batch_one_given_restricts_the_grid_and_the_default_keeps_both(monkeypatch):
+
+def test_batch_one_given_restricts_the_grid_and_no_cache_reaches_it(monkeypatch):
     seen = []
     monkeypatch.setattr("pgn.benchmarks.fitting.main_fitting", lambda grid, *a: seen.append(grid))
-    for args in (["--batch", "1"], []):
+    for args in (["--batch", "1"], ["--no-cache"]):
         assert CliRunner().invoke(main, ["--fitting", "default", *args]).exit_code == 0
     assert seen[0].batches == (1,) and seen[1].batches == FittingGrid().batches == (1, 8)
+    assert seen[0].cache and not seen[1].cache
 
 
 def test_a_loss_row_shows_what_it_adds_over_the_mse_row_and_failures_stay_rows():
