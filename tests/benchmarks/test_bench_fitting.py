@@ -1,7 +1,8 @@
 """``pgn-bench --fitting``: the whole fitting step per loss in eager PyTorch and ExecuTorch (:mod:`benchmarks.fitting`).
 
 One tiny run through the CLI (talking-head generator at 32², batch 1, the MSE loss, eager PyTorch in a worker
-process), and the ExecuTorch row's export, program cache and measurement in this process.
+process), and an ExecuTorch row's export, program cache and measurement in this process (a two-convolution
+generator stands in for the talking head there: lowering its program would cost half a minute).
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
+from torch import nn
 
 from pgn.benchmarks.cli import main
 from pgn.benchmarks import fitting
@@ -39,11 +42,28 @@ def test_a_tiny_fitting_run_measures_in_workers_and_writes_every_output(tmp_path
     assert out["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.slow
+class TinyGenerator(nn.Module):
+    """(1, 4, 16, 16) codes → (1, 3, 16, 16) images: two convolutions (the row's pipeline is what is tested here;
+    the talking-head generator's own program is exported by the demos' tests)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(4, 8, 3, padding=1), nn.Conv2d(8, 3, 3, padding=1)
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return torch.sigmoid(self.conv2(torch.relu(self.conv1(codes))))
+
+
+def tiny_case(case: dict):
+    torch.manual_seed(0)
+    return TinyGenerator(), (torch.rand(1, 4, 16, 16),), torch.rand(1, 3, 16, 16)
+
+
 @needs_executorch
 def test_the_executorch_row_is_exported_once_then_measured_from_the_cache(tmp_path, monkeypatch):
     """The export task (run in this process here) and the measure task of an ExecuTorch row, and the program cache."""
-    case = dict(generator="talking-head", size=32, batch=1, loss="mse", runtime="executorch")
+    monkeypatch.setattr(fitting, "build_case", tiny_case)
+    case = dict(generator="talking-head", size=16, batch=1, loss="mse", runtime="executorch")
     cache, _ = ArtifactCache.open(tmp_path / "cache")
     calls = []
 
