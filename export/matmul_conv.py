@@ -13,7 +13,7 @@ the input, so it is never whole and never kept for the backward:
 
 * **forward**: the input goes channels-last ``(N, H, W, C)`` and is zero-padded (``constant_pad_nd``); for stride
   ``s`` each spatial axis is viewed as ``(blocks, s)`` so that every kernel tap is a plain slice; the output rows are
-  computed in **tiles** (:data:`MAX_TILE_BYTES` of patches each): a tile's taps and a column of ones (for the bias,
+  computed in **tiles** (:meth:`_Geometry.tiles`: 4–16 MiB of patches each): a tile's taps and a column of ones (for the bias,
   ``constant_pad_nd`` with value 1) make its patch rows, times the weight matrix (the bias its last row);
 * **backward** (written out, so autograd keeps only the input and the weight): the weight gradient is
   ``Σ_tiles patchesᵀ·grad`` with each tile's patches gathered again from the input; the input gradient is, per tap,
@@ -37,8 +37,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-#: Largest patch tile (bytes) the forward and the weight gradient gather at once; bounds the step's working memory.
-MAX_TILE_BYTES = 16 * 2**20
+#: Patch tiles (bytes) the forward and the weight gradient gather at once: about 1/:data:`TILES` of the patch
+#: matrix, within these bounds. They bound XNNPACK's workspace (each tile is copied a few times on its way to the
+#: matrix multiply); more, smaller tiles would make more operators to lower and run.
+MIN_TILE_BYTES, MAX_TILE_BYTES = 4 * 2**20, 16 * 2**20
+TILES = 16
 
 
 @dataclass(frozen=True)
@@ -82,9 +85,13 @@ class _Geometry:
         return self.kh * self.kw * self.c + 1
 
     def tiles(self, tile_rows: int = 0) -> list[tuple[int, int]]:
-        """Output-row ranges ``[a, b)`` whose patches fit :data:`MAX_TILE_BYTES` (or ``tile_rows`` rows each)."""
-        rows = tile_rows if tile_rows > 0 else max(1, MAX_TILE_BYTES // (4 * self.n * self.wo * self.columns))
-        return [(a, min(a + rows, self.ho)) for a in range(0, self.ho, rows)]
+        """Output-row ranges ``[a, b)``: ``tile_rows`` rows each, or as many as a tile of ~1/:data:`TILES` of the
+        patch matrix holds (between :data:`MIN_TILE_BYTES` and :data:`MAX_TILE_BYTES`; at least one row)."""
+        if tile_rows <= 0:
+            row_bytes = 4 * self.n * self.wo * self.columns
+            tile_bytes = min(MAX_TILE_BYTES, max(MIN_TILE_BYTES, row_bytes * self.ho // TILES))
+            tile_rows = max(1, tile_bytes // row_bytes)
+        return [(a, min(a + tile_rows, self.ho)) for a in range(0, self.ho, tile_rows)]
 
 
 def _blocked_input(x: torch.Tensor, g: _Geometry) -> torch.Tensor:
@@ -205,7 +212,7 @@ def matmul_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
                   tile_rows: int = 0) -> torch.Tensor:
     """``F.conv2d(x, weight, bias, stride, padding)`` (one group, no dilation) as the ``pgn::matmul_conv2d``
     operator: tiled patches times the weight matrix, with its own backward (see the module docs). ``tile_rows``
-    (> 0) fixes the output rows per tile instead of :data:`MAX_TILE_BYTES`."""
+    (> 0) fixes the output rows per tile (0: :meth:`_Geometry.tiles` chooses)."""
     return matmul_conv2d_op(x, weight, bias, list(_pair(stride)), list(_pair(padding)), int(tile_rows))
 
 
@@ -225,7 +232,7 @@ def _pair(value) -> tuple[int, int]:
 class MatmulConv2d(nn.Conv2d):
     """A :class:`torch.nn.Conv2d` computed as gathered patches times the weight matrix (see the module docs)."""
 
-    tile_rows: int = 0  #: output rows per tile (0: as many as :data:`MAX_TILE_BYTES` of patches hold)
+    tile_rows: int = 0  #: output rows per tile (0: see :meth:`_Geometry.tiles`)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         return matmul_conv2d(x, self.weight, self.bias, self.stride, self.padding, self.tile_rows)

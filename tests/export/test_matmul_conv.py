@@ -56,3 +56,18 @@ def test_keeps_parameter_names_and_skips_what_it_cannot_compute():
     assert as_matmul_convs(model) == 1
     assert [type(m) for m in model][:2] == [MatmulConv2d, nn.Conv2d]
     assert [name for name, _ in model.named_parameters()] == names
+
+
+@pytest.mark.parametrize("n, c, size, expected_tiles", [(1, 4, 16, 1), (8, 64, 64, 16), (8, 64, 128, 19), (8, 64, 512, 512)])
+def test_tiles_are_a_sixteenth_of_the_patches_within_4_to_16_mib(n, c, size, expected_tiles):
+    from pgn.export.matmul_conv import MAX_TILE_BYTES, MIN_TILE_BYTES, _Geometry
+
+    g = _Geometry.of((n, c, size, size), (3, c, 3, 3), 1, 1)
+    tiles = g.tiles()
+    assert tiles[0][0] == 0 and tiles[-1][1] == g.ho and all(a2 == b1 for (_, b1), (a2, _) in zip(tiles, tiles[1:]))
+    assert len(tiles) == expected_tiles
+    row_bytes = 4 * n * g.wo * g.columns
+    biggest = max(b - a for a, b in tiles) * row_bytes
+    assert biggest <= max(MAX_TILE_BYTES, row_bytes)  # a single row may be more (never split)
+    if len(tiles) > 1:
+        assert biggest >= min(MIN_TILE_BYTES, row_bytes * g.ho // 16) - row_bytes
