@@ -4,6 +4,7 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 
 import pytest
 from click.testing import CliRunner
@@ -28,12 +29,20 @@ def snapshot(folder):
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-@pytest.fixture
-def used_run(tmp_path):
-    """A finished 3-step run with a checkpoint after every step."""
-    run = tmp_path / "run"
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A finished 3-step run with a checkpoint after every step, trained once for the module (tests get copies)."""
+    run = tmp_path_factory.mktemp("finished") / "run"
     result = invoke(*TINY, "--steps", 3, "--save-every", 1, "--run-dir", run)
     assert result.exit_code == 0, result.output
+    return run
+
+
+@pytest.fixture
+def used_run(finished_run, tmp_path):
+    """A copy of the finished 3-step run (checkpoints after every step) in this test's own folder."""
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
     return run
 
 

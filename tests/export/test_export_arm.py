@@ -349,24 +349,24 @@ def test_summary_lists_failures():
 
 @pytest.mark.arm
 @pytest.mark.slow
-def test_tiny_artifacts_agree_with_x86_on_an_emulated_cortex_a53(tmp_path):
+def test_tiny_artifacts_agree_with_x86_on_an_emulated_cortex_a53(tmp_path, request):
     env = ArmEnvironment()
     missing = env.ready()
     if missing:
         pytest.skip(missing)
     pytest.importorskip("executorch")
     pytest.importorskip("onnxruntime")
-    from export_helpers import build
-
     from pgn import export
     from pgn.export.arm_verify import pgn_case
 
-    model = build("resnet4")
+    # the module's ONNX artifact (ResNet-4, fp32, 32², batch 1) and the two ExecuTorch programs of the same model
+    onnx, model = request.getfixturevalue("onnx_artifact")  # only now: a skipped test exports nothing
     cases = []
-    for target, precision in (("executorch", "fp32"), ("executorch", "int8"), ("onnx", "fp32")):
+    for target, precision in (("executorch", "fp32"), ("executorch", "int8")):
         [r] = export.export(model, target, output_dir=tmp_path, size=(32, 32), precision=precision)
         assert r.ok, r.reason
         cases.append(pgn_case(r.artifact, model=model, n_random=1, n_real=1))
+    cases.append(pgn_case(onnx, model=model, n_random=1, n_real=1))
     rows, facts = check_on_arm(cases, ["cortex-a53"], env=env, workdir=tmp_path / "work")
     assert facts["cortex-a53"]["guest"]["machine"] == "aarch64"
     assert "asimddp" not in facts["cortex-a53"]["guest"]["features"]
