@@ -24,6 +24,7 @@ torch-bf16), to check the script itself; ``--dry-run`` only writes the plan.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 import re
@@ -345,6 +346,21 @@ def write_summary(out: Path, env: dict, steps: list[Step], batches: dict, valida
     write_text(out / "summary.md", "\n".join(md) + "\n")
 
 
+def select_steps(steps: list, only: str | None) -> list:
+    """The steps ``--only`` names: comma-separated step names or shell wildcards (``distill*``); all for None.
+
+    Raises:
+        ValueError: ``only`` names no step.
+    """
+    if not only:
+        return steps
+    wanted = [w.strip() for w in only.split(",") if w.strip()]
+    chosen = [s for s in steps if any(fnmatch.fnmatchcase(s.name, w) for w in wanted)]
+    if not chosen:
+        raise ValueError(f"--only {only} names no step of the plan (see plan.json from --dry-run)")
+    return chosen
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``benchmarks/gpu_check.sh``; exit status 0 when every step that ran succeeded."""
     parser = argparse.ArgumentParser(prog="benchmarks/gpu_check.sh", description=__doc__.split("\n\n")[0])
@@ -352,7 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="Write the plan (plan.json) and exit.")
     parser.add_argument("--budget", type=float, default=DEFAULT_BUDGET, help="Seconds for the whole check (default %(default)s).")
     parser.add_argument("--results-root", type=Path, default=ROOT / "results" / "gpu", help="Where the GPU's folder goes.")
-    parser.add_argument("--only", metavar="STEP,...", help="Run only these steps (names as in summary.md, prefixes allowed).")
+    parser.add_argument("--only", metavar="STEP,...",
+                        help="Run only these steps (names as in plan.json and summary.md; shell wildcards allowed: 'distill*').")
     args = parser.parse_args(argv)
     started = time.monotonic()
     env = environment()
@@ -368,9 +385,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="pgn-gpu-check-") as tmp:
         work = Path(tmp)
         steps = plan_steps(plan, out, work)
-        if args.only:
-            wanted = [w.strip() for w in args.only.split(",") if w.strip()]
-            steps = [s for s in steps if any(s.name.startswith(w) for w in wanted)]
+        try:
+            steps = select_steps(steps, args.only)
+        except ValueError as e:
+            print(f"gpu_check: {e}", file=sys.stderr)
+            return 2
         if args.dry_run:
             write_json([s.to_dict() for s in steps], out / "plan.json", indent=1)
             print(f"gpu_check: plan of {len(steps)} steps written to {out / 'plan.json'}")

@@ -81,6 +81,20 @@ def test_dry_run_through_the_shell_script_plans_every_step(tmp_path):
     assert "-m gpu" in steps[4]["command"]
 
 
+def test_only_takes_step_names_and_wildcards_and_refuses_one_that_names_nothing():
+    from types import SimpleNamespace
+
+    from pgn.benchmarks.gpu_check import select_steps
+
+    steps = [SimpleNamespace(name=n) for n in ("bench-batch1", "bench-batch8", "distill-nccl", "bench-batch1-compiled-vgg11")]
+    names = lambda only: [s.name for s in select_steps(steps, only)]  # noqa: E731
+    assert names(None) == names("") == [s.name for s in steps]
+    assert names("bench-batch1") == ["bench-batch1"]  # a name is not a prefix
+    assert names("bench-batch1-compiled-*, distill*") == ["distill-nccl", "bench-batch1-compiled-vgg11"]
+    with pytest.raises(ValueError, match="--only bench-batch names no step of the plan"):
+        select_steps(steps, "bench-batch")
+
+
 def test_without_a_gpu_it_says_so_and_measures_nothing(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert gpu_check.main(["--results-root", str(tmp_path)]) == 1
@@ -110,7 +124,7 @@ def test_smoke_run_without_the_modules_a_gpu_image_lacks(tmp_path):
     """The plumbing end to end on the CPU: bench, distillation, summary; pytest absent means a skipped test step."""
     env = _blocking_env(tmp_path, ABSENT_ON_GPU_IMAGE)
     out = tmp_path / "results"
-    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--smoke", "--only", "bench-batch1,distill,gpu-tests",
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--smoke", "--only", "bench-batch1,distill*,gpu-tests",
                            "--results-root", str(out)], env=env, capture_output=True, text=True, timeout=600)
     folder = out / "cpu-smoke"
     summary = json.loads((folder / "summary.json").read_text())
@@ -118,6 +132,7 @@ def test_smoke_run_without_the_modules_a_gpu_image_lacks(tmp_path):
     assert status["bench-batch1"]["status"] == "ok", status["bench-batch1"]
     assert status["distill-gloo"]["status"] == "ok", status["distill-gloo"]
     assert status["gpu-tests"]["status"] == "skipped" and "pytest not installed" in status["gpu-tests"]["detail"]
+    assert set(status) == {"bench-batch1", "distill-gloo", "gpu-tests"}  # --only takes names and wildcards, not prefixes
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert set(ABSENT_ON_GPU_IMAGE) - {"executorch", "torchao", "tensorboard"} <= set(summary["environment"]["missing"])
     rows = json.loads((folder / "batch1-32.json").read_text())["rows"]
