@@ -255,10 +255,14 @@ def _exported_program(case: dict, grid: FittingGrid, workdir: Path, pte: Path, c
     key = program_key(case)
     cached = cache.lookup(key) if cache is not None else None
     if cached is not None:
+        from pgn.errors import PGNError
         from pgn.export.manifest import read_manifest
         from pgn.export.training import check_training_manifest
 
-        return {**_export_summary(read_manifest(cached, check=check_training_manifest)), "cached": True, "status": "ok"}, cached
+        try:
+            return {**_export_summary(read_manifest(cached, check=check_training_manifest)), "cached": True, "status": "ok"}, cached
+        except PGNError:  # a manifest that is not a fitting step's: export again (the store replaces the entry)
+            pass
     exported = _run({"kind": "export", "case": case, "grid": asdict(grid), "pte": str(pte)}, workdir, grid)
     if exported["status"] == "ok" and cache is not None:
         try:

@@ -83,6 +83,13 @@ def test_the_executorch_row_is_exported_once_then_measured_from_the_cache(tmp_pa
     measured = _measure(case, asdict(grid), cached)
     assert measured["median_ms"] > 0 and measured["peak_mb"] > 0 and len(measured["wall_ms"]) == 2
 
+    manifest_file = cached.parent / (cached.name + ".manifest.json")  # its hash right, but no fitting step's manifest
+    manifest = json.loads(manifest_file.read_text())
+    manifest_file.write_text(json.dumps({k: v for k, v in manifest.items() if k != "exporter"}))
+    monkeypatch.setattr(fitting, "_run", lambda task, workdir, grid: calls.append("manifest") or {"status": "export failed (test)"})
+    assert _exported_program(case, grid, tmp_path, tmp_path / "m.pte", cache)[0]["status"] == "export failed (test)"
+    assert calls[-1] == "manifest"
+
     data = bytearray(cached.read_bytes())  # a damaged entry is never measured: the program is exported again
     data[len(data) // 2] ^= 0xFF
     cached.write_bytes(bytes(data))
