@@ -261,8 +261,8 @@ def _exported_program(case: dict, grid: FittingGrid, workdir: Path, pte: Path, c
 
         try:
             return {**_export_summary(read_manifest(cached, check=check_training_manifest)), "cached": True, "status": "ok"}, cached
-        except PGNError:  # a manifest that is not a fitting step's: export again (the store replaces the entry)
-            pass
+        except (PGNError, KeyError, TypeError):  # not a fitting step's manifest, or one without the export's facts:
+            pass  # exported again below, and storing it replaces the entry
     exported = _run({"kind": "export", "case": case, "grid": asdict(grid), "pte": str(pte)}, workdir, grid)
     if exported["status"] == "ok" and cache is not None:
         try:
