@@ -76,8 +76,7 @@ def run_runner(cmd_prefix: Sequence[str], pte: Path, arrays: Sequence[np.ndarray
 def cxx_rows(cases, cpus: Sequence[str], env, work: Path, say: Callable[[str], None] = lambda m: None) -> list:
     """Rows of the C++ runner for every ``pte`` case on every CPU model (an ``error`` row per case where a piece is
     missing, naming it)."""
-    from pgn.export.arm_verify import ArmRow
-    from pgn.export.verify import compare
+    from pgn.export.arm_verify import ArmRow, judge
 
     pte_cases = [c for c in cases if c.kind == "pte"]
     if not pte_cases:
@@ -118,12 +117,7 @@ def cxx_rows(cases, cpus: Sequence[str], env, work: Path, say: Callable[[str], N
                 named = lambda outs: {k: np.concatenate([o[j] for o in outs]) for j, k in enumerate(c.output_names)}
                 a, h = named(arm[index:index + n]), named(x86[index:index + n])
                 index += n
-                vs_x86 = compare(a, h)
-                failures = [f"vs x86 {f}" for f in c.tolerance.failures(s.name, vs_x86)]
-                vs_ref = {}
-                if c.reference is not None and s.name in c.reference:
-                    vs_ref = compare(a, c.reference[s.name])
-                    failures += [f"vs PyTorch {f}" for f in c.tolerance.failures(s.name, vs_ref)]
+                vs_x86, vs_ref, failures = judge(c, s.name, a, h)
                 rows.append(ArmRow(cpu=cpu, features=features, set=s.name, status="FAIL" if failures else "pass",
                                    vs_x86=vs_x86, vs_pytorch=vs_ref, failures=failures, **base))
     return rows

@@ -369,6 +369,18 @@ def _signal_name(rc: int | None) -> str:
     return ""
 
 
+def judge(case: ArmCase, set_name: str, arm: dict[str, np.ndarray], host: dict[str, np.ndarray]) -> tuple[dict, dict, list[str]]:
+    """``arm``'s outputs of one input set against x86's (``host``) and, where the case has it, the float64 PyTorch
+    reference, by the case's tolerance: ``(vs_x86, vs_pytorch, failures)``."""
+    vs_x86 = compare(arm, host)
+    failures = [f"vs x86 {f}" for f in case.tolerance.failures(set_name, vs_x86)]
+    vs_ref = {}
+    if case.reference is not None and set_name in case.reference:
+        vs_ref = compare(arm, case.reference[set_name])
+        failures += [f"vs PyTorch {f}" for f in case.tolerance.failures(set_name, vs_ref)]
+    return vs_x86, vs_ref, failures
+
+
 def _concat(chunks: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
 
@@ -396,12 +408,7 @@ def _rows(case: ArmCase, cpu: str, guest: dict[str, Any], x86: dict[str, list]) 
         index += calls
         arm = _concat(arm_chunks)
         host = _concat([finish(o) if case.outputs and "grad" not in o else o for o in x86[s.name]])
-        vs_x86 = compare(arm, host)
-        failures = [f"vs x86 {f}" for f in case.tolerance.failures(s.name, vs_x86)]
-        vs_ref = {}
-        if case.reference is not None and s.name in case.reference:
-            vs_ref = compare(arm, case.reference[s.name])
-            failures += [f"vs PyTorch {f}" for f in case.tolerance.failures(s.name, vs_ref)]
+        vs_x86, vs_ref, failures = judge(case, s.name, arm, host)
         if not (vs_x86["grad_finite"] and vs_x86["proxy_finite"]):
             failures.append(f"{s.name}: non-finite outputs")
         rows.append(ArmRow(set=s.name, status="FAIL" if failures else "pass", vs_x86=vs_x86, vs_pytorch=vs_ref,
