@@ -240,14 +240,10 @@ def program_key(case: dict) -> dict:
 
 def _program_cache(grid: FittingGrid, warn):
     """pgn-bench's artifact cache, or None: not asked for, or it cannot be written (one warning)."""
-    if not grid.cache:
-        return None
-    from pgn.export.cache import ArtifactCache, default_cache_dir
+    from pgn.benchmarks.harness import open_artifact_cache
+    from pgn.export.cache import default_cache_dir
 
-    cache, why = ArtifactCache.open(default_cache_dir("bench"))
-    if cache is None:
-        warn(f"warning: the artifact cache cannot be written ({why}): exporting without it")
-    return cache
+    return open_artifact_cache(default_cache_dir("bench") if grid.cache else None, lambda m: warn(f"warning: {m}"))
 
 
 def _exported_program(case: dict, grid: FittingGrid, workdir: Path, pte: Path, cache) -> tuple[dict, Path]:

@@ -292,7 +292,7 @@ def run_benchmark(config: BenchmarkConfig, *, progress: bool = True, workdir: st
         tmp = Path(tmp)
         tmp.mkdir(parents=True, exist_ok=True)
         environment = collect_environment(config.device, config.effective_threads)
-        artifacts = _Artifacts(config, tmp, None, _open_cache(config, warn), warn, (environment.get("gpu") or {}).get("name"))
+        artifacts = _Artifacts(config, tmp, None, open_artifact_cache(config.effective_cache_dir, warn), warn, (environment.get("gpu") or {}).get("name"))
         missing = artifacts.missing(jobs)  # checked cache entries are taken now
         runnable = any(check_runnable(resolve_runtime(r), config.device, resolve_model(m)) is None for _, m, r in jobs)
         # started before the inputs are made: it imports torch (ExecuTorch, the ONNX exporter) meanwhile
@@ -322,10 +322,9 @@ def run_benchmark(config: BenchmarkConfig, *, progress: bool = True, workdir: st
     return BenchmarkResult(config=config.to_dict(), environment=environment, rows=attach_ratios(rows))
 
 
-def _open_cache(config: BenchmarkConfig, warn):
-    """The artifact cache of ``config`` (:class:`export.cache.ArtifactCache`), or None: none asked for, or it cannot
-    be written (one warning)."""
-    folder = config.effective_cache_dir
+def open_artifact_cache(folder, warn):
+    """The artifact cache at ``folder`` (:class:`export.cache.ArtifactCache`), or None: no folder, or it cannot be
+    written (one warning through ``warn``)."""
     if folder is None:
         return None
     from pgn.export.cache import ArtifactCache
