@@ -212,14 +212,12 @@ def operator_order_kept():
     try:
         import executorch.exir.lowered_backend_module as lowered
         from torch.fx.passes.tools_common import stable_topological_sort
-    except ImportError:  # another ExecuTorch layout: lower as it does
+    except ImportError:
+        lowered = None
+    if getattr(lowered, "legalize_graph", None) is None:  # another ExecuTorch layout: lower as it does
         yield
         return
-    original = getattr(lowered, "legalize_graph", None)
-    if original is None:
-        yield
-        return
-    lowered.legalize_graph = stable_topological_sort
+    original, lowered.legalize_graph = lowered.legalize_graph, stable_topological_sort
     try:
         yield
     finally:
