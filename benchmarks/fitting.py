@@ -134,7 +134,7 @@ def _measure(case: dict, grid: dict, pte: Path | None) -> dict:
 
         # ExecuTorch's Python modules and libraries are imported before the baseline: their import is no part of
         # the step's memory (it was, ~250 MiB, before); the program's load (planned memory, packed weights) is
-        import_executorch()
+        import_executorch(compiler=False)
         executorch_training_available()
         data = pte.read_bytes()
         tensors = tuple(t.float().contiguous() for t in (*inputs, target))

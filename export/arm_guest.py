@@ -3,7 +3,8 @@
 Run by :mod:`export.arm_verify` as a script, ``python3.11 arm_guest.py JOB.json``, with the guest's own CPython
 (nothing of pgn is importable there, and ``import torch`` takes about a minute under emulation), so it imports
 only the standard library and NumPy up front, ONNX Runtime for ``onnx`` cases, and torch with ExecuTorch's
-runtime only when a ``pte`` or ``pte-step`` case comes. All cases of one CPU model run in one process, ONNX first.
+runtime (not its compiler: :mod:`export.executorch_runtime`) only when a ``pte`` or ``pte-step`` case comes. All
+cases of one CPU model run in one process, ONNX first.
 
 The job (JSON) holds ``inputs`` (an ``.npz`` of named float32 arrays), ``out`` (a folder), ``threads`` and
 ``cases``: ``{"id", "kind": "onnx"|"pte"|"pte-step", "artifact", "input_names", "output_names", "calls": [[array
@@ -71,19 +72,30 @@ class OnnxCase:
         return dict(zip(self.case["output_names"], outs))
 
 
+def executorch_runtime(training=False):
+    """ExecuTorch's runtime without its compiler (:func:`export.executorch_runtime.import_runtime`, loaded from the
+    file beside this one: nothing of pgn is importable here)."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "executorch_runtime.py")
+    spec = importlib.util.spec_from_file_location("pgn_executorch_runtime", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.import_runtime(training=training)
+
+
 class PteCase:
     """A ``.pte`` program's ``forward`` in ExecuTorch's runtime (``executorch.runtime``, as the x86 check runs it)."""
 
     def __init__(self, case, threads):
         import torch
-        from executorch.extension.pybindings import portable_lib
-        from executorch.runtime import Runtime, Verification
 
-        if portable_lib._threadpool_get_thread_count() != threads:
-            portable_lib._unsafe_reset_threadpool(threads)
+        et = executorch_runtime()
+        if et.portable_lib._threadpool_get_thread_count() != threads:
+            et.portable_lib._unsafe_reset_threadpool(threads)
         with open(case["artifact"], "rb") as f:
             self.data = f.read()
-        self.program = Runtime.get().load_program(self.data, verification=Verification.InternalConsistency)
+        self.program = et.Runtime.get().load_program(self.data, verification=et.Verification.InternalConsistency)
         self.method = self.program.load_method(case.get("method", "forward"))
         self.case, self.torch = case, torch
 
@@ -97,14 +109,13 @@ class StepCase:
 
     def __init__(self, case, threads):
         import torch
-        from executorch.extension.pybindings import portable_lib
-        from executorch.extension.training import _load_for_executorch_for_training_from_buffer
 
-        if portable_lib._threadpool_get_thread_count() != threads:
-            portable_lib._unsafe_reset_threadpool(threads)
+        et = executorch_runtime(training=True)
+        if et.portable_lib._threadpool_get_thread_count() != threads:
+            et.portable_lib._unsafe_reset_threadpool(threads)
         with open(case["artifact"], "rb") as f:
             self.data = f.read()
-        self.module = _load_for_executorch_for_training_from_buffer(self.data)
+        self.module = et.load_for_training(self.data)
         self.case, self.torch = case, torch
 
     def run(self, arrays):

@@ -46,6 +46,7 @@ import pgn
 from pgn.errors import PGNError, first_line
 
 from .errors import RuntimeUnavailable
+from .executorch_runtime import import_runtime
 from .graph import INPUT_NAMES, ExportGraph
 from .graph_options import GraphOptions
 from .options import ExportOptions
@@ -175,25 +176,29 @@ TARGET = ExecuTorchTarget()
 # Capturing, quantizing and lowering
 
 
-def import_executorch() -> SimpleNamespace:
-    """The ExecuTorch pieces this target uses, imported quietly; :class:`RuntimeUnavailable` if missing."""
+def import_executorch(compiler: bool = True) -> SimpleNamespace:
+    """The ExecuTorch pieces this target uses, imported quietly; :class:`RuntimeUnavailable` if missing.
+
+    Always the runtime (``portable_lib``, ``Runtime``, ``Verification``); with ``compiler``, also what lowers a
+    program (``XnnpackPartitioner``, ``to_edge_transform_and_lower``). Without it, the compiler is not imported at
+    all (:mod:`export.executorch_runtime`): seconds less for a process that only runs programs.
+    """
     try:
         with quiet_native_output():
-            from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-            from executorch.exir import to_edge_transform_and_lower
-            from executorch.extension.pybindings import portable_lib
-            from executorch.runtime import Runtime as ETRuntime
-            from executorch.runtime import Verification
+            et = import_runtime()
+            if compiler:
+                from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+                from executorch.exir import to_edge_transform_and_lower
 
-            portable_lib._threadpool_get_thread_count()  # creates the pool now, while its CPU probing is silenced
+                et.XnnpackPartitioner = XnnpackPartitioner
+                et.to_edge_transform_and_lower = keeping_operator_order(to_edge_transform_and_lower)
+            et.portable_lib._threadpool_get_thread_count()  # creates the pool now, while its CPU probing is silenced
     except ImportError as e:
         raise RuntimeUnavailable(
             f"ExecuTorch is not installed ({first_line(e, 120)}): {INSTALL_HINT} "
             "(exports and runs .pte programs on Linux and macOS; apps run them on Android and iOS)"
         ) from None
-    return SimpleNamespace(XnnpackPartitioner=XnnpackPartitioner,
-                           to_edge_transform_and_lower=keeping_operator_order(to_edge_transform_and_lower),
-                           portable_lib=portable_lib, Runtime=ETRuntime, Verification=Verification)
+    return et
 
 
 @contextlib.contextmanager
@@ -518,7 +523,7 @@ class ExecuTorchRuntime(Runtime):
 
     def __init__(self, artifact: Path, manifest: dict[str, Any], *, threads: int | None = None):
         super().__init__(artifact, manifest)
-        et = import_executorch()
+        et = import_executorch(compiler=False)
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise PGNError(f"threads must be a positive integer, got {threads!r}")
         data = self.artifact.read_bytes()

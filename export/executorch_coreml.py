@@ -107,7 +107,7 @@ class ExecuTorchCoreMLTarget(ExportTarget):
 
     def runtime_missing_here(self) -> str | None:
         """Why the program cannot run here: no ExecuTorch build with the Core ML backend (every non-Apple one)."""
-        return None if backend_available(import_executorch(), DELEGATE) else NOT_RUN_WITHOUT_COREML
+        return None if backend_available(import_executorch(compiler=False), DELEGATE) else NOT_RUN_WITHOUT_COREML
 
     def describe(self, artifact: Path, options: ExportOptions, model: "pgn.PGN") -> dict[str, Any]:
         """Lowering facts: versions, compute precision, deployment target, delegates and operators outside them."""

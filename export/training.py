@@ -394,11 +394,11 @@ def lower_step(step: FittingStep, inputs: tuple[torch.Tensor, ...], kernels: str
 def executorch_training_available() -> str | None:
     """``None`` when ExecuTorch's training runtime can be imported, else one line saying why and how to get it."""
     from .executorch import INSTALL_HINT, quiet_native_output
+    from .executorch_runtime import import_runtime
 
     try:
         with quiet_native_output():
-            from executorch.exir import to_edge  # noqa: F401
-            from executorch.extension.training import _load_for_executorch_for_training_from_buffer  # noqa: F401
+            import_runtime(training=True)
     except ImportError as e:
         return f"ExecuTorch not installed ({first_line(e, 80)}): {INSTALL_HINT}"
     return None
@@ -418,12 +418,14 @@ class StepRunner:
 
     def __init__(self, pte: bytes, inputs: tuple[torch.Tensor, ...], optimizer: SGDRecipe, threads: int | None = None):
         from .executorch import THREAD_POOL, import_executorch, quiet_native_output
+        from .executorch_runtime import import_runtime
 
-        portable_lib = import_executorch().portable_lib
-        if executorch_training_available():
-            raise PGNError(executorch_training_available())
+        portable_lib = import_executorch(compiler=False).portable_lib
+        reason = executorch_training_available()
+        if reason:
+            raise PGNError(reason)
         with quiet_native_output():
-            from executorch.extension.training import _load_for_executorch_for_training_from_buffer, get_sgd_optimizer
+            et = import_runtime(training=True)
         self.pte = pte
         if threads is None and len(THREAD_POOL.users):
             requested = None  # another loaded program holds the process's one pool: run with it as it is
@@ -433,10 +435,10 @@ class StepRunner:
         try:
             with quiet_native_output(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # ExecuTorch marks its training API experimental on every call
-                self.module = _load_for_executorch_for_training_from_buffer(pte)
+                self.module = et.load_for_training(pte)
                 self.module.forward_backward(METHOD, tuple(t.float().contiguous() for t in inputs))
-                self.optimizer = get_sgd_optimizer(self.module.named_parameters(), optimizer.lr, optimizer.momentum,
-                                                   0.0, optimizer.weight_decay, False)
+                self.optimizer = et.get_sgd_optimizer(self.module.named_parameters(), optimizer.lr, optimizer.momentum,
+                                                      0.0, optimizer.weight_decay, False)
         except Exception as e:  # noqa: BLE001 - e.g. a missing operator kernel
             raise PGNError(f"ExecuTorch cannot load the training program: {type(e).__name__}: {first_line(e)}") from e
         THREAD_POOL.users.add(self)
