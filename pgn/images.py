@@ -71,17 +71,37 @@ def sample_images() -> dict[str, torch.Tensor]:
                 arrays[f"skimage/{name}"] = img[..., :3]
     except ImportError:
         pass
-    try:
-        from sklearn.datasets import load_sample_images
-
-        bunch = load_sample_images()
-        for fname, img in zip(bunch.filenames, bunch.images):
-            arrays[f"sklearn/{Path(fname).stem}"] = img
-    except ImportError:
-        pass
+    arrays.update(_sklearn_sample_images())
     if not arrays:
         raise PGNError(f"no bundled sample images: scikit-image and scikit-learn are not installed: {install_hint('images')}")
     return {k: _unit_tensor(v) for k, v in arrays.items()}
+
+
+def _sklearn_sample_images() -> dict[str, np.ndarray]:
+    """scikit-learn's sample photographs (``load_sample_images``: its ``datasets/images/*.jpg``, read with Pillow),
+    read from its package folder without importing scikit-learn (1.8 s), or through it where that folder is not
+    laid out so; empty where scikit-learn is not installed."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None:
+        return {}
+    folders = [Path(p) / "datasets" / "images" for p in spec.submodule_search_locations or ()]
+    files = sorted(f for folder in folders if folder.is_dir() for f in folder.glob("*.jpg"))
+    if files:
+        from PIL import Image
+
+        arrays = {}
+        for f in files:
+            with Image.open(f) as im:
+                arrays[f"sklearn/{f.stem}"] = np.asarray(im)
+        return arrays
+    try:
+        from sklearn.datasets import load_sample_images
+    except ImportError:
+        return {}
+    bunch = load_sample_images()
+    return {f"sklearn/{Path(fname).stem}": img for fname, img in zip(bunch.filenames, bunch.images)}
 
 
 def face_image() -> torch.Tensor:

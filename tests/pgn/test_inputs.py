@@ -1,5 +1,7 @@
 """Bad inputs get one-line errors that say what to do; images can be read and bundled samples exist."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -207,6 +209,21 @@ def test_bundled_sample_images():
     assert all(t.shape[0] == 3 and 0.0 <= float(t.min()) and float(t.max()) <= 1.0 for t in imgs.values())
     batch = sample_batch(64)
     assert batch.shape == (len(imgs), 3, 64, 64)
+
+
+def test_scikit_learns_photographs_are_read_as_its_loader_reads_them(monkeypatch):
+    """Read from scikit-learn's folder without importing it, and through its loader where the folder is not there."""
+    load_sample_images = pytest.importorskip("sklearn.datasets").load_sample_images
+    import pgn.images
+
+    bunch = load_sample_images()
+    expected = {f"sklearn/{Path(f).stem}": img for f, img in zip(bunch.filenames, bunch.images)}
+    for read in (pgn.images._sklearn_sample_images(), None):
+        if read is None:  # a scikit-learn without that folder
+            monkeypatch.setattr(Path, "is_dir", lambda self: False)
+            read = pgn.images._sklearn_sample_images()
+        assert read.keys() == expected.keys() and len(read) >= 2
+        assert all(np.array_equal(read[k], expected[k]) for k in expected)
 
 
 @pytest.mark.parametrize("make, match", [
