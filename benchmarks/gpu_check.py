@@ -77,6 +77,7 @@ class Plan:
     warmup: int
     distill_steps: int
     distill_args: tuple[str, ...]
+    distill_threads: int  #: OMP_NUM_THREADS of the distillation (its data loading and CPU-side work)
     worker_timeout: int
 
     @classmethod
@@ -84,14 +85,14 @@ class Plan:
         """The real check on one CUDA GPU."""
         return cls("cuda", 224, (1, 8), ("vgg19", "vgg11", *PGN_MODELS),
                    ("torch", "torch-fp16", "torch-bf16", "onnxruntime", "tensorrt", "tensorrt-fp16"), ("torch-compile",),
-                   ("vgg19", "resnet4", "unet"), 20, 10, 20, ("--size", "128", "--batch-size", "8"), 150)
+                   ("vgg19", "resnet4", "unet"), 20, 10, 20, ("--size", "128", "--batch-size", "8"), 4, 150)
 
     @classmethod
     def smoke(cls) -> "Plan":
         """The same plumbing on the CPU at tiny sizes (torch-compile replaced by torch-bf16, to stay fast)."""
         return cls("cpu", 32, (1, 2), ("vgg11", "resnet4"), ("torch", "torch-fp16"), ("torch-bf16",), ("resnet4",), 2, 1, 2,
                    ("--size", "32", "--batch-size", "4", "--num-blocks", "1", "--down-channels", "16,32", "--up-channels", "16",
-                    "--val-images", "3"), 120)
+                    "--val-images", "3"), 1, 120)
 
 
 @dataclass
@@ -138,7 +139,7 @@ def plan_steps(plan: Plan, out: Path, work: Path) -> list[Step]:
                       [py, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", "-m", "pgn.distill.cli",
                        "--device", plan.device, "--steps", str(plan.distill_steps), "--vgg-weights", weights, "--no-progress",
                        "--save-every", str(plan.distill_steps), *plan.distill_args, "--run-dir", str(work / "distill"),
-                       "--json", str(work / "distill" / "summary.json")], cap=150, env={"OMP_NUM_THREADS": "4"}))
+                       "--json", str(work / "distill" / "summary.json")], cap=150, env={"OMP_NUM_THREADS": str(plan.distill_threads)}))
     steps.append(Step("gpu-tests", [py, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "-o", "addopts=-ra",
                                     "--junitxml", str(out / "gpu-tests.xml"), "--rootdir", str(ROOT), "-c", str(ROOT / "setup.cfg"),
                                     str(ROOT / "tests")], cap=240, needs=("pytest",)))
