@@ -89,16 +89,18 @@ def vgg_features(net: str) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def _torchvision_weights(net: str):
-    from torchvision.models import VGG11_Weights, VGG19_Weights
-
-    return {"vgg19": VGG19_Weights.IMAGENET1K_V1, "vgg11": VGG11_Weights.IMAGENET1K_V1}[net]
+#: torchvision's ``VGG19_Weights.IMAGENET1K_V1`` and ``VGG11_Weights.IMAGENET1K_V1`` files. Named here rather than
+#: looked up in ``torchvision.models``, whose import costs 1.1–1.7 s in every process that resolves the weights;
+#: the hash prefix in each name is what ``torch.hub`` checks a download against.
+IMAGENET_WEIGHTS_URLS = {
+    "vgg19": "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
+    "vgg11": "https://download.pytorch.org/models/vgg11-8a719046.pth",
+}
 
 
 def imagenet_weights_path(net: str) -> Path:
     """Where torchvision's ImageNet VGG weights for ``net`` are cached (``$TORCH_HOME/hub/checkpoints/...``)."""
-    url = _torchvision_weights(net).url
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(IMAGENET_WEIGHTS_URLS[net])
 
 
 def _feature_tensors(sd: dict) -> dict[str, torch.Tensor]:
@@ -163,16 +165,17 @@ def load_teacher_weights(features: nn.Sequential, net: str, weights: str | os.Pa
         if path.is_file():
             sd = torch.load(path, map_location="cpu", weights_only=True)
         elif download:
-            w = _torchvision_weights(net)
+            url = IMAGENET_WEIGHTS_URLS[net]
             try:
-                sd = w.get_state_dict(progress=False, check_hash=True)
+                sd = torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=False, check_hash=True,
+                                                        weights_only=True)
             except Exception as e:  # no network, proxy errors, hash mismatch
                 raise PGNError(
                     f"ImageNet {net} weights are not available offline ({e.__class__.__name__}): download "
-                    f"{w.url} and save it as {path}, or pass weights='random' or a state-dict path"
+                    f"{url} and save it as {path}, or pass weights='random' or a state-dict path"
                 ) from None
         else:
-            raise PGNError(f"ImageNet {net} weights not found: save {_torchvision_weights(net).url} as {path}")
+            raise PGNError(f"ImageNet {net} weights not found: save {IMAGENET_WEIGHTS_URLS[net]} as {path}")
         detail = "ImageNet, torchvision IMAGENET1K_V1"
     else:
         path = Path(weights)

@@ -111,6 +111,27 @@ def test_imagenet_weights_from_hub_cache(tmp_path, monkeypatch):
     assert "ImageNet" in str(t.weights)
 
 
+def test_imagenet_weights_are_torchvisions_and_downloaded_with_their_hash_checked(tmp_path, monkeypatch):
+    from torchvision.models import VGG11_Weights, VGG19_Weights
+
+    from pgn.perceptual import IMAGENET_WEIGHTS_URLS
+
+    assert IMAGENET_WEIGHTS_URLS == {"vgg19": VGG19_Weights.IMAGENET1K_V1.url, "vgg11": VGG11_Weights.IMAGENET1K_V1.url}
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    asked = []
+
+    def offline(url, **kwargs):
+        asked.append((url, kwargs))
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(pgn.PGNError) as err:
+        pgn.PerceptualLoss("vgg19", weights="imagenet")
+    [(url, kwargs)] = asked
+    assert url == VGG19_Weights.IMAGENET1K_V1.url and kwargs["check_hash"] is True
+    assert f"download {url} and save it as {imagenet_weights_path('vgg19')}" in str(err.value) and "\n" not in str(err.value)
+
+
 def test_bad_options():
     with pytest.raises(pgn.PGNError, match="vgg19 or vgg11"):
         pgn.PerceptualLoss("vgg16", weights="random")
