@@ -39,6 +39,8 @@ class RunLog:
         self.run_dir = Path(run_dir)
         self.enabled = enabled
         self.writer = None
+        self._written = 0  #: lines this log wrote to metrics.jsonl
+        self._plotted: int | None = None  #: ``_written`` when curves.png was last drawn
         if not enabled:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -81,6 +83,7 @@ class RunLog:
     def _write(self, rec: dict) -> None:
         self._file.write(json.dumps(rec) + "\n")
         self._file.flush()
+        self._written += 1
 
     def image_grid(self, step: int, y: torch.Tensor, y_hat: torch.Tensor, proxy: torch.Tensor, limit: int = 8) -> Path | None:
         """Save rows y / ŷ / P (normalized tensors, the first ``limit`` samples) as ``images/step-N.png``."""
@@ -93,10 +96,16 @@ class RunLog:
         return path
 
     def plot(self) -> Path | None:
-        """Redraw ``curves.png`` from ``metrics.jsonl``."""
+        """Redraw ``curves.png`` from ``metrics.jsonl``, unless nothing was logged since it was last drawn (a run
+        that ends on a checkpoint draws once, not twice)."""
         if not self.enabled:
             return None
-        return plot_curves(self.metrics_path, self.run_dir / CURVE_FILE)
+        curves = self.run_dir / CURVE_FILE
+        if self._plotted == self._written and curves.is_file():
+            return curves
+        path = plot_curves(self.metrics_path, curves)
+        self._plotted = self._written if path is not None else None
+        return path
 
     def close(self) -> None:
         """Flush and close the files."""

@@ -193,3 +193,22 @@ def test_replacement_held_out_image_is_not_trained_on(tmp_path):
     views, skipped = validation_images(split, 32, 3, 16)
     assert views.shape == (3, 3, 32, 32) and skipped == 1
     assert len(split.val) == 2 and split.val[1] not in split.train and len(split.train) == 2
+
+
+def test_curves_are_redrawn_only_when_something_was_logged_since(tmp_path, monkeypatch):
+    from pgn.distill import runlog
+
+    drawn = []
+    real = runlog.plot_curves
+    monkeypatch.setattr(runlog, "plot_curves", lambda *a, **k: drawn.append(1) or real(*a, **k))
+    log = runlog.RunLog(tmp_path / "run")
+    log.scalars(1, {"train/cos": 0.1, "train/loss": 1.0})
+    curves = log.plot()
+    assert curves.is_file() and len(drawn) == 1
+    assert log.plot() == curves and len(drawn) == 1  # a run that ends on a checkpoint: drawn once
+    log.scalars(2, {"train/cos": 0.2, "train/loss": 0.9})
+    log.plot()
+    assert len(drawn) == 2
+    curves.unlink()  # gone meanwhile: drawn again
+    assert log.plot().is_file() and len(drawn) == 3
+    log.close()
