@@ -26,7 +26,7 @@ import torch
 from pgn.errors import PGNError
 from pgn.images import sample_images, save_image_grid
 
-from .common import TIMING_NOTE, CommonConfig, Run, Student, check_size, load_pgn, timing_cells
+from .common import TIMING_NOTE, CommonConfig, Run, Student, check_size, load_pgn, new_objects_collected_only, timing_cells
 from .frames import read_images, square
 from .generators.skip_net import SkipNet, SkipNetConfig
 from .losses import LOSSES, PerceptualLoss, PGNLossTerm
@@ -248,13 +248,14 @@ def run_quality(run: Run, config: DipConfig, monitor: PerceptualLoss) -> tuple[T
         for key, loss in losses.items():
             student = Student(loss, init.net, init.forward, y, config.lr, config.measure_memory)
             curve = curves.setdefault(f"{loss.label} ({names[i]})", [])
-            for t in range(config.iterations):
-                image, values = student.step()
-                bar.update(1)
-                bar.set_postfix(loss=f"{float(values.mean()):.4g}")
-                if t % config.eval_every == 0 or t == config.iterations - 1:
-                    with torch.no_grad():
-                        curve.append((t, float(monitor.per_sample(image, y))))
+            with new_objects_collected_only():
+                for t in range(config.iterations):
+                    image, values = student.step()
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{float(values.mean()):.4g}")
+                    if t % config.eval_every == 0 or t == config.iterations - 1:
+                        with torch.no_grad():
+                            curve.append((t, float(monitor.per_sample(image, y))))
             with torch.no_grad():
                 final = init.clean(student.generator)
             scores[key].extend(run.scores(final, y))

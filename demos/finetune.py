@@ -24,7 +24,7 @@ from pgn.constants import PAPER_MSE_WEIGHT
 from pgn.errors import PGNError, first_line
 from pgn.images import save_image_grid
 
-from .common import TIMING_NOTE, CommonConfig, Meter, Run, Student, check_size, timing_cells
+from .common import TIMING_NOTE, CommonConfig, Meter, Run, Student, check_size, new_objects_collected_only, timing_cells
 from .frames import edge_map, face_frames, photo_frames, pretraining_photos, read_frames
 from .generators.talking_head import META_TRAINING, Embedder, PoseGenerator, TalkingHeadConfig, meta_train, personalize
 from .losses import DEFAULT_LOSSES, EXECUTORCH_KERNELS, EXECUTORCH_PRECISIONS, LOSSES, PGNLossTerm, PerceptualLoss
@@ -222,9 +222,10 @@ def run_finetune(config: FinetuneConfig, console=None) -> DemoReport:
             if spec.fit is None:  # the step runs in PyTorch: Adam on the row's loss
                 loss = spec.build(run, config, label)
                 student = Student(loss, init, frames.forward_train, frames.train, config.lr, config.measure_memory)
-                for _ in range(config.steps):
-                    _, values = student.step()
-                    tick(float(values.mean()))
+                with new_objects_collected_only():
+                    for _ in range(config.steps):
+                        _, values = student.step()
+                        tick(float(values.mean()))
                 tuned, name = student.generator, loss.describe()
                 cells = {**student.timing_cells(), "grad_cos_start": summary(run.gradient_cosine(loss, outputs["before"][0], frames.train))}
                 extra |= loss.results()
@@ -232,7 +233,8 @@ def run_finetune(config: FinetuneConfig, console=None) -> DemoReport:
                     setup[f"{key}_weights"] = str(loss.teacher.weights)
             else:  # the whole step runs on an on-device trainer, which loops itself and times each step with meter
                 meter = Meter(memory=config.measure_memory)
-                tuned, cells = spec.fit(run, config, init, frames.poses_train, frames.train, meter, lambda v: tick(v / len(frames.train)))
+                with new_objects_collected_only():
+                    tuned, cells = spec.fit(run, config, init, frames.poses_train, frames.train, meter, lambda v: tick(v / len(frames.train)))
                 cells = {**timing_cells([], [meter.summary()]), **cells}  # the trainer's step is the whole step
                 loss = PGNLossTerm(run.pgn, config.pgn_mse_weight)  # the same PGN: grad cos compares its gradient
                 name = f"{label} + {config.pgn_mse_weight:g}·MSE"

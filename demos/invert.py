@@ -25,7 +25,7 @@ from pgn.constants import PAPER_MSE_WEIGHT
 from pgn.errors import PGNError, first_line
 from pgn.images import sample_images, save_image_grid
 
-from .common import TIMING_NOTE, CommonConfig, Run, Student, check_size
+from .common import TIMING_NOTE, CommonConfig, Run, Student, check_size, new_objects_collected_only
 from .frames import FACE_CENTER, FACE_CROP, PORTRAIT, Pose, photo_frames, pretraining_photos, read_images, render_frame, square
 from .generators.latent import AUTOENCODER_TRAINING, LatentGenerator, LatentGeneratorConfig, train_autoencoder
 from .generators.user import load_module
@@ -225,11 +225,12 @@ def run_invert(config: InvertConfig, console=None) -> DemoReport:
     for key, loss in losses.items():
         student, curve = Student(loss, start_image, _generate, targets, config.lr, config.measure_memory), curves.setdefault(loss.label, [])
         bar = run.progress(config.steps, f"invert {loss.label}")
-        for t in range(config.steps):
-            image, values = student.step()
-            bar.update(1)
-            bar.set_postfix(loss=f"{float(values.mean()):.4g}")
-            curve.append((config.prefit_steps + t, float(F.mse_loss(image, targets))))
+        with new_objects_collected_only():
+            for t in range(config.steps):
+                image, values = student.step()
+                bar.update(1)
+                bar.set_postfix(loss=f"{float(values.mean()):.4g}")
+                curve.append((config.prefit_steps + t, float(F.mse_loss(image, targets))))
         bar.close()
         with torch.no_grad():
             finals[key] = final = student.generator()
