@@ -5,13 +5,14 @@ other test runs on both (tests of "no GPU here" errors simulate the missing GPU 
 """
 
 import pytest
-import torch
-
-torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
 def pytest_collection_modifyitems(config, items):
-    """Skip ``gpu``-marked tests without a CUDA GPU, saying so."""
+    """Where tests are collected (each xdist worker; not the controller, which then needs no torch): at most two
+    threads, and ``gpu``-marked tests skipped without a CUDA GPU, saying so."""
+    import torch
+
+    torch.set_num_threads(min(2, torch.get_num_threads()))
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False here)")
@@ -23,6 +24,8 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def pair():
     """A (ŷ, y) pair of 2×3×32×32 images in [0, 1]."""
+    import torch
+
     g = torch.Generator().manual_seed(0)
     return torch.rand(2, 3, 32, 32, generator=g), torch.rand(2, 3, 32, 32, generator=g)
 

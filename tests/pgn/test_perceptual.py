@@ -150,7 +150,11 @@ def test_seed_must_be_an_integer(seed):
 def test_the_other_vgg_is_named_with_the_reason(tmp_path):
     import torchvision
 
-    torch.save(torchvision.models.vgg11().state_dict(), tmp_path / "vgg11-full.pth")
+    with torch.device("meta"):  # the layout of a full torchvision VGG-11 file; its classifier (500 MB) is never read
+        layout = torchvision.models.vgg11().state_dict()
+    full = {k: torch.zeros(v.shape if k.startswith("features.") else (1,)) for k, v in layout.items()}
+    assert any(k.startswith("classifier.") for k in full)
+    torch.save(full, tmp_path / "vgg11-full.pth")
     with pytest.raises(pgn.PGNError, match=r"this is a VGG-11 state dict \(8 conv layers\), not VGG-19: pass net='vgg11'"):
         pgn.PerceptualLoss("vgg19", weights=tmp_path / "vgg11-full.pth")
     src = pgn.PerceptualLoss("vgg19", weights="random", seed=1)
