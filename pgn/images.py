@@ -6,6 +6,7 @@ Every image here is a float tensor, RGB in [0, 1] (the ``unit`` value space of :
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -53,8 +54,18 @@ def list_images(folder: str | Path, recursive: bool = True) -> list[Path]:
 def sample_images() -> dict[str, torch.Tensor]:
     """Real photographs bundled with scikit-image and scikit-learn, as (3, H, W) tensors in [0, 1].
 
-    They need no download, so every demo, test and default training run has real images to work on.
+    They need no download, so every demo, test and default training run has real images to work on. Decoded
+    once per process; every call returns new tensors.
     """
+    arrays = _sample_arrays()
+    if not arrays:
+        raise PGNError(f"no bundled sample images: scikit-image and scikit-learn are not installed: {install_hint('images')}")
+    return {k: _unit_tensor(v) for k, v in arrays}
+
+
+@functools.lru_cache(maxsize=1)
+def _sample_arrays() -> tuple[tuple[str, np.ndarray], ...]:
+    """The decoded photographs of :func:`sample_images` as read-only (H, W, 3) uint8 arrays, in a fixed order."""
     arrays: dict[str, np.ndarray] = {}
     try:
         import skimage.data as skd
@@ -72,9 +83,9 @@ def sample_images() -> dict[str, torch.Tensor]:
     except ImportError:
         pass
     arrays.update(_sklearn_sample_images())
-    if not arrays:
-        raise PGNError(f"no bundled sample images: scikit-image and scikit-learn are not installed: {install_hint('images')}")
-    return {k: _unit_tensor(v) for k, v in arrays.items()}
+    for a in arrays.values():
+        a.flags.writeable = False
+    return tuple(arrays.items())
 
 
 def _sklearn_sample_images() -> dict[str, np.ndarray]:

@@ -209,6 +209,11 @@ def test_bundled_sample_images():
     assert all(t.shape[0] == 3 and 0.0 <= float(t.min()) and float(t.max()) <= 1.0 for t in imgs.values())
     batch = sample_batch(64)
     assert batch.shape == (len(imgs), 3, 64, 64)
+    # decoded once per process, but every call hands out its own tensors
+    first = next(iter(imgs))
+    expected = imgs[first].clone()
+    imgs[first].zero_()
+    assert torch.equal(sample_images()[first], expected)
 
 
 def test_scikit_learns_photographs_are_read_as_its_loader_reads_them(monkeypatch):
