@@ -133,30 +133,18 @@ def test_file_for_folder_mixups_exit_1(tmp_path):
     assert (tmp_path / "f").read_text() == "mine"
 
 
-_HOLDER = """
-import sys, time
-from pgn.files import hold_folder
-with hold_folder(sys.argv[1], "pgn-distill", "--run-dir"):
-    print("held", flush=True)
-    time.sleep(600)
-"""
-
-
 @pytest.mark.parametrize("resume", [False, True])
 def test_a_run_folder_another_process_holds_is_refused_and_untouched(tmp_path, resume):
-    import subprocess
-    import sys
+    from folder_holder import FolderHolder
 
     run = tmp_path / "run"
     run.mkdir()
     (run / "metrics.jsonl").write_text('{"step": 1}\n')
-    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(run)], stdout=subprocess.PIPE, text=True)
+    holder = FolderHolder(run, "pgn-distill", "--run-dir")
     try:
-        assert holder.stdout.readline().strip() == "held"
         result = CliRunner().invoke(command, [*TINY, "--steps", "1", "--run-dir", str(run), *(["--resume"] if resume else [])])
         assert result.exit_code == 1 and f"is in use by another pgn-distill (PID {holder.pid})" in result.output
         assert sorted(p.name for p in run.iterdir()) == [".pgn.lock", "metrics.jsonl"]
         assert (run / "metrics.jsonl").read_text() == '{"step": 1}\n'
     finally:
         holder.kill()
-        holder.wait()

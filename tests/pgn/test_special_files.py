@@ -10,7 +10,6 @@ import os
 import signal
 import socket
 import stat
-import subprocess
 import sys
 import time
 
@@ -197,24 +196,14 @@ def test_an_implausible_size_from_a_checkpoint_is_refused_naming_the_file(tmp_pa
 # ------------------------------------------------------------------------------------------------------
 # One writer per folder
 
-_HOLDER = """
-import sys, time
-from pgn.files import hold_folder
-with hold_folder(sys.argv[1], "test-holder", "--run-dir"):
-    print("held", flush=True)
-    time.sleep(600)
-"""
-
-
 @pytest.fixture
 def holder(tmp_path):
     """A second process holding ``tmp_path/run`` (killed with SIGKILL at the end)."""
-    proc = subprocess.Popen([sys.executable, "-c", _HOLDER, str(tmp_path / "run")], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "held"
+    from folder_holder import FolderHolder
+
+    proc = FolderHolder(tmp_path / "run", "test-holder", "--run-dir")
     yield proc
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+    proc.kill()
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="flock is POSIX")
