@@ -6,7 +6,7 @@ CPU without an error. A probe therefore creates a session on a tiny ONNX model b
 provider it got; the loader's own message (a missing ``libcublasLt.so.12``, say) becomes the reason. The TensorRT
 probe imports ``tensorrt`` and creates a builder, which needs the CUDA driver.
 
-Probes run in a child process (``python -m benchmarks.probe onnxruntime CUDAExecutionProvider``), so the parent
+Probes run in a child process (this file as a script: ``onnxruntime CUDAExecutionProvider``), so the parent
 creates no CUDA context and captures what the libraries print on stderr. Results are cached per process.
 """
 
@@ -19,8 +19,6 @@ import subprocess
 import sys
 from functools import lru_cache
 from pathlib import Path
-
-from pgn.errors import first_line
 
 #: Seconds a probe may take (loading CUDA libraries is slow on a cold machine).
 PROBE_TIMEOUT = 180.0
@@ -82,7 +80,10 @@ def probe(kind: str, provider: str = "") -> str | None:
     Args:
         kind: ``onnxruntime`` (with ``provider``, e.g. ``CUDAExecutionProvider``) or ``tensorrt``.
     """
-    cmd = [sys.executable, "-m", "pgn.benchmarks.probe", kind, *([provider] if provider else [])]
+    # this file run as a script, not ``-m pgn.benchmarks.probe``: importing the package would import torch, which
+    # a probe does not need (1.5 s of each); ``-c`` keeps this folder's modules off the child's import path
+    launcher = "import runpy, sys; path = sys.argv.pop(1); runpy.run_path(path, run_name='__main__')"
+    cmd = [sys.executable, "-c", launcher, str(Path(__file__).resolve()), kind, *([provider] if provider else [])]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=PROBE_TIMEOUT, env=_child_env())
     except subprocess.TimeoutExpired:
@@ -119,6 +120,8 @@ def _verdict(stdout: str) -> dict | None:
 
 def _quote(e: BaseException) -> str:
     """The first line of a runtime's error, without the terminal colours ONNX Runtime puts in its messages."""
+    from pgn.errors import first_line  # here, not at the top: the probe itself runs without importing pgn
+
     return first_line(_ANSI.sub("", str(e))) or "no details"
 
 
