@@ -7,8 +7,8 @@
 set -u
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
-if ! "$PY" -c "import torch, click, numpy" 2>/dev/null; then
-    echo "gpu_check: $PY cannot import torch, click and numpy, which the check needs; set PYTHON=/path/to/python" >&2
+if ! command -v "$PY" >/dev/null 2>&1; then
+    echo "gpu_check: no Python at '$PY'; set PYTHON=/path/to/python" >&2
     exit 1
 fi
 # Installed, the repository's top-level packages live under one namespace (pgn.export, pgn.benchmarks, ...). Here
@@ -19,4 +19,13 @@ mkdir "$view/pgn"
 for entry in "$PWD"/pgn/*; do ln -s "$entry" "$view/pgn/"; done
 for pkg in export distill benchmarks demos; do ln -s "$PWD/$pkg" "$view/pgn/$pkg"; done
 export PYTHONPATH="$view${PYTHONPATH:+:$PYTHONPATH}"
-cd "$view" && "$PY" -m pgn.benchmarks.gpu_check "$@"
+# One interpreter: it checks what the check needs (a clear line if something is missing), then runs it.
+cd "$view" && "$PY" -c '
+import sys
+try:
+    import torch, click, numpy
+except Exception as e:
+    sys.exit(f"gpu_check: {sys.executable} cannot import torch, click and numpy ({type(e).__name__}: {e}), which the check needs; set PYTHON=/path/to/python")
+from pgn.benchmarks.gpu_check import main
+sys.exit(main(sys.argv[1:]))
+' "$@"

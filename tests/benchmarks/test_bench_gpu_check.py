@@ -108,6 +108,14 @@ def _blocking_env(tmp_path, modules):
     return dict(os.environ, PYTHON=sys.executable, PYTHONPATH=str(site), PGN_TEST_BLOCK_MODULES=",".join(modules))
 
 
+def test_a_python_without_torch_is_one_line_and_exit_1(tmp_path):
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--dry-run", "--results-root", str(tmp_path / "out")],
+                          env=_blocking_env(tmp_path, ["torch"]), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and not (tmp_path / "out").exists()
+    assert proc.stderr.strip().count("\n") == 0 and "cannot import torch, click and numpy (ModuleNotFoundError" in proc.stderr
+    assert "set PYTHON=/path/to/python" in proc.stderr
+
+
 def test_gpu_tests_collect_without_the_modules_a_gpu_image_lacks(tmp_path):
     """The gpu-tests step collects the whole suite: no test module may need an optional package to be imported."""
     env = _blocking_env(tmp_path, [m for m in ABSENT_ON_GPU_IMAGE if m != "pytest"])
