@@ -133,7 +133,7 @@ def _child_env() -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m benchmarks.probe onnxruntime PROVIDER`` or ``python -m benchmarks.probe tensorrt``: prints a JSON verdict."""
+    """``python benchmarks/probe.py onnxruntime PROVIDER`` or ``... tensorrt`` (how :func:`probe` runs it): prints a JSON verdict."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["onnxruntime"] and len(argv) == 2:
         reason = start_onnxruntime(argv[1])
