@@ -50,6 +50,7 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -393,15 +394,20 @@ def lower_step(step: FittingStep, inputs: tuple[torch.Tensor, ...], kernels: str
 
 def executorch_training_available() -> str | None:
     """``None`` when ExecuTorch's training runtime can be imported, else one line saying why and how to get it."""
+    return _training_runtime()[1]
+
+
+def _training_runtime() -> tuple[SimpleNamespace | None, str | None]:
+    """ExecuTorch's training runtime (:func:`export.executorch_runtime.import_runtime`), imported quietly, and
+    ``None``; or ``None`` and one line saying why it cannot be imported and how to get it."""
     from .executorch import INSTALL_HINT, quiet_native_output
     from .executorch_runtime import import_runtime
 
     try:
         with quiet_native_output():
-            import_runtime(training=True)
+            return import_runtime(training=True), None
     except ImportError as e:
-        return f"ExecuTorch not installed ({first_line(e, 80)}): {INSTALL_HINT}"
-    return None
+        return None, f"ExecuTorch not installed ({first_line(e, 80)}): {INSTALL_HINT}"
 
 
 class StepRunner:
@@ -418,14 +424,11 @@ class StepRunner:
 
     def __init__(self, pte: bytes, inputs: tuple[torch.Tensor, ...], optimizer: SGDRecipe, threads: int | None = None):
         from .executorch import THREAD_POOL, import_executorch, quiet_native_output
-        from .executorch_runtime import import_runtime
 
         portable_lib = import_executorch(compiler=False).portable_lib
-        reason = executorch_training_available()
+        et, reason = _training_runtime()
         if reason:
             raise PGNError(reason)
-        with quiet_native_output():
-            et = import_runtime(training=True)
         self.pte = pte
         if threads is None and len(THREAD_POOL.users):
             requested = None  # another loaded program holds the process's one pool: run with it as it is
