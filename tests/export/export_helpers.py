@@ -1,10 +1,20 @@
 """Helpers shared by the export tests (a uniquely named module, so it never clashes with another conftest)."""
 
+import importlib.util
+
+import pytest
 import torch
 
 import pgn
 
 PRESETS = ("resnet4", "resnet6", "resnet8", "unet")
+
+
+def needs(*packages: str):
+    """A skip mark for tests that need ``packages``: found, not imported (their imports cost seconds, paid only by
+    the worker that runs the tests, and a collection that imported them would pay in every worker)."""
+    missing = [p for p in packages if importlib.util.find_spec(p) is None]
+    return pytest.mark.skipif(bool(missing), reason=f"not installed: {', '.join(missing)}")
 
 
 def build(name: str, **overrides) -> pgn.PGN:

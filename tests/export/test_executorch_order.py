@@ -5,17 +5,17 @@ The order decides memory: XNNPACK's workspace is sized by the live tensors of it
 
 from __future__ import annotations
 
-import importlib.util
 import warnings
 
 import pytest
 import torch
 from torch import nn
 
-if importlib.util.find_spec("executorch") is None:  # found, not imported: the worker that runs these tests imports it
-    pytest.skip("ExecuTorch is not installed", allow_module_level=True)
+from pgn.export.executorch import import_executorch, operator_order_kept, quiet_native_output
 
-from pgn.export.executorch import import_executorch, operator_order_kept, quiet_native_output  # noqa: E402
+from export_helpers import needs
+
+pytestmark = needs("executorch")
 
 TAPS = 6
 

@@ -1,6 +1,5 @@
 """CoreML conversion for every preset, its metadata and structure; prediction itself needs macOS."""
 
-import importlib.util
 import json
 import sys
 
@@ -9,11 +8,9 @@ import pytest
 from pgn import export
 from pgn.export.coreml import import_coremltools
 
-from export_helpers import PRESETS, build
+from export_helpers import PRESETS, build, needs
 
-# e.g. a GPU image without coremltools: the rest of the suite still runs. Found, not imported: its import costs
-# seconds, paid only by the worker that runs these tests.
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("coremltools") is None, reason="coremltools is not installed")
+pytestmark = needs("coremltools")  # e.g. a GPU image without coremltools: the rest of the suite still runs
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ Kept small for CI: 32×32 (UNet) and 64×64 (ResNet) inputs, one export per kind
 """
 
 import gc
-import importlib.util
 import hashlib
 import json
 import shutil
@@ -22,10 +21,9 @@ from pgn.export.executorch import INT8_MIN_GRAD_COSINE, THREAD_POOL, import_exec
 from pgn.export.verify import CALIBRATION_PHOTOS, PARITY_PHOTOS, calibration_pairs, real_images
 from pgn.errors import PGNError
 
-from export_helpers import build
+from export_helpers import build, needs
 
-# found, not imported: the import costs seconds, paid only by the worker that runs these tests
-needs_executorch = pytest.mark.skipif(importlib.util.find_spec("executorch") is None, reason="ExecuTorch is not installed")
+needs_executorch = needs("executorch")
 
 
 def _pair(shape, seed=0):

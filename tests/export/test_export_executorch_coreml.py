@@ -1,6 +1,5 @@
 """The executorch-coreml target: a .pte with ExecuTorch's Core ML delegate; running it needs ExecuTorch's Apple build."""
 
-import importlib.util
 import json
 import platform
 from pathlib import Path
@@ -11,12 +10,11 @@ from pgn import export
 import pgn
 from pgn.export.formats import target_of
 
-# found, not imported: their imports cost seconds, paid only by the worker that runs these tests
-for _package in ("executorch", "coremltools"):
-    if importlib.util.find_spec(_package) is None:
-        pytest.skip(f"{_package} is not installed", allow_module_level=True)
+from pgn.export.executorch_coreml import TARGET, ExecuTorchCoreMLTarget, method_io
 
-from pgn.export.executorch_coreml import TARGET, ExecuTorchCoreMLTarget, method_io  # noqa: E402
+from export_helpers import needs
+
+pytestmark = needs("executorch", "coremltools")
 
 #: ExecuTorch's Core ML backend ships in its Apple builds only: there a program is verified, elsewhere it is
 #: written and checked structurally, and the result says why it did not run.

@@ -1,7 +1,6 @@
 """Graph options (row bands, decoder conv forms, transposed upsample convs): same numbers as the plain backbone."""
 
 import copy
-import importlib.util
 import json
 
 import pytest
@@ -13,7 +12,7 @@ from pgn.export.resnet_graph import ExportResNet
 from pgn.export.unet_graph import ExportUNet, band_bounds
 from pgn.errors import PGNError
 
-from export_helpers import build
+from export_helpers import build, needs
 
 #: fp32 graph against the float64 plain backbone, relative to the output's largest magnitude.
 MAX_REL = 1e-5
@@ -132,8 +131,7 @@ def test_onnx_export_with_options_passes_parity_and_records_them(small_unet, tmp
     assert "dynamic" in json.loads(dynamic.manifest_path.read_text())["graph"]["not_applied"]["band_rows"]
 
 
-# found, not imported: the import costs seconds, paid only by the worker that runs these tests
-needs_executorch = pytest.mark.skipif(importlib.util.find_spec("executorch") is None, reason="ExecuTorch is not installed")
+needs_executorch = needs("executorch")
 
 
 @needs_executorch
