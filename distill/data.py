@@ -320,7 +320,6 @@ def make_train_loader(
         batch_sampler=sampler,
         num_workers=workers,
         pin_memory=pin_memory,
-        persistent_workers=workers > 0,
         collate_fn=_collate,
         generator=torch.Generator(),  # the loader's own base seed: never draws from the global RNG (exact resume)
     )

@@ -124,3 +124,22 @@ def test_validation_views_are_fixed_and_held_out():
     v2, _ = validation_images(split, 32, 5, 16)
     assert v1.shape == (5, 3, 32, 32) and skipped == 0 and torch.equal(v1, v2)
     assert 0.0 <= float(v1.min()) and float(v1.max()) <= 1.0
+
+
+def test_loader_workers_end_with_the_pass_over_the_steps(tmp_path):
+    """One pass covers every step of a run: its worker processes end with it, not at some later garbage collection
+    (which then waited seconds for them)."""
+    import multiprocessing
+
+    from pgn.distill.data import DataSplit
+
+    items = [write_image(tmp_path / f"g{i}.png", seed=i) for i in range(3)]
+    split = DataSplit("folder", items, items[:1], str(tmp_path))
+    before = set(multiprocessing.active_children())
+    loader = make_train_loader(split, size=32, batch_size=2, min_side=16, start_step=0, end_step=3, seed=0, rank=0, workers=1)
+    batches = iter(loader)
+    next(batches)
+    assert set(multiprocessing.active_children()) - before  # a worker process serves the pass
+    assert len(list(batches)) == 2
+    assert set(multiprocessing.active_children()) <= before  # gone with the pass, the loader still referenced
+    assert loader is not None
