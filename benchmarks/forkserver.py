@@ -4,7 +4,8 @@ Starting ``python -m pgn.benchmarks.worker`` costs 3–4 s on a 2-core CPU (impo
 ExecuTorch's exporter (``executorch.exir`` pulls in ``torch._dynamo``); a default run has about twenty tasks. The
 fork server imports those modules once, computes nothing, and forks a child per task. Each child is still its own
 process: its own thread pools (created after the fork), its own heap, and its own peak memory (the measurement
-resets the resident-set high-water mark of the child, :mod:`benchmarks.measure`), exactly as a fresh worker.
+resets the resident-set high-water mark of the child, :mod:`benchmarks.measure`), exactly as a fresh worker. The
+server's own objects are set aside from garbage collection before the first fork (:func:`preload_modules`).
 
 Protocol: the client (:class:`ForkServer`) writes one JSON line per task to the server's stdin, ``{"id", "task",
 "result", "log", "timeout"}``; the server forks, the child runs :func:`benchmarks.worker.main` with its stdout and
@@ -16,6 +17,7 @@ the harness starts a fresh interpreter per task.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import json
 import os
@@ -140,14 +142,24 @@ def _child(request: dict) -> None:
         os._exit(code)
 
 
-def serve(preload: list[str]) -> int:
-    """The server loop: import ``preload``, then fork a child per request line on stdin until stdin closes and every
-    child has exited."""
-    for name in preload:
+def preload_modules(names: list[str]) -> None:
+    """Import ``names`` (one that cannot be imported is said on stderr; the child will say why, in its own row), then
+    set what the server holds aside from garbage collection (``gc.freeze``): none of it can become garbage, so the
+    children's collections look only at their own objects and do not write to the pages they share with the server
+    (copy-on-write, which measured memory would count)."""
+    for name in names:
         try:
             importlib.import_module(name)
-        except Exception as e:  # noqa: BLE001 - the child will say why, in its own row
+        except Exception as e:  # noqa: BLE001
             print(f"fork server: not preloaded {name}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+    gc.collect()
+    gc.freeze()
+
+
+def serve(preload: list[str]) -> int:
+    """The server loop: import ``preload`` (:func:`preload_modules`), then fork a child per request line on stdin
+    until stdin closes and every child has exited."""
+    preload_modules(preload)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the client decides
     running: dict[int, tuple[int, int, float]] = {}  # pidfd -> (pid, request id, deadline)
     buffer, stdin_open = b"", True

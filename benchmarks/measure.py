@@ -197,27 +197,6 @@ def reset_peak() -> dict[str, int]:
     return _proc_status()
 
 
-@contextmanager
-def new_objects_collected_only() -> Iterator[None]:
-    """Within, garbage collections look only at the objects created inside: after one full collection, everything
-    alive at entry (imported modules, loaded models, data) is set aside (``gc.freeze``) until exit.
-
-    For a fitting loop whose steps are memory-measured (:func:`reset_peak` collects garbage before each): with
-    torch and the exporters imported, a full collection takes 0.2-0.4 s, most of it looking at module objects
-    that cannot be garbage. Where something else has frozen objects already, this does nothing (it would thaw
-    them at exit).
-    """
-    if gc.get_freeze_count():
-        yield
-        return
-    gc.collect()
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
-
-
 def peak_above(baseline: dict[str, int], held_hwm: int = 0) -> tuple[int, dict[str, float]]:
     """Peak working memory in bytes since :func:`reset_peak` gave ``baseline``, and the numbers behind it (MiB).
 

@@ -18,6 +18,7 @@ from typing import Any, Callable
 import pgn
 from pgn.errors import PGNError
 from pgn.files import check_input_file, hold_folder
+from pgn.heap import new_objects_collected_only
 from pgn.model import nonfinite_tensors
 
 from .errors import RuntimeUnavailable
@@ -250,6 +251,8 @@ def load_model(backbone: str | None, *, head: str | None = None, checkpoint: str
     return model, f"checkpoint {path.name} (sha256 {sha256_of(path)}, format {fmt})"
 
 
+# lowering and verifying allocate enough to trigger many full garbage collections: the heap from before is set aside
+@new_objects_collected_only(collect=False)
 def _export_one(model, target: ExportTarget, opts: ExportOptions, out_dir: Path, verify: bool, weights_source, references, say) -> ExportResult:
     start = time.perf_counter()
 

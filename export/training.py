@@ -58,6 +58,7 @@ from torch import nn
 
 import pgn
 from pgn.errors import PGNError, first_line
+from pgn.heap import new_objects_collected_only
 from pgn.surrogate import check_surrogate_applies, normalized_mse, surrogate_loss
 
 from .captured_generator import CapturedGenerator, capture_generator, load_generator_program
@@ -617,6 +618,7 @@ def _eager_program_reference(step_generator: nn.Module, term: nn.Module, inputs,
     return {name: p.detach().clone() for name, p in step.generator.named_parameters() if p.requires_grad}
 
 
+@new_objects_collected_only(collect=False)  # lowering triggers many full collections: the heap from before is set aside
 def export_training_step(
     generator: "nn.Module | str | Path",
     example_inputs: tuple[torch.Tensor, ...] | torch.Tensor | None = None,

@@ -60,3 +60,15 @@ def test_tasks_run_side_by_side(server, tmp_path):
     assert [r["reason"] for r in results] == ["worker timed out after 3 s"] * 2
     assert time.monotonic() - start < 6  # both waited at once, not one after the other
     assert json.loads(json.dumps(results))  # plain data
+
+
+def test_the_server_sets_what_it_preloaded_aside_from_garbage_collection(unfrozen_heap, capsys):
+    import gc
+
+    try:
+        forkserver.preload_modules(["json", "no_such_module_here"])
+        assert gc.get_freeze_count() > 0  # forked children inherit it: their collections skip the server's heap
+    finally:
+        gc.unfreeze()
+    assert "not preloaded no_such_module_here: ModuleNotFoundError" in capsys.readouterr().err
+

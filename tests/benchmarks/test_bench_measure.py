@@ -175,35 +175,3 @@ def test_loss_meter_without_proc_reports_no_memory(monkeypatch, tmp_path):
         torch.ones(1024).sum()
     s = meter.summary()
     assert s["calls"] == 1 and s["time_ms"] > 0 and s["peak_mem_mib"] is None
-
-
-def test_new_objects_collected_only_sets_the_heap_aside_and_puts_it_back():
-    # frozen objects can still be freed by reference counting: counts are compared with zero, not exactly
-    import gc
-    import weakref
-
-    from pgn.benchmarks.measure import new_objects_collected_only
-
-    class Node:
-        pass
-
-    assert gc.get_freeze_count() == 0
-    with new_objects_collected_only():
-        assert gc.get_freeze_count() > 0
-        cycle = Node()
-        cycle.self = cycle  # garbage made inside (a reference cycle) is still collected inside
-        alive = weakref.ref(cycle)
-        del cycle
-        gc.collect()
-        assert alive() is None
-        with new_objects_collected_only():  # nested: one scope, the outer one (the inner does not thaw at exit)
-            pass
-        assert gc.get_freeze_count() > 0
-    assert gc.get_freeze_count() == 0
-    gc.freeze()  # frozen by someone else: left as it is
-    try:
-        with new_objects_collected_only():
-            pass
-        assert gc.get_freeze_count() > 0
-    finally:
-        gc.unfreeze()

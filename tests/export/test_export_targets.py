@@ -188,6 +188,18 @@ def test_a_tolerance_the_artifact_misses_fails_the_export(torchscript, tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
+def test_the_heap_from_before_is_set_aside_while_a_target_exports_and_verifies(torchscript, tmp_path, monkeypatch, unfrozen_heap):
+    import gc
+
+    frozen = []
+    export_graph, verify = TorchScriptTarget.export, TorchScriptTarget.structural_checks
+    monkeypatch.setattr(TorchScriptTarget, "export", lambda *a: (frozen.append(gc.get_freeze_count()), export_graph(*a))[1])
+    monkeypatch.setattr(TorchScriptTarget, "structural_checks", lambda *a: (frozen.append(gc.get_freeze_count()), verify(*a))[1])
+    (r,) = export.export(build("resnet4"), "torchscript", output_dir=tmp_path, size=SIZE)
+    assert r.status == "verified" and len(frozen) == 2 and min(frozen) > 0
+    assert gc.get_freeze_count() == 0  # put back
+
+
 def test_a_runtime_missing_here_gives_converted_not_run(torchscript, tmp_path):
     torchscript.missing_here = "not executed: this stand-in runs elsewhere"
     (r,) = export.export(build("resnet4"), "torchscript", output_dir=tmp_path, size=SIZE)

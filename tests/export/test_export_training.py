@@ -126,6 +126,19 @@ def test_a_generator_torch_export_cannot_capture_is_one_line(tmp_path, fit_case)
     assert not list(tmp_path.iterdir())
 
 
+def test_the_heap_from_before_is_set_aside_while_a_step_exports(fit_case, tmp_path, monkeypatch, unfrozen_heap):
+    import gc
+
+    from pgn.export import training
+
+    frozen = []
+    monkeypatch.setattr(training, "executorch_training_available", lambda: frozen.append(gc.get_freeze_count()) or "stop here")
+    generator, z, _ = fit_case
+    with pytest.raises(PGNError, match="stop here"):
+        export_training_step(generator, (z,), "mse", output=tmp_path / "a.pte")
+    assert frozen and frozen[0] > 0 and gc.get_freeze_count() == 0
+
+
 def test_unknown_losses_and_precisions_are_refused():
     with pytest.raises(PGNError, match="unknown fitting loss 'l2'"):
         FittingLoss.of("l2")
