@@ -1,10 +1,10 @@
 """Garbage collection around heavy work in a process that holds a large heap.
 
-With torch and an exporter imported, a process keeps about half a million objects alive (modules, functions,
-types) that can never be garbage, and every full collection looks at each of them again: 0.2-0.6 s a time on a
-2-core CPU. An ExecuTorch lowering or a fitting loop allocates enough to trigger many full collections. Setting
-the heap that existed before the work aside (``gc.freeze``) leaves the collector only what the work creates; an
-export of the small UNet to ExecuTorch spends 1.4 s of 12.7 s in full collections without it, 0.2 s with it.
+With torch and an exporter imported, a process keeps hundreds of thousands of objects alive (modules, functions,
+types) that can never be garbage, and every full collection looks at each of them again. An ExecuTorch lowering or
+a fitting loop allocates enough to trigger many full collections. Setting the heap that existed before the work
+aside (``gc.freeze``) leaves the collector only what the work creates (measured in results/RESULTS.md, "Test
+suite, fourth pass").
 """
 
 from __future__ import annotations

@@ -12,9 +12,9 @@ import pytest
 
 def _set_survivors_aside(phase: str, info: dict) -> None:
     """After every full garbage collection, what survived it is frozen (``gc.freeze``): the next ones look only at
-    objects made since. A test process ends up holding about a million live objects (torch, ExecuTorch's compiler,
-    ONNX, every test module), and each full collection scanned all of them: 0.3-0.6 s a time, a tenth of the
-    suite's CPU. (An object frozen here that later becomes cyclic garbage is never collected: memory only.)"""
+    objects made since. A test process ends up holding the live objects of torch, ExecuTorch's compiler, ONNX and
+    every test module, and each full collection scanned all of them again (results/RESULTS.md, "Test suite, fourth
+    pass"). An object frozen here that later becomes cyclic garbage is never collected: memory only."""
     if phase == "stop" and info["generation"] == 2:
         gc.freeze()
 

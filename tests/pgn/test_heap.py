@@ -76,6 +76,6 @@ def test_a_heap_frozen_by_someone_else_is_left_frozen(unfrozen_heap):
 
 
 def test_the_suite_sets_survivors_of_full_collections_aside():
-    # the test processes' own setting (tests/conftest.py), not the library's: without it the suite runs ~15% slower
+    # the test processes' own setting (tests/conftest.py), not the library's: without it the suite is much slower
     gc.collect()
     assert gc.get_freeze_count() > 0
