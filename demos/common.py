@@ -25,7 +25,6 @@ from pgn.errors import PGNError
 from pgn.perceptual import imagenet_weights_path
 
 from pgn.benchmarks.measure import MEMORY_CALLS, LossMeter as Meter  # the one peak-memory meter (pgn-bench's)
-from pgn.heap import new_objects_collected_only  # noqa: F401 (for the demos' measured loops)
 from .metrics import LPIPSMetric, Scores, gradient_cosine, mse, ssim
 from .report import DemoReport, Table, print_warnings
 

@@ -24,9 +24,10 @@ from weakref import WeakKeyDictionary
 import torch
 
 from pgn.errors import PGNError
+from pgn.heap import new_objects_collected_only
 from pgn.images import sample_images, save_image_grid
 
-from .common import TIMING_NOTE, CommonConfig, Run, Student, check_size, load_pgn, new_objects_collected_only, timing_cells
+from .common import TIMING_NOTE, CommonConfig, Run, Student, check_size, load_pgn, timing_cells
 from .frames import read_images, square
 from .generators.skip_net import SkipNet, SkipNetConfig
 from .losses import LOSSES, PerceptualLoss, PGNLossTerm

@@ -22,9 +22,10 @@ import torch
 
 from pgn.constants import PAPER_MSE_WEIGHT
 from pgn.errors import PGNError, first_line
+from pgn.heap import new_objects_collected_only
 from pgn.images import save_image_grid
 
-from .common import TIMING_NOTE, CommonConfig, Meter, Run, Student, check_size, new_objects_collected_only, timing_cells
+from .common import TIMING_NOTE, CommonConfig, Meter, Run, Student, check_size, timing_cells
 from .frames import edge_map, face_frames, photo_frames, pretraining_photos, read_frames
 from .generators.talking_head import META_TRAINING, Embedder, PoseGenerator, TalkingHeadConfig, meta_train, personalize
 from .losses import DEFAULT_LOSSES, EXECUTORCH_KERNELS, EXECUTORCH_PRECISIONS, LOSSES, PGNLossTerm, PerceptualLoss

@@ -23,9 +23,10 @@ from torch import nn
 
 from pgn.constants import PAPER_MSE_WEIGHT
 from pgn.errors import PGNError, first_line
+from pgn.heap import new_objects_collected_only
 from pgn.images import sample_images, save_image_grid
 
-from .common import TIMING_NOTE, CommonConfig, Run, Student, check_size, new_objects_collected_only
+from .common import TIMING_NOTE, CommonConfig, Run, Student, check_size
 from .frames import FACE_CENTER, FACE_CROP, PORTRAIT, Pose, photo_frames, pretraining_photos, read_images, render_frame, square
 from .generators.latent import AUTOENCODER_TRAINING, LatentGenerator, LatentGeneratorConfig, train_autoencoder
 from .generators.user import load_module
